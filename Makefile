@@ -1,0 +1,40 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODELS ?= models
+
+.PHONY: setup models serve test lint bench browser clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[webrtc,test]'
+	touch $@
+
+models: setup
+	$(BIN)/edge models pull --models $(MODELS)
+
+serve: models
+	$(BIN)/edge serve --models $(MODELS)
+
+# Debian's Chromium for the browser tests (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
+lint: setup
+	$(BIN)/ruff check edge tests bench
+	$(BIN)/ruff format --check edge tests bench
+	$(BIN)/mypy
+
+test: models browser lint
+	$(BIN)/pytest
+
+bench: models
+	$(BIN)/python bench/stream.py
+
+clean:
+	rm -rf $(VENV) .cache artifacts

@@ -1,0 +1,230 @@
+"""Stream benchmark: the gateway under overload against the same stages in a plain loop.
+
+Runs, on this machine and in this one run:
+  1. baseline: decode, preprocess, inference and postprocess of the same frames in a plain
+     Python loop, no network (the best of a single-threaded session and ORT's default threads);
+  2. the gateway (`edge serve`, a separate process) with N WebSocket streams, each sending
+     frames at --fps, more in total than the model can run, for --seconds.
+Reports results per second as a ratio to the baseline, the age of the frame behind each result
+as the client measures it (send to result), its percentiles, and whether it drifts: the median
+age of the last third of the run against the first third.
+
+    python bench/stream.py --streams 8 --fps 60 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import onnxruntime as ort
+from PIL import Image as PILImage
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge.decode import decode  # noqa: E402
+from edge.modelspec import ModelSpec  # noqa: E402
+from edge.tasks import get_task  # noqa: E402
+from tests.imagedata import sample_image  # noqa: E402
+
+
+def frame_bytes(size: tuple[int, int]) -> bytes:
+    im = PILImage.open(sample_image("astronaut.png")).convert("RGB").resize(size)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def baseline(models: Path, model: str, data: bytes, seconds: float) -> dict[str, float]:
+    """The same stages, back to back, in one thread."""
+    spec = ModelSpec.load(models / model)
+    version = max((d for d in (models / model).iterdir() if (d / "model.onnx").exists()),
+                  key=lambda d: int(d.name) if d.name.isdigit() else -1)  # fmt: skip
+    task = get_task(spec.task)(spec)
+    best: dict[str, float] = {}
+    for threads in (1, 0):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(version / "model.onnx"), opts,
+                                    providers=["CPUExecutionProvider"])  # fmt: skip
+        name = sess.get_inputs()[0].name
+        fit = task.decode_hint()
+        n, t_dec, t_inf = 0, 0.0, 0.0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            image = decode(data, fit, 1 << 30)
+            tensor, ctx = task.preprocess(image)
+            t1 = time.perf_counter()
+            outputs = sess.run(None, {name: tensor[None]})
+            t2 = time.perf_counter()
+            task.postprocess([o[0] for o in outputs], ctx, image, spec.threshold)
+            n += 1
+            t_dec += t1 - t0
+            t_inf += t2 - t1
+        elapsed = time.perf_counter() - start
+        row = {"fps": n / elapsed, "threads": float(threads),
+               "decode_pre_ms": t_dec / n * 1e3, "inference_ms": t_inf / n * 1e3}  # fmt: skip
+        print(f"  baseline threads={threads or 'default'}: {row['fps']:.0f} fps "
+              f"(decode+pre {row['decode_pre_ms']:.2f} ms, inference {row['inference_ms']:.2f} ms)")
+        if row["fps"] > best.get("fps", 0):
+            best = row
+    return best
+
+
+async def drive(url: str, model: str, data: bytes, streams: int, fps: float,
+                seconds: float) -> dict[str, object]:  # fmt: skip
+    ages: list[tuple[float, float]] = []  # (arrival, age)
+    counts = {"result": 0, "dropped": 0, "error": 0, "sent": 0, "unanswered": 0}
+    ws_url = url.replace("http", "ws", 1) + f"/v1/stream?model={model}"
+
+    async def one(http: aiohttp.ClientSession, k: int) -> None:
+        ws = await http.ws_connect(ws_url, max_msg_size=0)
+        await ws.receive_json()
+        sent: dict[int, float] = {}
+        answered: set[int] = set()
+
+        async def reader() -> None:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                m = json.loads(msg.data)
+                now = time.monotonic()
+                seqs = m.get("seqs") or ([m["seq"]] if "seq" in m else [])
+                for s in seqs:
+                    answered.add(s)
+                if m["type"] == "result":
+                    counts["result"] += 1
+                    ages.append((now, now - sent[m["seq"]]))
+                elif m["type"] in counts:
+                    counts[m["type"]] += len(seqs)
+
+        rt = asyncio.create_task(reader())
+        period = 1.0 / fps
+        start = time.monotonic() + k * period / streams
+        seq = 0
+        while True:
+            now = time.monotonic()
+            if now - start > seconds:
+                break
+            due = start + seq * period
+            if due > now:
+                await asyncio.sleep(due - now)
+            sent[seq] = time.monotonic()
+            await ws.send_bytes(data)
+            seq += 1
+        counts["sent"] += seq
+        await asyncio.sleep(1.0)  # every frame must be answered within a second
+        counts["unanswered"] += seq - len(answered & set(range(seq)))
+        await ws.close()
+        rt.cancel()
+
+    async with aiohttp.ClientSession() as http:
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(http, k) for k in range(streams)))
+        elapsed = time.monotonic() - t0 - 1.0
+    return {"ages": ages, "counts": counts, "elapsed": elapsed}
+
+
+def summarize(ages: list[tuple[float, float]], run_start: float, seconds: float) -> dict[str, float]:
+    vals = sorted(a for _, a in ages)
+    q = lambda p: vals[min(len(vals) - 1, int(p * len(vals)))] * 1e3  # noqa: E731
+    third = seconds / 3
+    first = [a for t, a in ages if t - run_start < third]
+    last = [a for t, a in ages if t - run_start > 2 * third]
+    return {"p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99), "max_ms": vals[-1] * 1e3,
+            "first_third_p50_ms": statistics.median(first) * 1e3 if first else float("nan"),
+            "last_third_p50_ms": statistics.median(last) * 1e3 if last else float("nan")}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_ready(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            try:
+                async with http.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit("gateway did not become ready")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", type=Path, default=ROOT / "models")
+    ap.add_argument("--model", default="blazeface")
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--fps", type=float, default=60.0, help="per stream")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--size", default="640x480", help="frame size WxH")
+    ap.add_argument("--workers", type=int, default=0, help="gateway workers (0: cores)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    w, h = (int(v) for v in args.size.split("x"))
+    data = frame_bytes((w, h))
+    print(f"machine: {os.cpu_count()} cores; frame {w}x{h} JPEG {len(data)} bytes; "
+          f"model {args.model}")  # fmt: skip
+    print("baseline (plain loop, no network):")
+    base = baseline(args.models, args.model, data, min(10.0, args.seconds / 3))
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "EDGE_LOG_LEVEL": "warning", "EDGE_WATCH_MODELS_S": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--models", str(args.models),
+                             "--workers", str(args.workers), "--max-streams", "1000"],
+                            env=env)  # fmt: skip
+    try:
+        asyncio.run(wait_ready(url))
+        print(f"gateway: {args.streams} streams x {args.fps:g} fps offered "
+              f"= {args.streams * args.fps:.0f} fps, for {args.seconds:g} s")  # fmt: skip
+        t0 = time.monotonic()
+        run = asyncio.run(drive(url, args.model, data, args.streams, args.fps, args.seconds))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    counts = run["counts"]
+    assert isinstance(counts, dict)
+    ages = run["ages"]
+    assert isinstance(ages, list)
+    fps = counts["result"] / float(run["elapsed"])  # type: ignore[arg-type]
+    s = summarize(ages, t0, args.seconds)
+    round_ms = args.streams / base["fps"] * 1e3
+    frame_ms = 1e3 / base["fps"]
+    print(f"  results/s {fps:.0f}  = {fps / base['fps']:.2f}x baseline ({base['fps']:.0f}/s)")
+    print(f"  replies: {counts}")
+    print(f"  frame age at result (client-measured): p50 {s['p50_ms']:.1f} ms, "
+          f"p95 {s['p95_ms']:.1f}, p99 {s['p99_ms']:.1f}, max {s['max_ms']:.1f}")  # fmt: skip
+    print(f"  one round over all streams at baseline speed + one frame: "
+          f"{round_ms + frame_ms:.1f} ms; p50 age / that = "
+          f"{s['p50_ms'] / (round_ms + frame_ms):.2f}")  # fmt: skip
+    print(f"  drift: median age first third {s['first_third_p50_ms']:.1f} ms, "
+          f"last third {s['last_third_p50_ms']:.1f} ms")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"baseline": base, "fps": fps, "ratio": fps / base["fps"],
+                                         "counts": counts, "age": s}, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

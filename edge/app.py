@@ -1,0 +1,121 @@
+"""The application: builds the services at startup and tears them down in mirror order.
+
+Startup: executor, metrics, repository (models load in the background; /healthz answers at
+once, /readyz turns 200 when every model is warm), scheduler workers, the model watcher.
+Shutdown (`drain`, then cleanup): refuse new streams and flip readiness, answer every frame
+taken, send goaway and close streams as "going away", stop workers, release models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from edge import http
+from edge.appkeys import SERVICES, Services
+from edge.metrics import Metrics
+from edge.repository import Repository
+from edge.scheduler import Scheduler
+from edge.settings import Settings
+from edge.transports import websocket
+
+log = logging.getLogger("edge.app")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_frame_bytes + 1024)
+    metrics = Metrics()
+    repo = Repository(settings, on_change=lambda: _publish_models(app))
+    services = Services(
+        settings=settings,
+        metrics=metrics,
+        repo=repo,
+        scheduler=Scheduler(
+            repo, metrics, workers=settings.worker_count, max_pixels=settings.max_pixels
+        ),
+        background=ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-background"),
+    )
+    app[SERVICES] = services
+    app.add_routes(http.routes)
+    app.router.add_get("/v1/stream", websocket.handle)
+    _add_web(app, settings)
+    app.cleanup_ctx.append(_executor)
+    app.cleanup_ctx.append(_workers)
+    app.cleanup_ctx.append(_models)
+    app.on_shutdown.append(drain)
+    return app
+
+
+def _add_web(app: web.Application, settings: Settings) -> None:
+    root = settings.web_root
+    if (root / "index.html").is_file():
+
+        async def index(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(root / "index.html")
+
+        app.router.add_get("/", index)
+        app.router.add_static("/web/", root, follow_symlinks=False)
+
+
+def _publish_models(app: web.Application) -> None:
+    services = app[SERVICES]
+    g = services.metrics.model_ready
+    for row in services.repo.describe():
+        if row["version"] is not None:
+            g.labels(row["name"], row["version"]).set(1.0 if row["serving"] else 0.0)
+
+
+async def _executor(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    yield
+    services.background.shutdown(wait=True, cancel_futures=True)
+
+
+async def _workers(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    services.scheduler.start()
+    yield
+    await services.scheduler.stop()
+
+
+async def _models(app: web.Application) -> AsyncIterator[None]:
+    """Load models in the background and watch the repository for new versions."""
+    services = app[SERVICES]
+    watcher = asyncio.create_task(_watch(services), name="model-watcher")
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+
+
+async def _watch(services: Services) -> None:
+    interval = services.settings.watch_models_s
+    while True:
+        try:
+            await services.repo.refresh(services.background)
+        except Exception:
+            log.exception("model repository scan failed")
+        if interval <= 0:
+            return
+        await asyncio.sleep(interval)
+
+
+async def drain(app: web.Application) -> None:
+    """Graceful drain: readiness off, no new streams, every stream answered and told goaway.
+    Idempotent: the signal handler calls it while still listening, cleanup calls it again."""
+    services = app[SERVICES]
+    services.draining = True
+    sessions = list(services.sessions)
+    if sessions:
+        log.info("draining %d stream(s)", len(sessions))
+        retry = 1000
+        try:
+            async with asyncio.timeout(max(1.0, services.settings.drain_seconds - 1.0)):
+                await asyncio.gather(*(s.goaway(retry) for s in sessions), return_exceptions=True)
+        except TimeoutError:
+            log.warning("drain: streams still open after the grace period")

@@ -1,0 +1,33 @@
+"""Typed application state: the services a running gateway owns, under one `web.AppKey`."""
+
+from __future__ import annotations
+
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from edge.metrics import Metrics
+from edge.repository import Repository
+from edge.scheduler import Scheduler
+from edge.settings import Settings
+
+if TYPE_CHECKING:
+    from edge.transports.session import StreamSession
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    repo: Repository
+    scheduler: Scheduler
+    #: model loading and other slow one-off work, never the frame workers
+    background: ThreadPoolExecutor
+    sessions: weakref.WeakSet[StreamSession] = field(default_factory=weakref.WeakSet)
+    draining: bool = False
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,124 @@
+"""The wire schema, shared by every transport: one JSON text message per reply.
+
+See docs/protocol.md. Encoding happens on worker threads for results (so the event loop only
+moves bytes) and on the loop for small notices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from edge.frames import Timing
+
+PROTOCOL = 1
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class ProtocolError(ValueError):
+    """A control message the server cannot accept; answered with `bad_message`."""
+
+
+def hello(session: str, model: str, max_frame_bytes: int, **extra: Any) -> str:
+    return _dumps(
+        {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "session": session,
+            "model": model,
+            "max_frame_bytes": max_frame_bytes,
+            **extra,
+        }
+    )
+
+
+def result(
+    seq: int, model: str, width: int, height: int, payload: dict[str, Any], timing: Timing
+) -> str:
+    msg = {"type": "result", "seq": seq, "model": model, "width": width, "height": height}
+    msg.update(payload)
+    msg["timing"] = {
+        "queue_ms": round(timing.queue_ms, 3),
+        "inference_ms": round(timing.inference_ms, 3),
+        "total_ms": round(timing.total_ms, 3),
+    }
+    return _dumps(msg)
+
+
+def dropped(seqs: list[int], reason: str) -> str:
+    if len(seqs) == 1:
+        return _dumps({"type": "dropped", "seq": seqs[0], "reason": reason})
+    return _dumps({"type": "dropped", "seqs": seqs, "reason": reason})
+
+
+def error(seq: int | None, code: str, message: str) -> str:
+    msg: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if seq is not None:
+        msg["seq"] = seq
+    return _dumps(msg)
+
+
+def message(type_: str, **fields: Any) -> str:
+    return _dumps({"type": type_, **fields})
+
+
+@dataclass(frozen=True)
+class Config:
+    """A `config` control message; None means "leave as it is"."""
+
+    threshold: float | None = None
+    max_frame_age_ms: float | None = None
+    clear_deadline: bool = False
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Control:
+    type: str
+    config: Config | None = None
+
+
+_CONFIG_KEYS = {"type", "threshold", "max_frame_age_ms", "model"}
+
+
+def parse_control(text: str, max_bytes: int) -> Control:
+    """Parse a client's text message, or raise ProtocolError saying what is wrong."""
+    if len(text) > max_bytes:
+        raise ProtocolError(f"control message longer than {max_bytes} bytes")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a control message is a JSON object with a 'type'")
+    kind = obj.get("type")
+    if kind == "config":
+        unknown = set(obj) - _CONFIG_KEYS
+        if unknown:
+            raise ProtocolError(
+                f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS - {'type'})}"
+            )
+        threshold = _number(obj, "threshold", 0.0, 1.0)
+        age = obj.get("max_frame_age_ms", ...)
+        clear = age is None
+        age_v = None if age is ... or age is None else _number(obj, "max_frame_age_ms", 1.0, 3.6e6)
+        model = obj.get("model")
+        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 128):
+            raise ProtocolError("model must be a model name, or name@version")
+        return Control("config", Config(threshold, age_v, clear, model))
+    if kind in ("stats", "ping"):
+        return Control(kind)
+    raise ProtocolError(f"unknown message type {kind!r}; known: config, stats, ping")
+
+
+def _number(obj: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ProtocolError(f"{key} must be a number")
+    if not lo <= v <= hi:
+        raise ProtocolError(f"{key} must be between {lo:g} and {hi:g}")
+    return float(v)

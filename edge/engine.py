@@ -1,0 +1,199 @@
+"""Stage 3: a loaded, warmed model version: its task plugin and its ONNX Runtime sessions.
+
+A model in the repository is data, not code: the file is read as bytes (so ONNX external-data
+paths cannot reach outside the repository), symlinks are refused, and no custom-op library is
+ever registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge import providers
+from edge.frames import Image
+from edge.modelspec import ModelSpec
+from edge.tasks import get_task
+from edge.tasks.base import Task
+
+log = logging.getLogger("edge.engine")
+
+
+class ModelLoadError(RuntimeError):
+    """A model version cannot be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a model's sessions are laid out over the worker threads, and why."""
+
+    sessions: int
+    threads: int
+    reason: str
+
+
+def choose_layout(spec: ModelSpec, workers: int) -> Layout:
+    """Small fixed-batch models: one single-threaded session per worker, frames in parallel.
+    Batching models: one session whose intra-op threads use the cores for a whole batch.
+    (bench/layout.py measures both on the machine at hand.)"""
+    if spec.sessions is not None or spec.threads is not None:
+        s = spec.sessions or 1
+        t = spec.threads or max(1, workers // s)
+        return Layout(s, t, "set in model.toml")
+    if spec.max_batch > 1:
+        return Layout(1, workers, "auto: batching model, one session with a thread per core")
+    return Layout(workers, 1, "auto: small model, one single-threaded session per worker")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    spec: ModelSpec
+    task: Task
+    sessions: list[ort.InferenceSession]
+    input_name: str
+    output_names: list[str]
+    providers: list[str]
+    layout: Layout
+    input_shape: list[object] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def run(self, batch: np.ndarray, worker: int) -> Sequence[np.ndarray]:
+        session = self.sessions[worker % len(self.sessions)]
+        return session.run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]
+
+    def infer_image(self, image: Image, threshold: float | None = None) -> dict[str, object]:
+        """One image through preprocess, run and postprocess (warm-up and tests)."""
+        tensor, ctx = self.task.preprocess(image)
+        outputs = self.run(tensor[None], 0)
+        th = self.spec.threshold if threshold is None else threshold
+        return self.task.postprocess([o[0] for o in outputs], ctx, image, th)
+
+
+def load(
+    repo_root: Path,
+    spec: ModelSpec,
+    version_dir: Path,
+    *,
+    workers: int,
+    preference: tuple[str, ...],
+    trt_cache: Path | None = None,
+    trt_fp16: bool = True,
+    trt_workspace_mb: int = 1024,
+) -> LoadedModel:
+    """Load, check and warm one version; raise ModelLoadError with the reason on failure."""
+    path = version_dir / "model.onnx"
+    _check_inside(repo_root, path)
+    try:
+        data = path.read_bytes()
+        task = get_task(spec.task)(spec)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: {e}") from e
+    layout = choose_layout(spec, workers)
+    prefs = spec.providers or preference
+    chosen, why = providers.choose(
+        prefs,
+        model_path=path,
+        threads=layout.threads,
+        trt_cache=trt_cache,
+        trt_fp16=trt_fp16,
+        trt_workspace_mb=trt_workspace_mb,
+    )
+    sessions = []
+    for _ in range(layout.sessions):
+        sessions.append(_session(data, chosen, layout.threads, path))
+    used = sessions[0].get_providers()
+    log.info(
+        "model %s@%s: providers %s (%s); %d session(s) x %d thread(s) (%s)",
+        spec.name,
+        version_dir.name,
+        used,
+        why,
+        layout.sessions,
+        layout.threads,
+        layout.reason,
+    )
+    inp = sessions[0].get_inputs()[0]
+    model = LoadedModel(
+        name=spec.name,
+        version=version_dir.name,
+        spec=spec,
+        task=task,
+        sessions=sessions,
+        input_name=inp.name,
+        output_names=[o.name for o in sessions[0].get_outputs()],
+        providers=used,
+        layout=layout,
+        input_shape=list(inp.shape),
+    )
+    warm_up(model)
+    return model
+
+
+def _session(
+    data: bytes, chosen: list[tuple[str, dict[str, object]]], threads: int, path: Path
+) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    while True:
+        try:
+            return ort.InferenceSession(
+                data,
+                sess_options=opts,
+                providers=[n for n, _ in chosen],
+                provider_options=[o for _, o in chosen],
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            if len(chosen) > 1:
+                log.warning(
+                    "%s: provider %s failed to load (%s); falling back to %s",
+                    path,
+                    chosen[0][0],
+                    e,
+                    chosen[1][0],
+                )
+                chosen = chosen[1:]
+                continue
+            raise ModelLoadError(f"{path}: onnxruntime cannot load it: {e}") from e
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Run every session once on a blank frame, so the first client frame is not the slow one."""
+    spec = model.spec
+    blank = Image(
+        pixels=np.full((spec.input_height, spec.input_width, 3), 127, np.uint8),
+        width=spec.input_width,
+        height=spec.input_height,
+    )
+    tensor, _ = model.task.preprocess(blank)
+    t0 = time.monotonic()
+    for i in range(len(model.sessions)):
+        try:
+            model.run(tensor[None], i)
+        except Exception as e:
+            raise ModelLoadError(f"{model.ref}: warm-up inference failed: {e}") from e
+    log.info("model %s warmed up in %.0f ms", model.ref, (time.monotonic() - t0) * 1e3)
+
+
+def _check_inside(root: Path, path: Path) -> None:
+    root = root.resolve()
+    for p in (path, path.parent, path.parent.parent):
+        if p.is_symlink():
+            raise ModelLoadError(f"{p}: symlinks are refused in the model repository")
+    if root not in path.resolve().parents:
+        raise ModelLoadError(f"{path}: outside the model repository {root}")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing; run `edge models pull`")

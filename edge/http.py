@@ -1,0 +1,116 @@
+"""Plain HTTP endpoints: health, readiness, model listing, unary inference, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edge.appkeys import SERVICES
+from edge.repository import Route, UnknownModel
+from edge.transports import common
+
+TRANSPORT = "http"
+UNARY_TIMEOUT_S = 30.0
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    if services.draining:
+        return web.json_response({"ready": False, "reasons": ["draining"]}, status=503)
+    if not services.repo.ready:
+        reasons = services.repo.not_ready_reasons()
+        return web.json_response({"ready": False, "reasons": reasons}, status=503)
+    return web.json_response({"ready": True})
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response({"models": request.app[SERVICES].repo.describe()})
+
+
+@routes.post("/v1/models/{name}/load")
+async def load_model(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    name = request.match_info["name"]
+    if name not in services.repo.names():
+        return web.json_response({"error": "unknown_model", "message": name}, status=404)
+    await services.repo.refresh(services.background, [name])
+    rows = [r for r in services.repo.describe() if r["name"] == name]
+    return web.json_response({"models": rows})
+
+
+@routes.post("/v1/models/{name}/infer")
+async def infer(request: web.Request) -> web.Response:
+    """The unary Predict call: one image in the body, its result JSON back."""
+    services = request.app[SERVICES]
+    settings = services.settings
+    try:
+        route = services.repo.assign(Route.parse(request.match_info["name"]), "unary")
+        services.repo.resolve(route)
+    except UnknownModel as e:
+        return web.json_response({"error": "unknown_model", "message": str(e)}, status=404)
+    if request.content_length is not None and request.content_length > settings.max_frame_bytes:
+        return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
+    if len(body) > settings.max_frame_bytes:
+        return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
+    threshold = request.query.get("threshold")
+    try:
+        th = None if threshold is None else float(threshold)
+        if th is not None and not 0.0 <= th <= 1.0:
+            raise ValueError
+    except ValueError:
+        return _bad("threshold must be a number between 0 and 1", 400, "bad_request")
+
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    async def send(text: str) -> None:
+        if not answer.done():
+            answer.set_result(text)
+
+    # Through the same scheduler as the streams: fair with them, batched, counted.
+    stream = common.open_stream(services, TRANSPORT, route, send)
+    stream.threshold = th
+    sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
+    try:
+        common.take_frame(services, stream, 0, body)
+        text = await asyncio.wait_for(answer, timeout=UNARY_TIMEOUT_S)
+    except TimeoutError:
+        return _bad("no result in time", 503, "timeout")
+    finally:
+        services.scheduler.withdraw(stream)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+    reply = json.loads(text)
+    if reply.get("type") != "result":
+        reply.pop("seq", None)
+        return web.json_response(reply, status=400 if reply.get("type") == "error" else 503)
+    reply.pop("seq", None)
+    return web.json_response(reply)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[SERVICES].metrics.registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _bad(message: str, status: int, code: str = "bad_frame") -> web.Response:
+    return web.json_response({"type": "error", "code": code, "message": message}, status=status)

@@ -1,0 +1,90 @@
+"""Prometheus metrics: the names are a public contract (docs/metrics.md, the autoscaler).
+
+One registry per app, so several apps in one process (the tests) do not collide. Label values
+are bounded: transports, model names, reasons and stages, never session ids or addresses.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from edge import __version__
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.received = Counter(
+            "edge_frames_received", "Frames taken off the wire", ["transport", "model"], registry=r
+        )
+        self.processed = Counter(
+            "edge_frames_processed",
+            "Frames answered with a result",
+            ["transport", "model"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "edge_frames_dropped",
+            "Frames answered with a drop notice",
+            ["transport", "model", "reason"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "edge_frame_errors", "Frames answered with an error", ["transport", "stage"], registry=r
+        )
+        self.inference_latency = Histogram(
+            "edge_inference_latency_seconds",
+            "Model run time per batch",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.frame_latency = Histogram(
+            "edge_frame_latency_seconds",
+            "Frame received to its reply sent",
+            ["transport", "model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "edge_queue_wait_seconds",
+            "Frame received to taken by a worker",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "edge_batch_size",
+            "Frames per model run",
+            ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "edge_active_streams", "Open streams", ["transport"], registry=r
+        )
+        self.inflight = Gauge(
+            "edge_inflight_frames",
+            "Frames taken by workers, not yet answered",
+            ["model"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "edge_model_ready", "1 while a model version serves", ["model", "version"], registry=r
+        )
+        self.model_load_failures = Counter(
+            "edge_model_load_failures", "Failed model loads", ["model"], registry=r
+        )
+        self.streams_refused = Counter(
+            "edge_streams_refused", "Stream requests refused", ["transport", "reason"], registry=r
+        )
+        self.shadow_agreement = Histogram(
+            "edge_shadow_agreement",
+            "Agreement of a shadow version with the serving one",
+            ["model", "version"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
+            registry=r,
+        )
+        Info("edge_build", "Build information", registry=r).info({"version": __version__})

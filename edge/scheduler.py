@@ -1,0 +1,285 @@
+"""Stages 2 to 4: from the latest-frame slots to results, on worker threads.
+
+Each stream has a one-slot mailbox (`Stream.slot`) holding its newest frame; a newer frame
+replaces it and the old one is reported `stale`. Streams with a frame waiting sit once each in
+a round-robin ready queue, so a fast sender cannot starve the others, and a stream has at most
+one frame in flight, so its results come back in seq order.
+
+A fixed pool of worker threads takes streams off the ready queue and runs decode, preprocess,
+inference and postprocess, and encodes the reply, all off the event loop (the heavy parts
+release the GIL). For a batching model a worker gathers up to `max_batch` streams of that model
+for at most `max_delay_ms`, then takes their frames: staleness and deadlines are decided at that
+instant, just before the batch runs. Replies go back to the loop through one deque with a
+single wake-up per burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge import codec
+from edge.decode import decode
+from edge.engine import LoadedModel
+from edge.frames import Frame, FrameError, Timing
+from edge.metrics import Metrics
+from edge.repository import Repository, UnknownModel
+from edge.stream import Stream
+
+log = logging.getLogger("edge.scheduler")
+
+
+@dataclass(slots=True)
+class Reply:
+    """A worker's answer to one frame, handed to the event loop."""
+
+    stream: Stream
+    seq: int
+    kind: str  # result | dropped | error
+    text: str = ""  # encoded message, for results and errors
+    reason: str = ""  # drop reason or error stage
+    received_at: float = 0.0
+    model: str = ""
+
+
+class Scheduler:
+    def __init__(
+        self, repo: Repository, metrics: Metrics, *, workers: int, max_pixels: int
+    ) -> None:
+        self._repo = repo
+        self._metrics = metrics
+        self._workers = workers
+        self._max_pixels = max_pixels
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._ready: deque[Stream] = deque()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._replies: deque[Reply] = deque()
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for i in range(self._workers):
+            t = threading.Thread(target=self._work, args=(i,), name=f"edge-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    async def stop(self) -> None:
+        """Stop the workers after the frames they hold are answered; idempotent."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        threads, self._threads = self._threads, []
+        await asyncio.gather(*(asyncio.to_thread(t.join) for t in threads))
+        self._deliver()
+
+    # -- event loop side --------------------------------------------------------------------
+    def offer(self, stream: Stream, frame: Frame) -> Frame | None:
+        """Put `frame` in the stream's slot; return the frame it superseded, if any."""
+        with self._lock:
+            old = stream.slot
+            stream.slot = frame
+            if not stream.busy and not stream.queued and not stream.closed:
+                stream.queued = True
+                self._ready.append(stream)
+                self._cond.notify()
+        return old
+
+    def withdraw(self, stream: Stream) -> Frame | None:
+        """Close the stream to new work; return the frame still waiting in its slot."""
+        with self._lock:
+            stream.closed = True
+            frame, stream.slot = stream.slot, None
+            if stream.queued:
+                stream.queued = False
+                self._ready.remove(stream)
+        return frame
+
+    def is_idle(self, stream: Stream) -> bool:
+        with self._lock:
+            return stream.idle
+
+    # -- worker threads ---------------------------------------------------------------------
+    def _work(self, index: int) -> None:
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            model, jobs = batch
+            try:
+                self._serve(index, model, jobs)
+            finally:
+                with self._lock:
+                    for stream, _ in jobs:
+                        stream.busy = False
+                        if stream.slot is not None and not stream.closed:
+                            stream.queued = True
+                            self._ready.append(stream)
+                            self._cond.notify()
+                self._metrics.inflight.labels(model.name).dec(len(jobs))
+
+    def _gather(self) -> tuple[LoadedModel, list[tuple[Stream, Frame]]] | None:
+        """Wait for work; claim up to max_batch streams of one model; take their frames."""
+        with self._cond:
+            while True:
+                while not self._ready:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                first = self._ready.popleft()
+                first.queued = False
+                try:
+                    model = self._repo.resolve(first.route)
+                except UnknownModel as e:
+                    frame, first.slot = first.slot, None
+                    if frame is not None:
+                        self._reply_error(first, frame, "model_unavailable", str(e), "inference")
+                    continue
+                first.busy = True
+                claimed = [first]
+                limit = model.spec.max_batch
+                if limit > 1:
+                    deadline = time.monotonic() + model.spec.max_delay_ms / 1000
+                    while True:
+                        self._claim_more(model, claimed, limit)
+                        remaining = deadline - time.monotonic()
+                        if len(claimed) >= limit or remaining <= 0 or self._stopping:
+                            break
+                        self._cond.wait(remaining)
+                jobs = []
+                now = time.monotonic()
+                for s in claimed:
+                    frame, s.slot = s.slot, None
+                    if frame is None:  # withdrawn while we gathered
+                        s.busy = False
+                        continue
+                    if s.max_age_s is not None and now - frame.received_at > s.max_age_s:
+                        s.busy = False
+                        self._push(
+                            Reply(s, frame.seq, "dropped", reason="deadline", model=model.name)
+                        )
+                        continue
+                    jobs.append((s, frame))
+                if jobs:
+                    self._metrics.inflight.labels(model.name).inc(len(jobs))
+                    return model, jobs
+
+    def _claim_more(self, model: LoadedModel, claimed: list[Stream], limit: int) -> None:
+        for s in list(self._ready):
+            if len(claimed) >= limit:
+                return
+            try:
+                if self._repo.resolve(s.route) is not model:
+                    continue
+            except UnknownModel:
+                continue
+            self._ready.remove(s)
+            s.queued = False
+            s.busy = True
+            claimed.append(s)
+
+    def _serve(self, index: int, model: LoadedModel, jobs: list[tuple[Stream, Frame]]) -> None:
+        taken = time.monotonic()
+        task = model.task
+        fit = task.decode_hint()
+        ready = []
+        for stream, frame in jobs:
+            try:
+                image = decode(frame.data, fit, self._max_pixels)
+            except FrameError as e:
+                self._reply_error(stream, frame, e.code, e.message, "decode", model.name)
+                continue
+            try:
+                tensor, ctx = task.preprocess(image)
+            except Exception as e:
+                log.exception("session=%s seq=%d: preprocess failed", stream.id, frame.seq)
+                self._reply_error(
+                    stream, frame, "preprocess_failed", str(e), "preprocess", model.name
+                )
+                continue
+            ready.append((stream, frame, image, tensor, ctx))
+        if not ready:
+            return
+        batch = np.stack([r[3] for r in ready]) if len(ready) > 1 else ready[0][3][None]
+        t0 = time.monotonic()
+        try:
+            outputs = model.run(batch, index)
+        except Exception as e:
+            log.error("model %s: inference failed on a batch of %d: %s", model.ref, len(ready), e)
+            for stream, frame, *_ in ready:
+                self._reply_error(
+                    stream, frame, "inference_failed", f"{model.ref}: {e}", "inference", model.name
+                )
+            return
+        t1 = time.monotonic()
+        m = self._metrics
+        m.inference_latency.labels(model.name).observe(t1 - t0)
+        m.batch_size.labels(model.name).observe(len(ready))
+        qw = m.queue_wait.labels(model.name)
+        for i, (stream, frame, image, _, ctx) in enumerate(ready):
+            threshold = model.spec.threshold if stream.threshold is None else stream.threshold
+            try:
+                payload = task.postprocess([o[i] for o in outputs], ctx, image, threshold)
+            except Exception as e:
+                log.exception("session=%s seq=%d: postprocess failed", stream.id, frame.seq)
+                self._reply_error(
+                    stream, frame, "postprocess_failed", str(e), "postprocess", model.name
+                )
+                continue
+            done = time.monotonic()
+            qw.observe(taken - frame.received_at)
+            timing = Timing(
+                queue_ms=(taken - frame.received_at) * 1e3,
+                inference_ms=(t1 - t0) * 1e3,
+                total_ms=(done - frame.received_at) * 1e3,
+            )
+            text = codec.result(frame.seq, model.ref, image.width, image.height, payload, timing)
+            self._push(Reply(stream, frame.seq, "result", text, "", frame.received_at, model.name))
+
+    def _reply_error(
+        self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""
+    ) -> None:
+        text = codec.error(frame.seq, code, message)
+        self._push(Reply(stream, frame.seq, "error", text, stage, frame.received_at, model))
+
+    # -- back to the event loop -------------------------------------------------------------
+    def _push(self, reply: Reply) -> None:
+        self._replies.append(reply)
+        if not self._wake_pending:
+            self._wake_pending = True
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # loop closed under us during shutdown
+                    pass
+
+    def _deliver(self) -> None:
+        self._wake_pending = False
+        replies = self._replies
+        m = self._metrics
+        while replies:
+            r = replies.popleft()
+            s = r.stream
+            t = s.transport
+            if r.kind == "result":
+                s.stats.processed += 1
+                m.processed.labels(t, r.model).inc()
+                s.outbox.put(r.text, r.received_at)
+            elif r.kind == "dropped":
+                s.stats.dropped += 1
+                m.dropped.labels(t, r.model, r.reason).inc()
+                s.outbox.drop(r.seq, r.reason)
+            else:
+                s.stats.errors += 1
+                m.errors.labels(t, r.reason).inc()
+                s.outbox.put(r.text)

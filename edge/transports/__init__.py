@@ -1,0 +1,1 @@
+"""Transports: thin adapters from a wire protocol to `Frame`s in and replies out."""

@@ -1,0 +1,160 @@
+"""Shared fixtures: real models, real photos, the real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from edge.app import create_app
+from edge.pull import pull
+from edge.settings import Settings
+from tests.imagedata import sample_image
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+
+@pytest.fixture(scope="session")
+def pulled() -> Path:
+    """The repository's models/ with every default model's weights present."""
+    pull(MODELS)
+    return MODELS
+
+
+@pytest.fixture(scope="session")
+def face_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with BlazeFace alone (fast to load), copied, not linked."""
+    root = tmp_path_factory.mktemp("face-repo")
+    shutil.copytree(pulled / "blazeface", root / "blazeface")
+    return root
+
+
+def jpeg(name: str, size: tuple[int, int] | None = None, quality: int = 85) -> bytes:
+    im = Image.open(sample_image(name)).convert("RGB")
+    if size is not None:
+        im = im.resize(size)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png(name: str) -> bytes:
+    buf = io.BytesIO()
+    Image.open(sample_image(name)).convert("RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def face_jpeg() -> bytes:
+    return jpeg("astronaut.png")
+
+
+@pytest.fixture(scope="session")
+def noface_jpeg() -> bytes:
+    return jpeg("coffee.png")
+
+
+def settings_for(repo: Path, **overrides: object) -> Settings:
+    base = Settings(host="127.0.0.1", port=0, models=repo, watch_models_s=0, log_format="text")
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[tuple[str, web.Application]]:
+    """The real app on a real loopback socket; yields its base URL once /readyz says 200."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url)
+        yield url, app
+    finally:
+        await runner.cleanup()
+
+
+async def wait_ready(url: str, within: float = 60.0) -> None:
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{url} not ready within {within} s")
+
+
+@pytest.fixture
+async def face_server(face_repo: Path) -> AsyncIterator[str]:
+    async with running(settings_for(face_repo)) as (url, _):
+        yield url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class GatewayProcess:
+    """`edge serve` as a separate process, as an operator runs it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(repo: Path, env: dict[str, str] | None = None) -> GatewayProcess:
+        port = free_port()
+        log = tmp_path / f"gateway-{port}.log"
+        full_env = {**os.environ, "EDGE_LOG_FORMAT": "json", "EDGE_WATCH_MODELS_S": "0",
+                    **(env or {})}  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--models", str(repo)],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env,
+        )  # fmt: skip
+        procs.append(proc)
+        return GatewayProcess(proc, f"http://127.0.0.1:{port}", log)
+
+    yield spawn
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)

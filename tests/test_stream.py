@@ -1,0 +1,234 @@
+"""The WebSocket stream contract, as a client observes it (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from tests.conftest import jpeg, png, running, settings_for
+from tests.wsclient import next_reply, open_stream, read_into
+
+pytestmark = pytest.mark.integration
+
+ASTRONAUT_FACE = (180, 83, 274, 177)  # x1, y1, x2, y2 in astronaut.png, checked by eye
+
+
+def iou(a: list[float] | tuple[float, ...], b: list[float] | tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+async def test_hello_then_face_box_where_the_face_is(face_server: str, face_jpeg: bytes) -> None:
+    """Guards against a wrong decode of BlazeFace's anchors or of the frame's scale."""
+    async with aiohttp.ClientSession() as http:
+        ws, books = await open_stream(http, face_server, "blazeface")
+        assert books.hello["protocol"] == 1
+        assert books.hello["model"] == "blazeface@1"
+        assert books.hello["max_frame_bytes"] > 0 and books.hello["session"]
+        await ws.send_bytes(face_jpeg)
+        r = await next_reply(ws)
+        assert r["type"] == "result" and r["seq"] == 0 and r["model"] == "blazeface@1"
+        assert (r["width"], r["height"]) == (512, 512)
+        assert len(r["detections"]) == 1, r["detections"]
+        det = r["detections"][0]
+        assert det["label"] == "face" and det["score"] > 0.8
+        assert iou(det["box"], ASTRONAUT_FACE) > 0.6, det["box"]
+        assert len(det["keypoints"]) == 6
+        x1, y1, x2, y2 = det["box"]
+        assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in det["keypoints"][:4])
+        assert set(r["timing"]) >= {"queue_ms", "inference_ms", "total_ms"}
+        await ws.close()
+
+
+async def test_boxes_are_in_pixels_of_the_frame_as_sent(face_server: str) -> None:
+    """A frame decoded at reduced scale must still get boxes in its own pixel space."""
+    big = jpeg("astronaut.png", (1024, 1024))
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, face_server)
+        await ws.send_bytes(big)
+        r = await next_reply(ws)
+        assert (r["width"], r["height"]) == (1024, 1024)
+        doubled = tuple(2 * v for v in ASTRONAUT_FACE)
+        assert iou(r["detections"][0]["box"], doubled) > 0.6
+        await ws.close()
+
+
+@pytest.mark.parametrize("name", ["coffee.png", "chelsea.png", "rocket.jpg"])
+async def test_no_face_no_detection(face_server: str, name: str) -> None:
+    """Guards against a score decode that turns background into faces."""
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, face_server)
+        await ws.send_bytes(png(name))
+        r = await next_reply(ws)
+        assert r["type"] == "result" and r["detections"] == []
+        await ws.close()
+
+
+async def test_garbage_gets_bad_frame_and_the_stream_goes_on(
+    face_server: str, face_jpeg: bytes
+) -> None:
+    """A bad frame must be answered with a typed error, and must not end the stream."""
+    bad = [b"not an image at all", face_jpeg[:200], b"\xff\xd8\xff" + b"\x00" * 64,
+           b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b""]  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, face_server)
+        for i, data in enumerate(bad):
+            await ws.send_bytes(data)
+            r = await next_reply(ws)
+            assert r == {**r, "type": "error", "seq": i, "code": "bad_frame"}, r
+            assert r["message"]
+        await ws.send_bytes(face_jpeg)
+        r = await next_reply(ws)
+        assert r["type"] == "result" and r["seq"] == len(bad) and r["detections"]
+        await ws.close()
+
+
+async def test_too_large_and_too_many_pixels(face_repo) -> None:  # type: ignore[no-untyped-def]
+    """Limits answer with bad_frame before any decoding; the stream stays open."""
+    small = jpeg("astronaut.png", (128, 128))
+    many_pixels = jpeg("coins.png", (400, 300), quality=20)
+    assert len(small) < 20_000 and len(many_pixels) < 20_000
+    settings = settings_for(face_repo, max_frame_bytes=20_000, max_pixels=200 * 200)
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, url)
+        await ws.send_bytes(small + b"\x00" * 20_000)
+        r = await next_reply(ws)
+        assert r["code"] == "bad_frame" and "bytes" in r["message"]
+        await ws.send_bytes(many_pixels)
+        r = await next_reply(ws)
+        assert r["code"] == "bad_frame" and "pixels" in r["message"]
+        await ws.send_bytes(small)
+        r = await next_reply(ws)
+        assert r["type"] == "result" and r["seq"] == 2
+        await ws.close()
+
+
+async def test_malformed_control_messages_get_bad_message(
+    face_server: str, face_jpeg: bytes
+) -> None:
+    """Bad control input is answered and the stream keeps serving frames."""
+    bad = ["{", "[]", '{"type":"nope"}', '{"type":"config","threshold":7}',
+           '{"type":"config","threshold":"high"}', '{"type":"config","bogus":1}',
+           '{"type":"config","max_frame_age_ms":-5}', "x" * 10_000]  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, face_server)
+        for text in bad:
+            await ws.send_str(text)
+            r = await next_reply(ws)
+            assert r["type"] == "error" and r["code"] == "bad_message", (text, r)
+        await ws.send_bytes(face_jpeg)
+        r = await next_reply(ws)
+        assert r["type"] == "result" and r["seq"] == 0
+        await ws.close()
+
+
+async def test_threshold_config_applies_to_later_frames(
+    face_server: str, face_jpeg: bytes
+) -> None:
+    """A stream's threshold must change what it is sent, and be acknowledged."""
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, face_server)
+        await ws.send_str(json.dumps({"type": "config", "threshold": 0.99}))
+        ack = await next_reply(ws)
+        assert ack["type"] == "config" and ack["threshold"] == 0.99
+        await ws.send_bytes(face_jpeg)
+        r = await next_reply(ws)
+        assert r["type"] == "result" and r["detections"] == []
+        await ws.send_str(json.dumps({"type": "config", "threshold": 0.5}))
+        await next_reply(ws)
+        await ws.send_bytes(face_jpeg)
+        r = await next_reply(ws)
+        assert len(r["detections"]) == 1
+        await ws.close()
+
+
+async def test_every_frame_answered_once_under_overload(
+    face_server: str, face_jpeg: bytes
+) -> None:
+    """Several clients sending as fast as they can: each seq gets exactly one reply, the
+    newest frames are served, and replies to the last frames arrive within a second."""
+    async with aiohttp.ClientSession() as http:
+        streams = [await open_stream(http, face_server) for _ in range(4)]
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in streams]
+
+        async def blast(ws: aiohttp.ClientWebSocketResponse, books) -> None:  # type: ignore[no-untyped-def]
+            loop = asyncio.get_running_loop()
+            for seq in range(300):
+                books.sent_at[seq] = loop.time()
+                await ws.send_bytes(face_jpeg)
+                if seq % 20 == 0:
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*(blast(ws, b) for ws, b in streams))
+        await asyncio.sleep(1.0)
+        for ws, _ in streams:
+            await ws.close()
+        await asyncio.wait_for(asyncio.gather(*readers), 10)
+        for _, books in streams:
+            assert books.unanswered() == []
+            assert books.answered_twice() == []
+            kinds = books.kinds()
+            assert kinds.get("result", 0) >= 1 and kinds.get("dropped:stale", 0) >= 1, kinds
+            assert set(kinds) <= {"result", "dropped:stale"}, kinds
+            assert books.replies[299][0]["type"] == "result"  # the newest frame is served
+
+
+async def test_deadline_drops_frames_that_waited_too_long(
+    face_server: str, face_jpeg: bytes
+) -> None:
+    """max_frame_age_ms: a frame older than the deadline when its turn comes is not run."""
+    async with aiohttp.ClientSession() as http:
+        clients = [await open_stream(http, face_server) for _ in range(6)]
+        for ws, _ in clients:
+            await ws.send_str(json.dumps({"type": "config", "max_frame_age_ms": 1}))
+            assert (await next_reply(ws))["type"] == "config"
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
+        for seq in range(40):
+            for ws, books in clients:
+                books.sent_at[seq] = 0.0
+                await ws.send_bytes(face_jpeg)
+        await asyncio.sleep(1.0)
+        for ws, _ in clients:
+            await ws.close()
+        await asyncio.gather(*readers)
+        total: dict[str, int] = {}
+        for _, books in clients:
+            assert books.unanswered() == [] and books.answered_twice() == []
+            for k, v in books.kinds().items():
+                total[k] = total.get(k, 0) + v
+        assert total.get("dropped:deadline", 0) > 0, total
+
+
+async def test_unknown_model_is_refused_before_upgrade(face_server: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await http.ws_connect(face_server.replace("http", "ws") + "/v1/stream?model=nope")
+        assert e.value.status == 404
+
+
+async def test_model_listing_health_and_unary_infer(face_server: str, face_jpeg: bytes) -> None:
+    """The plain HTTP contract: health, readiness, the model list and the Predict call."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(face_server + "/healthz") as r:
+            assert r.status == 200
+        async with http.get(face_server + "/readyz") as r:
+            assert r.status == 200
+        async with http.get(face_server + "/v1/models") as r:
+            models = (await r.json())["models"]
+        bf = next(m for m in models if m["name"] == "blazeface")
+        assert bf["version"] == "1" and bf["state"] == "ready" and bf["task"] == "face_detection"
+        assert bf["input"]["width"] == 128
+        async with http.post(face_server + "/v1/models/blazeface/infer", data=face_jpeg,
+                             headers={"Content-Type": "image/jpeg"}) as r:  # fmt: skip
+            assert r.status == 200
+            body = await r.json()
+        assert body["type"] == "result" and iou(body["detections"][0]["box"], ASTRONAUT_FACE) > 0.6
+        async with http.post(face_server + "/v1/models/blazeface/infer", data=b"junk") as r:
+            assert r.status == 400 and (await r.json())["code"] == "bad_frame"
+        async with http.post(face_server + "/v1/models/nope/infer", data=face_jpeg) as r:
+            assert r.status == 404
