@@ -109,7 +109,13 @@ async def drain(app: web.Application) -> None:
     """Graceful drain: readiness off, no new streams, every stream answered and told goaway.
     Idempotent: the signal handler calls it while still listening, cleanup calls it again."""
     services = app[SERVICES]
+    if services.draining:
+        return
     services.draining = True
+    delay = min(services.settings.drain_delay_s, services.settings.drain_seconds / 2)
+    if services.sessions and delay > 0:
+        log.info("draining: readiness off; streams told goaway in %g s", delay)
+        await asyncio.sleep(delay)
     sessions = list(services.sessions)
     if sessions:
         log.info("draining %d stream(s)", len(sessions))

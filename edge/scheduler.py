@@ -282,4 +282,4 @@ class Scheduler:
             else:
                 s.stats.errors += 1
                 m.errors.labels(t, r.reason).inc()
-                s.outbox.put(r.text)
+                s.outbox.put(r.text, r.received_at)

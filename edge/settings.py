@@ -42,6 +42,9 @@ class Settings:
     max_streams: int = 64
     max_inflight: int = 0  # per model; 0: 2 x workers
     drain_seconds: float = 20.0
+    #: after SIGTERM, how long readiness is 503 (and new streams refused) before open streams
+    #: are told goaway, so load balancers stop sending reconnects here first
+    drain_delay_s: float = 1.0
     heartbeat_s: float = 20.0
     idle_timeout_s: float = 120.0
     log_level: str = "info"

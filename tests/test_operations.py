@@ -1,0 +1,137 @@
+"""Operating the gateway: metrics, admission control and graceful drain, as operators see it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import GatewayProcess, running, settings_for, wait_ready
+from tests.overload_util import blast
+from tests.wsclient import open_stream, read_into
+
+pytestmark = pytest.mark.integration
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, tuple], float]:
+    async with http.get(url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    out: dict[tuple[str, tuple], float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))  # fmt: skip
+
+
+async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) -> None:
+    """Each named series moves during a multi-stream run, and the books balance:
+    received = processed + dropped + errors, matching what the clients were told."""
+    async with running(settings_for(face_repo)) as (url, _), aiohttp.ClientSession() as http:
+        before = await scrape(http, url)
+        assert total(before, "edge_model_ready", model="blazeface", version="1") == 1
+        clients = [await open_stream(http, url) for _ in range(3)]
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
+        during = await scrape(http, url)
+        assert total(during, "edge_active_streams", transport="websocket") == 3
+        await asyncio.gather(*(blast(ws, b, face_jpeg, 2.0, 150.0) for ws, b in clients))
+        await clients[0][0].send_bytes(b"garbage")
+        clients[0][1].sent_at[len(clients[0][1].sent_at)] = 0.0
+        await asyncio.sleep(1.0)
+        for ws, _ in clients:
+            await ws.close()
+        await asyncio.gather(*readers)
+        after = await scrape(http, url)
+    kinds: dict[str, int] = {}
+    sent = 0
+    for _, books in clients:
+        sent += len(books.sent_at)
+        assert books.unanswered() == []
+        for k, v in books.kinds().items():
+            kinds[k] = kinds.get(k, 0) + v
+    m = "blazeface"
+    received = total(after, "edge_frames_received_total", transport="websocket", model=m)
+    processed = total(after, "edge_frames_processed_total", transport="websocket", model=m)
+    dropped = total(after, "edge_frames_dropped_total", transport="websocket", model=m)
+    errors = total(after, "edge_frame_errors_total", transport="websocket")
+    assert received == sent
+    assert received == processed + dropped + errors
+    assert processed == kinds["result"]
+    assert dropped == total(after, "edge_frames_dropped_total", reason="stale") > 0
+    assert errors == total(after, "edge_frame_errors_total", stage="decode") == 1
+    assert total(after, "edge_inference_latency_seconds_count", model=m) >= processed
+    assert total(after, "edge_frame_latency_seconds_count", transport="websocket",
+                 model=m) == processed + errors  # fmt: skip
+    assert total(after, "edge_queue_wait_seconds_count", model=m) == processed
+    assert total(after, "edge_batch_size_count", model=m) > 0
+    assert total(after, "edge_active_streams", transport="websocket") == 0
+    assert total(after, "edge_inflight_frames", model=m) == 0
+    assert total(after, "edge_build_info") == 1
+
+
+async def test_admission_refuses_stream_n_plus_1(face_repo: Path, face_jpeg: bytes) -> None:
+    """With max_streams = N, stream N+1 gets 503 + Retry-After while the first N keep going."""
+    async with running(settings_for(face_repo, max_streams=2)) as (url, _), \
+            aiohttp.ClientSession() as http:  # fmt: skip
+        a, _ = await open_stream(http, url)
+        b, _ = await open_stream(http, url)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await http.ws_connect(url.replace("http", "ws") + "/v1/stream")
+        assert e.value.status == 503 and e.value.headers is not None
+        assert "Retry-After" in e.value.headers
+        for ws in (a, b):
+            await ws.send_bytes(face_jpeg)
+            assert (await asyncio.wait_for(ws.receive_json(), 5))["type"] == "result"
+        await a.close()
+        await asyncio.sleep(0.1)
+        c, _ = await open_stream(http, url)  # a slot is free again
+        await c.close()
+        await b.close()
+
+
+async def test_sigterm_drains_every_stream(spawn_gateway, face_repo: Path,
+                                           face_jpeg: bytes) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM in the middle of several streams: readiness flips first, every frame sent is
+    answered, each stream gets goaway and close 1001, the process exits within the grace."""
+    gw: GatewayProcess = spawn_gateway(face_repo, {"EDGE_DRAIN_SECONDS": "5"})
+    await wait_ready(gw.url)
+    async with aiohttp.ClientSession() as http:
+        clients = [await open_stream(http, gw.url) for _ in range(4)]
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
+        senders = [asyncio.create_task(blast(ws, b, face_jpeg, 30.0, 100.0)) for ws, b in clients]
+        await asyncio.sleep(1.0)
+        t_signal = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        async with http.get(gw.url + "/readyz") as r:
+            assert r.status == 503
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(gw.url.replace("http", "ws") + "/v1/stream")
+        await asyncio.wait_for(asyncio.gather(*readers), 10)
+        for s in senders:
+            s.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        exit_code = await asyncio.to_thread(gw.proc.wait, 10)
+        elapsed = time.monotonic() - t_signal
+    assert exit_code == 0 and elapsed < 5.0
+    for ws, books in clients:
+        assert ws.close_code == 1001
+        assert books.other[-1]["type"] == "goaway" and books.other[-1]["retry_after_ms"] > 0
+        # frames still in flight on the client's side when the server closed are not the
+        # server's to answer; every frame the server took is answered exactly once
+        answered = set(books.replies)
+        assert books.answered_twice() == []
+        assert answered == set(range(len(answered))), "a frame the server took has no reply"
+        assert books.kinds().get("result", 0) > 0
+    log = gw.log.read_text()
+    assert "draining" in log

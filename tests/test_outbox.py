@@ -1,0 +1,58 @@
+"""The per-stream sender: bounded backlog, merged drop notices, slow consumers cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+
+from edge.outbox import Outbox, SlowConsumer
+
+pytestmark = pytest.mark.unit
+
+
+async def test_drop_notices_merge_and_name_each_seq_once() -> None:
+    """Runs of drops must collapse into few messages that still name every seq exactly once."""
+    sent: list[dict[str, object]] = []
+
+    async def send(text: str) -> None:
+        sent.append(json.loads(text))
+
+    box = Outbox(send, max_pending=4, send_timeout=1.0)
+    for seq in [1, 2, 3, 7, 9, 10]:
+        box.drop(seq, "stale")
+    box.drop(4, "overload")
+    box.put('{"type":"result","seq":5}')
+    task = asyncio.create_task(box.run())
+    assert await box.flush(1.0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    stale = [m for m in sent if m.get("reason") == "stale"]
+    assert len(stale) == 1 and stale[0]["seqs"] == [1, 2, 3, 7, 9, 10]
+    assert {"type": "dropped", "seq": 4, "reason": "overload"} in sent
+    assert {"type": "result", "seq": 5} in sent
+
+
+async def test_backlog_is_bounded_and_a_stuck_socket_is_cut_off() -> None:
+    """A client whose socket accepts nothing: the backlog reports congestion at its limit
+    (so new frames are dropped, not queued) and the sender gives up after the timeout."""
+    blocked = asyncio.Event()
+
+    async def send(text: str) -> None:
+        blocked.set()
+        await asyncio.Event().wait()  # never completes, like a full socket
+
+    box = Outbox(send, max_pending=3, send_timeout=0.2)
+    task = asyncio.create_task(box.run())
+    for i in range(4):
+        box.put(f'{{"seq":{i}}}')
+    await blocked.wait()
+    assert box.congested  # 3 still queued behind the stuck one
+    with pytest.raises(SlowConsumer):
+        await asyncio.wait_for(task, 2)
+    assert box.failed is not None
+    box.put("after")  # ignored once failed: nothing accumulates for a dead client
+    assert len(box._messages) == 3  # noqa: SLF001
