@@ -16,18 +16,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from edge import http
+from edge import http, tracing
 from edge.appkeys import SERVICES, Services
 from edge.metrics import Metrics
 from edge.repository import Repository
 from edge.scheduler import Scheduler
 from edge.settings import Settings
+from edge.tracing import FrameTracer
 from edge.transports import websocket
 
 log = logging.getLogger("edge.app")
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, tracer: FrameTracer | None = None) -> web.Application:
+    """The gateway app; `tracer` overrides the one the settings would set up (tests)."""
     app = web.Application(client_max_size=settings.max_frame_bytes + 1024)
     metrics = Metrics()
     repo = Repository(settings, on_change=lambda: _publish_models(app))
@@ -36,7 +38,12 @@ def create_app(settings: Settings) -> web.Application:
         metrics=metrics,
         repo=repo,
         scheduler=Scheduler(
-            repo, metrics, workers=settings.worker_count, max_pixels=settings.max_pixels
+            repo,
+            metrics,
+            workers=settings.worker_count,
+            max_pixels=settings.max_pixels,
+            inflight_limit=settings.max_inflight,
+            tracer=tracer or tracing.from_settings(settings.tracing),
         ),
         background=ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-background"),
     )

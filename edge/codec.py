@@ -72,6 +72,8 @@ class Config:
     max_frame_age_ms: float | None = None
     clear_deadline: bool = False
     model: str | None = None
+    credits: bool | None = None
+    stats_every_s: float | None = None  # 0 turns periodic stats off
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Control:
     config: Config | None = None
 
 
-_CONFIG_KEYS = {"type", "threshold", "max_frame_age_ms", "model"}
+_CONFIG_KEYS = {"type", "threshold", "max_frame_age_ms", "model", "credits", "stats_every_s"}
 
 
 def parse_control(text: str, max_bytes: int) -> Control:
@@ -107,7 +109,14 @@ def parse_control(text: str, max_bytes: int) -> Control:
         model = obj.get("model")
         if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 128):
             raise ProtocolError("model must be a model name, or name@version")
-        return Control("config", Config(threshold, age_v, clear, model))
+        credits = obj.get("credits")
+        if credits is not None and not isinstance(credits, bool):
+            raise ProtocolError("credits must be true or false")
+        every = obj.get("stats_every_s")
+        every_v = None
+        if every is not None:
+            every_v = 0.0 if every == 0 else _number(obj, "stats_every_s", 0.5, 3600.0)
+        return Control("config", Config(threshold, age_v, clear, model, credits, every_v))
     if kind in ("stats", "ping"):
         return Control(kind)
     raise ProtocolError(f"unknown message type {kind!r}; known: config, stats, ping")

@@ -8,6 +8,10 @@ import sys
 import time
 
 
+#: structured fields a log call may pass with `extra=`
+_FIELDS = ("session", "model", "transport", "code")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         event = {
@@ -17,6 +21,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key in _FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                event[key] = value
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
         return json.dumps(event, ensure_ascii=False)

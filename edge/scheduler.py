@@ -31,6 +31,7 @@ from edge.frames import Frame, FrameError, Timing
 from edge.metrics import Metrics
 from edge.repository import Repository, UnknownModel
 from edge.stream import Stream
+from edge.tracing import FrameTracer
 
 log = logging.getLogger("edge.scheduler")
 
@@ -50,12 +51,24 @@ class Reply:
 
 class Scheduler:
     def __init__(
-        self, repo: Repository, metrics: Metrics, *, workers: int, max_pixels: int
+        self,
+        repo: Repository,
+        metrics: Metrics,
+        *,
+        workers: int,
+        max_pixels: int,
+        inflight_limit: int = 0,
+        tracer: FrameTracer | None = None,
     ) -> None:
         self._repo = repo
         self._metrics = metrics
         self._workers = workers
         self._max_pixels = max_pixels
+        #: frames one model may have running at once (0: no limit beyond the workers), so one
+        #: busy model cannot take every worker from the others
+        self._inflight_limit = inflight_limit
+        self._running: dict[str, int] = {}
+        self._tracer = tracer
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._ready: deque[Stream] = deque()
@@ -119,6 +132,9 @@ class Scheduler:
                 self._serve(index, model, jobs)
             finally:
                 with self._lock:
+                    self._running[model.name] -= len(jobs)
+                    if self._inflight_limit:
+                        self._cond.notify()
                     for stream, _ in jobs:
                         stream.busy = False
                         if stream.slot is not None and not stream.closed:
@@ -131,19 +147,13 @@ class Scheduler:
         """Wait for work; claim up to max_batch streams of one model; take their frames."""
         with self._cond:
             while True:
-                while not self._ready:
-                    if self._stopping:
+                picked = self._pick()
+                if picked is None:
+                    if self._stopping and not self._ready:
                         return None
                     self._cond.wait()
-                first = self._ready.popleft()
-                first.queued = False
-                try:
-                    model = self._repo.resolve(first.route)
-                except UnknownModel as e:
-                    frame, first.slot = first.slot, None
-                    if frame is not None:
-                        self._reply_error(first, frame, "model_unavailable", str(e), "inference")
                     continue
+                first, model = picked
                 first.busy = True
                 claimed = [first]
                 limit = model.spec.max_batch
@@ -170,8 +180,28 @@ class Scheduler:
                         continue
                     jobs.append((s, frame))
                 if jobs:
+                    self._running[model.name] = self._running.get(model.name, 0) + len(jobs)
                     self._metrics.inflight.labels(model.name).inc(len(jobs))
                     return model, jobs
+
+    def _pick(self) -> tuple[Stream, LoadedModel] | None:
+        """The first ready stream, round-robin, whose model is under its in-flight limit."""
+        for _ in range(len(self._ready)):
+            s = self._ready.popleft()
+            try:
+                model = self._repo.resolve(s.route)
+            except UnknownModel as e:
+                s.queued = False
+                frame, s.slot = s.slot, None
+                if frame is not None:
+                    self._reply_error(s, frame, "model_unavailable", str(e), "inference")
+                continue
+            if self._inflight_limit and self._running.get(model.name, 0) >= self._inflight_limit:
+                self._ready.append(s)  # its model is at the limit: let other models go first
+                continue
+            s.queued = False
+            return s, model
+        return None
 
     def _claim_more(self, model: LoadedModel, claimed: list[Stream], limit: int) -> None:
         for s in list(self._ready):
@@ -193,6 +223,7 @@ class Scheduler:
         fit = task.decode_hint()
         ready = []
         for stream, frame in jobs:
+            t_dec = time.monotonic()
             try:
                 image = decode(frame.data, fit, self._max_pixels)
             except FrameError as e:
@@ -206,7 +237,7 @@ class Scheduler:
                     stream, frame, "preprocess_failed", str(e), "preprocess", model.name
                 )
                 continue
-            ready.append((stream, frame, image, tensor, ctx))
+            ready.append((stream, frame, image, tensor, ctx, t_dec, time.monotonic()))
         if not ready:
             return
         batch = np.stack([r[3] for r in ready]) if len(ready) > 1 else ready[0][3][None]
@@ -225,7 +256,7 @@ class Scheduler:
         m.inference_latency.labels(model.name).observe(t1 - t0)
         m.batch_size.labels(model.name).observe(len(ready))
         qw = m.queue_wait.labels(model.name)
-        for i, (stream, frame, image, _, ctx) in enumerate(ready):
+        for i, (stream, frame, image, _, ctx, t_dec, t_pre) in enumerate(ready):
             threshold = model.spec.threshold if stream.threshold is None else stream.threshold
             try:
                 payload = task.postprocess([o[i] for o in outputs], ctx, image, threshold)
@@ -244,6 +275,13 @@ class Scheduler:
             )
             text = codec.result(frame.seq, model.ref, image.width, image.height, payload, timing)
             self._push(Reply(stream, frame.seq, "result", text, "", frame.received_at, model.name))
+            if self._tracer is not None:
+                self._tracer.frame(
+                    session=stream.id, seq=frame.seq, model=model.ref, transport=stream.transport,
+                    outcome="result", received=frame.received_at, end=done,
+                    stages=[("queue", frame.received_at, taken), ("decode", t_dec, t_pre),
+                            ("inference", t0, t1), ("postprocess", t1, done)],
+                )  # fmt: skip
 
     def _reply_error(
         self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""

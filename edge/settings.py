@@ -40,7 +40,8 @@ class Settings:
     #: a client whose socket accepts nothing for this long is disconnected
     send_timeout_s: float = 10.0
     max_streams: int = 64
-    max_inflight: int = 0  # per model; 0: 2 x workers
+    #: frames one model may have running at once; 0: no limit beyond the workers
+    max_inflight: int = 0
     drain_seconds: float = 20.0
     #: after SIGTERM, how long readiness is 503 (and new streams refused) before open streams
     #: are told goaway, so load balancers stop sending reconnects here first
@@ -49,6 +50,8 @@ class Settings:
     idle_timeout_s: float = 120.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | text
+    #: OpenTelemetry spans per frame, exported with OTLP (the `otel` extra)
+    tracing: bool = False
     watch_models_s: float = 2.0  # model repository poll interval; 0 turns hot reload off
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -89,10 +92,6 @@ class Settings:
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
-
-    @property
-    def inflight_limit(self) -> int:
-        return self.max_inflight or 2 * self.worker_count
 
     @classmethod
     def from_sources(

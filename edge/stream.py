@@ -40,6 +40,7 @@ class Stream:
     outbox: Outbox
     threshold: float | None = None  # None: the model's default
     max_age_s: float | None = None  # None: no deadline beyond latest-frame-wins
+    stats_every_s: float = 0.0  # periodic stats messages; 0: only on request
     # guarded by the scheduler's lock
     slot: Frame | None = None
     busy: bool = False

@@ -24,6 +24,7 @@ from PIL import Image
 from edge.app import create_app
 from edge.pull import pull
 from edge.settings import Settings
+from edge.tracing import FrameTracer
 from tests.imagedata import sample_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +77,11 @@ def settings_for(repo: Path, **overrides: object) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[str, web.Application]]:
+async def running(
+    settings: Settings, tracer: FrameTracer | None = None
+) -> AsyncIterator[tuple[str, web.Application]]:
     """The real app on a real loopback socket; yields its base URL once /readyz says 200."""
-    app = create_app(settings)
+    app = create_app(settings, tracer=tracer)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

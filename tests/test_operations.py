@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -99,8 +100,9 @@ async def test_admission_refuses_stream_n_plus_1(face_repo: Path, face_jpeg: byt
         await b.close()
 
 
-async def test_sigterm_drains_every_stream(spawn_gateway, face_repo: Path,
-                                           face_jpeg: bytes) -> None:  # type: ignore[no-untyped-def]
+async def test_sigterm_drains_every_stream(
+    spawn_gateway, face_repo: Path, face_jpeg: bytes
+) -> None:  # type: ignore[no-untyped-def]
     """SIGTERM in the middle of several streams: readiness flips first, every frame sent is
     answered, each stream gets goaway and close 1001, the process exits within the grace."""
     gw: GatewayProcess = spawn_gateway(face_repo, {"EDGE_DRAIN_SECONDS": "5"})
@@ -133,5 +135,9 @@ async def test_sigterm_drains_every_stream(spawn_gateway, face_repo: Path,
         assert books.answered_twice() == []
         assert answered == set(range(len(answered))), "a frame the server took has no reply"
         assert books.kinds().get("result", 0) > 0
-    log = gw.log.read_text()
-    assert "draining" in log
+    events = [json.loads(line) for line in gw.log.read_text().splitlines()]
+    assert any("draining" in e["msg"] for e in events)
+    sessions = {b.hello["session"] for _, b in clients}
+    closed = [e for e in events if e["msg"].startswith("session=") and "closed" in e["msg"]]
+    assert {e["session"] for e in closed} == sessions
+    assert all(e["code"] == 1001 for e in closed)

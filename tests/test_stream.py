@@ -127,9 +127,7 @@ async def test_malformed_control_messages_get_bad_message(
         await ws.close()
 
 
-async def test_threshold_config_applies_to_later_frames(
-    face_server: str, face_jpeg: bytes
-) -> None:
+async def test_threshold_config_applies_to_later_frames(face_server: str, face_jpeg: bytes) -> None:
     """A stream's threshold must change what it is sent, and be acknowledged."""
     async with aiohttp.ClientSession() as http:
         ws, _ = await open_stream(http, face_server)
@@ -147,9 +145,7 @@ async def test_threshold_config_applies_to_later_frames(
         await ws.close()
 
 
-async def test_every_frame_answered_once_under_overload(
-    face_server: str, face_jpeg: bytes
-) -> None:
+async def test_every_frame_answered_once_under_overload(face_server: str, face_jpeg: bytes) -> None:
     """Several clients sending as fast as they can: each seq gets exactly one reply, the
     newest frames are served, and replies to the last frames arrive within a second."""
     async with aiohttp.ClientSession() as http:
@@ -232,3 +228,45 @@ async def test_model_listing_health_and_unary_infer(face_server: str, face_jpeg:
             assert r.status == 400 and (await r.json())["code"] == "bad_frame"
         async with http.post(face_server + "/v1/models/nope/infer", data=face_jpeg) as r:
             assert r.status == 404
+
+
+async def test_credit_following_client_gets_no_drops(face_server: str, face_jpeg: bytes) -> None:
+    """A client that asks for credits and keeps at most n frames unanswered is never dropped,
+    saving its uplink; the server states the window in a credit message."""
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, face_server)
+        await ws.send_str(json.dumps({"type": "config", "credits": True}))
+        assert (await next_reply(ws))["type"] == "config"
+        credit = await next_reply(ws)
+        assert credit["type"] == "credit" and credit["n"] >= 1
+        outstanding, sent, results = 0, 0, 0
+        while results < 60:
+            while outstanding < credit["n"] and sent < 60:
+                await ws.send_bytes(face_jpeg)
+                sent += 1
+                outstanding += 1
+            r = await next_reply(ws)
+            assert r["type"] == "result", r
+            outstanding -= 1
+            results += 1
+        await ws.close()
+
+
+async def test_stats_on_request_and_periodically(face_server: str, face_jpeg: bytes) -> None:
+    """Per-stream statistics: received, processed, dropped, errors, average latency."""
+    async with aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, face_server)
+        await ws.send_bytes(face_jpeg)
+        await next_reply(ws)
+        await ws.send_bytes(b"junk")
+        await next_reply(ws)
+        await ws.send_str('{"type":"stats"}')
+        stats = await next_reply(ws)
+        assert stats == {**stats, "type": "stats", "received": 2, "processed": 1, "errors": 1,
+                         "dropped": 0}  # fmt: skip
+        assert stats["avg_latency_ms"] > 0
+        await ws.send_str('{"type":"config","stats_every_s":0.5}')
+        assert (await next_reply(ws))["stats_every_s"] == 0.5
+        ticks = [await next_reply(ws, 3) for _ in range(2)]
+        assert [t["type"] for t in ticks] == ["stats", "stats"]
+        await ws.close()

@@ -16,6 +16,9 @@ from edge.outbox import Outbox, Send
 from edge.repository import Route, UnknownModel
 from edge.stream import Stream
 
+#: frames a credit-following client may have unanswered: with one, none is ever superseded
+CREDIT_WINDOW = 1
+
 
 def new_session_id() -> str:
     return uuid.uuid4().hex[:16]
@@ -100,7 +103,11 @@ def apply_control(
                 stream.max_age_s = cfg.max_frame_age_ms / 1000
             elif cfg.clear_deadline:
                 stream.max_age_s = None
+            if cfg.stats_every_s is not None:
+                stream.stats_every_s = cfg.stats_every_s
             stream.outbox.put(codec.message("config", **_config_view(services, stream)))
+            if cfg.credits:
+                stream.outbox.put(codec.message("credit", n=CREDIT_WINDOW))
         elif ctl.type == "stats":
             stream.outbox.put(codec.message("stats", **stream.stats.as_dict()))
         elif ctl.type == "ping":
@@ -120,7 +127,16 @@ def _config_view(services: Services, stream: Stream) -> dict[str, object]:
         "model": model,
         "threshold": stream.threshold,
         "max_frame_age_ms": None if stream.max_age_s is None else stream.max_age_s * 1000,
+        "stats_every_s": stream.stats_every_s,
     }
+
+
+async def send_stats_periodically(stream: Stream) -> None:
+    """Owned by the transport's session: a stats message every `stats_every_s`, when set."""
+    while True:
+        await asyncio.sleep(stream.stats_every_s or 0.5)
+        if stream.stats_every_s:
+            stream.outbox.put(codec.message("stats", **stream.stats.as_dict()))
 
 
 async def finish(services: Services, stream: Stream, grace: float, reason: str) -> None:

@@ -48,9 +48,15 @@ class WebSocketSession(StreamSession):
         model = services.repo.resolve(stream.route)
         sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
         reader = asyncio.create_task(self._read(stream), name=f"reader-{stream.id}")
+        ticker = asyncio.create_task(common.send_stats_periodically(stream))
         gauge = services.metrics.active_streams.labels(TRANSPORT)
         gauge.inc()
-        log.info("session=%s stream opened model=%s", stream.id, model.ref)
+        log.info(
+            "session=%s stream opened model=%s",
+            stream.id,
+            model.ref,
+            extra={"session": stream.id, "model": model.ref, "transport": TRANSPORT},
+        )
         await ws.send_str(codec.hello(stream.id, model.ref, services.settings.max_frame_bytes))
         close_code, close_msg, reason = WSCloseCode.OK, b"", "closed"
         goaway = asyncio.create_task(self._goaway.wait())
@@ -77,9 +83,9 @@ class WebSocketSession(StreamSession):
             else:
                 services.scheduler.withdraw(stream)
         finally:
-            for t in (reader, sender, goaway):
+            for t in (reader, sender, goaway, ticker):
                 t.cancel()
-            for t in (reader, sender, goaway):
+            for t in (reader, sender, goaway, ticker):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             services.scheduler.withdraw(stream)
@@ -88,7 +94,11 @@ class WebSocketSession(StreamSession):
                 await ws.close(code=close_code, message=close_msg)
             self._closed.set()
             log.info(
-                "session=%s stream closed code=%d %s", stream.id, close_code, stream.stats.as_dict()
+                "session=%s stream closed code=%d %s",
+                stream.id,
+                close_code,
+                stream.stats.as_dict(),
+                extra={"session": stream.id, "transport": TRANSPORT, "code": int(close_code)},
             )
 
     async def _read(self, stream: Stream) -> None:
