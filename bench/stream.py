@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import onnxruntime as ort
 from PIL import Image as PILImage
 
@@ -51,16 +50,19 @@ def frame_bytes(size: tuple[int, int]) -> bytes:
 def baseline(models: Path, model: str, data: bytes, seconds: float) -> dict[str, float]:
     """The same stages, back to back, in one thread."""
     spec = ModelSpec.load(models / model)
-    version = max((d for d in (models / model).iterdir() if (d / "model.onnx").exists()),
-                  key=lambda d: int(d.name) if d.name.isdigit() else -1)  # fmt: skip
+    version = max(
+        (d for d in (models / model).iterdir() if (d / "model.onnx").exists()),
+        key=lambda d: int(d.name) if d.name.isdigit() else -1,
+    )
     task = get_task(spec.task)(spec)
     best: dict[str, float] = {}
     for threads in (1, 0):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(version / "model.onnx"), opts,
-                                    providers=["CPUExecutionProvider"])  # fmt: skip
+        sess = ort.InferenceSession(
+            str(version / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
         name = sess.get_inputs()[0].name
         fit = task.decode_hint()
         n, t_dec, t_inf = 0, 0.0, 0.0
@@ -77,17 +79,24 @@ def baseline(models: Path, model: str, data: bytes, seconds: float) -> dict[str,
             t_dec += t1 - t0
             t_inf += t2 - t1
         elapsed = time.perf_counter() - start
-        row = {"fps": n / elapsed, "threads": float(threads),
-               "decode_pre_ms": t_dec / n * 1e3, "inference_ms": t_inf / n * 1e3}  # fmt: skip
-        print(f"  baseline threads={threads or 'default'}: {row['fps']:.0f} fps "
-              f"(decode+pre {row['decode_pre_ms']:.2f} ms, inference {row['inference_ms']:.2f} ms)")
+        row = {
+            "fps": n / elapsed,
+            "threads": float(threads),
+            "decode_pre_ms": t_dec / n * 1e3,
+            "inference_ms": t_inf / n * 1e3,
+        }
+        print(
+            f"  baseline threads={threads or 'default'}: {row['fps']:.0f} fps "
+            f"(decode+pre {row['decode_pre_ms']:.2f} ms, inference {row['inference_ms']:.2f} ms)"
+        )
         if row["fps"] > best.get("fps", 0):
             best = row
     return best
 
 
-async def drive(url: str, model: str, data: bytes, streams: int, fps: float,
-                seconds: float) -> dict[str, object]:  # fmt: skip
+async def drive(
+    url: str, model: str, data: bytes, streams: int, fps: float, seconds: float
+) -> dict[str, object]:
     ages: list[tuple[float, float]] = []  # (arrival, age)
     counts = {"result": 0, "dropped": 0, "error": 0, "sent": 0, "unanswered": 0}
     ws_url = url.replace("http", "ws", 1) + f"/v1/stream?model={model}"
@@ -140,15 +149,22 @@ async def drive(url: str, model: str, data: bytes, streams: int, fps: float,
     return {"ages": ages, "counts": counts, "elapsed": elapsed}
 
 
-def summarize(ages: list[tuple[float, float]], run_start: float, seconds: float) -> dict[str, float]:
+def summarize(
+    ages: list[tuple[float, float]], run_start: float, seconds: float
+) -> dict[str, float]:
     vals = sorted(a for _, a in ages)
     q = lambda p: vals[min(len(vals) - 1, int(p * len(vals)))] * 1e3  # noqa: E731
     third = seconds / 3
     first = [a for t, a in ages if t - run_start < third]
     last = [a for t, a in ages if t - run_start > 2 * third]
-    return {"p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99), "max_ms": vals[-1] * 1e3,
-            "first_third_p50_ms": statistics.median(first) * 1e3 if first else float("nan"),
-            "last_third_p50_ms": statistics.median(last) * 1e3 if last else float("nan")}  # fmt: skip
+    return {
+        "p50_ms": q(0.5),
+        "p95_ms": q(0.95),
+        "p99_ms": q(0.99),
+        "max_ms": vals[-1] * 1e3,
+        "first_third_p50_ms": statistics.median(first) * 1e3 if first else float("nan"),
+        "last_third_p50_ms": statistics.median(last) * 1e3 if last else float("nan"),
+    }
 
 
 def free_port() -> int:
@@ -183,22 +199,40 @@ def main() -> None:
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     data = frame_bytes((w, h))
-    print(f"machine: {os.cpu_count()} cores; frame {w}x{h} JPEG {len(data)} bytes; "
-          f"model {args.model}")  # fmt: skip
+    print(
+        f"machine: {os.cpu_count()} cores; frame {w}x{h} JPEG {len(data)} bytes; model {args.model}"
+    )
     print("baseline (plain loop, no network):")
     base = baseline(args.models, args.model, data, min(10.0, args.seconds / 3))
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "EDGE_LOG_LEVEL": "warning", "EDGE_WATCH_MODELS_S": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--models", str(args.models),
-                             "--workers", str(args.workers), "--max-streams", "1000"],
-                            env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--models",
+            str(args.models),
+            "--workers",
+            str(args.workers),
+            "--max-streams",
+            "1000",
+        ],
+        env=env,
+    )
     try:
         asyncio.run(wait_ready(url))
-        print(f"gateway: {args.streams} streams x {args.fps:g} fps offered "
-              f"= {args.streams * args.fps:.0f} fps, for {args.seconds:g} s")  # fmt: skip
+        print(
+            f"gateway: {args.streams} streams x {args.fps:g} fps offered "
+            f"= {args.streams * args.fps:.0f} fps, for {args.seconds:g} s"
+        )
         t0 = time.monotonic()
         run = asyncio.run(drive(url, args.model, data, args.streams, args.fps, args.seconds))
     finally:
@@ -214,16 +248,32 @@ def main() -> None:
     frame_ms = 1e3 / base["fps"]
     print(f"  results/s {fps:.0f}  = {fps / base['fps']:.2f}x baseline ({base['fps']:.0f}/s)")
     print(f"  replies: {counts}")
-    print(f"  frame age at result (client-measured): p50 {s['p50_ms']:.1f} ms, "
-          f"p95 {s['p95_ms']:.1f}, p99 {s['p99_ms']:.1f}, max {s['max_ms']:.1f}")  # fmt: skip
-    print(f"  one round over all streams at baseline speed + one frame: "
-          f"{round_ms + frame_ms:.1f} ms; p50 age / that = "
-          f"{s['p50_ms'] / (round_ms + frame_ms):.2f}")  # fmt: skip
-    print(f"  drift: median age first third {s['first_third_p50_ms']:.1f} ms, "
-          f"last third {s['last_third_p50_ms']:.1f} ms")  # fmt: skip
+    print(
+        f"  frame age at result (client-measured): p50 {s['p50_ms']:.1f} ms, "
+        f"p95 {s['p95_ms']:.1f}, p99 {s['p99_ms']:.1f}, max {s['max_ms']:.1f}"
+    )
+    print(
+        f"  one round over all streams at baseline speed + one frame: "
+        f"{round_ms + frame_ms:.1f} ms; p50 age / that = "
+        f"{s['p50_ms'] / (round_ms + frame_ms):.2f}"
+    )
+    print(
+        f"  drift: median age first third {s['first_third_p50_ms']:.1f} ms, "
+        f"last third {s['last_third_p50_ms']:.1f} ms"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"baseline": base, "fps": fps, "ratio": fps / base["fps"],
-                                         "counts": counts, "age": s}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "baseline": base,
+                    "fps": fps,
+                    "ratio": fps / base["fps"],
+                    "counts": counts,
+                    "age": s,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,11 @@ def create_app(settings: Settings, tracer: FrameTracer | None = None) -> web.App
     """The gateway app; `tracer` overrides the one the settings would set up (tests)."""
     app = web.Application(client_max_size=settings.max_frame_bytes + 1024)
     metrics = Metrics()
-    repo = Repository(settings, on_change=lambda: _publish_models(app))
+    repo = Repository(
+        settings,
+        on_change=lambda: _publish_models(app),
+        on_failure=lambda name, _version: metrics.model_load_failures.labels(name).inc(),
+    )
     services = Services(
         settings=settings,
         metrics=metrics,
@@ -101,15 +105,20 @@ async def _models(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _watch(services: Services) -> None:
+    """Scan the repository now, then every `watch_models_s` (0: never) and on request
+    (SIGHUP, POST /v1/models/{name}/load)."""
     interval = services.settings.watch_models_s
     while True:
         try:
             await services.repo.refresh(services.background)
         except Exception:
             log.exception("model repository scan failed")
-        if interval <= 0:
-            return
-        await asyncio.sleep(interval)
+        try:
+            async with asyncio.timeout(interval if interval > 0 else None):
+                await services.reload.wait()
+        except TimeoutError:
+            pass
+        services.reload.clear()
 
 
 async def drain(app: web.Application) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class Services:
     background: ThreadPoolExecutor
     sessions: weakref.WeakSet[StreamSession] = field(default_factory=weakref.WeakSet)
     draining: bool = False
+    #: set to rescan the model repository now (SIGHUP)
+    reload: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 SERVICES = web.AppKey("services", Services)

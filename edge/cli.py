@@ -99,6 +99,7 @@ async def _run(settings: Settings) -> None:
     from aiohttp import web
 
     from edge.app import create_app, drain
+    from edge.appkeys import SERVICES
 
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
@@ -127,6 +128,8 @@ async def _run(settings: Settings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    services = app[SERVICES]
+    loop.add_signal_handler(signal.SIGHUP, services.reload.set)
     await stop.wait()
     log.info("signal received: draining for at most %g s", settings.drain_seconds)
     try:

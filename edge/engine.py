@@ -8,6 +8,7 @@ ever registered.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,9 +69,20 @@ class LoadedModel:
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
+    def __post_init__(self) -> None:
+        # A multi-threaded session already uses every core: two callers at once only fight
+        # over them (bench/layout.py), so its runs take turns while other workers prepare the
+        # next batch. Single-threaded sessions run side by side.
+        exclusive = self.layout.threads > 1
+        self._locks = [threading.Lock() if exclusive else None for _ in self.sessions]
+
     def run(self, batch: np.ndarray, worker: int) -> Sequence[np.ndarray]:
-        session = self.sessions[worker % len(self.sessions)]
-        return session.run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]
+        i = worker % len(self.sessions)
+        lock = self._locks[i]
+        if lock is None:
+            return self.sessions[i].run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]
+        with lock:
+            return self.sessions[i].run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]
 
     def infer_image(self, image: Image, threshold: float | None = None) -> dict[str, object]:
         """One image through preprocess, run and postprocess (warm-up and tests)."""

@@ -7,7 +7,6 @@ import logging
 import sys
 import time
 
-
 #: structured fields a log call may pass with `extra=`
 _FIELDS = ("session", "model", "transport", "code")
 

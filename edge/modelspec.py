@@ -17,8 +17,8 @@ Example:
     [versions]                    # optional A/B traffic split: version -> weight
     1 = 0.9
     2 = 0.1
-    [options]                     # task-specific knobs (e.g. nms_iou, unclip_ratio)
-    nms_iou = 0.3
+    [options]                     # task-specific knobs (e.g. iou, unclip_ratio)
+    iou = 0.3
 """
 
 from __future__ import annotations

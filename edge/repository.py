@@ -68,8 +68,14 @@ def _version_key(v: str) -> tuple[int, str]:
 
 
 class Repository:
-    def __init__(self, settings: Settings, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_change: Callable[[], None] | None = None,
+        on_failure: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self._on_failure = on_failure or (lambda _name, _version: None)
         self.root = settings.models
         self._models: dict[str, _Model] = {}
         self._lock = asyncio.Lock()
@@ -233,7 +239,14 @@ class Repository:
             )
         except ModelLoadError as e:
             state.state, state.reason = "failed", str(e)
-            log.error("model %s@%s: failed to load: %s", spec.name, vdir.name, e)
+            log.error(
+                "model %s@%s: failed to load: %s",
+                spec.name,
+                vdir.name,
+                e,
+                extra={"model": f"{spec.name}@{vdir.name}"},
+            )
+            self._on_failure(spec.name, vdir.name)
             if previous is not None and previous.model is not None:
                 m.versions[vdir.name] = previous  # keep serving what worked
                 previous.reason = f"reload failed: {e}"

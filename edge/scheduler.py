@@ -277,11 +277,20 @@ class Scheduler:
             self._push(Reply(stream, frame.seq, "result", text, "", frame.received_at, model.name))
             if self._tracer is not None:
                 self._tracer.frame(
-                    session=stream.id, seq=frame.seq, model=model.ref, transport=stream.transport,
-                    outcome="result", received=frame.received_at, end=done,
-                    stages=[("queue", frame.received_at, taken), ("decode", t_dec, t_pre),
-                            ("inference", t0, t1), ("postprocess", t1, done)],
-                )  # fmt: skip
+                    session=stream.id,
+                    seq=frame.seq,
+                    model=model.ref,
+                    transport=stream.transport,
+                    outcome="result",
+                    received=frame.received_at,
+                    end=done,
+                    stages=[
+                        ("queue", frame.received_at, taken),
+                        ("decode", t_dec, t_pre),
+                        ("inference", t0, t1),
+                        ("postprocess", t1, done),
+                    ],
+                )
 
     def _reply_error(
         self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""

@@ -41,9 +41,14 @@ class FrameTracer:
         root = self._tracer.start_span(
             "frame",
             start_time=self._ns(received),
-            attributes={"edge.session": session, "edge.seq": seq, "edge.model": model,
-                        "edge.transport": transport, "edge.outcome": outcome},
-        )  # fmt: skip
+            attributes={
+                "edge.session": session,
+                "edge.seq": seq,
+                "edge.model": model,
+                "edge.transport": transport,
+                "edge.outcome": outcome,
+            },
+        )
         ctx = trace.set_span_in_context(root)
         for name, t0, t1 in stages:
             child = self._tracer.start_span(name, context=ctx, start_time=self._ns(t0))
@@ -62,8 +67,10 @@ def from_settings(enabled: bool) -> FrameTracer | None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
-        log.error("EDGE_TRACING is on but the otel extra is not installed: "
-                  "pip install 'edge-gateway[otel]'; tracing stays off")  # fmt: skip
+        log.error(
+            "EDGE_TRACING is on but the otel extra is not installed: "
+            "pip install 'edge-gateway[otel]'; tracing stays off"
+        )
         return None
     provider = TracerProvider(resource=Resource.create({"service.name": "edge-gateway"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

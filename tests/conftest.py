@@ -146,13 +146,29 @@ def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     def spawn(repo: Path, env: dict[str, str] | None = None) -> GatewayProcess:
         port = free_port()
         log = tmp_path / f"gateway-{port}.log"
-        full_env = {**os.environ, "EDGE_LOG_FORMAT": "json", "EDGE_WATCH_MODELS_S": "0",
-                    **(env or {})}  # fmt: skip
+        full_env = {
+            **os.environ,
+            "EDGE_LOG_FORMAT": "json",
+            "EDGE_WATCH_MODELS_S": "0",
+            **(env or {}),
+        }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--models", str(repo)],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--models",
+                str(repo),
+            ],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
         procs.append(proc)
         return GatewayProcess(proc, f"http://127.0.0.1:{port}", log)
 

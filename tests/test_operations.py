@@ -10,29 +10,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GatewayProcess, running, settings_for, wait_ready
+from tests.operations_util import scrape, total
 from tests.overload_util import blast
 from tests.wsclient import open_stream, read_into
 
 pytestmark = pytest.mark.integration
-
-
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, tuple], float]:
-    async with http.get(url + "/metrics") as r:
-        assert r.status == 200
-        text = await r.text()
-    out: dict[tuple[str, tuple], float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items()
-               if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))  # fmt: skip
 
 
 async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) -> None:
@@ -71,8 +55,10 @@ async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) ->
     assert dropped == total(after, "edge_frames_dropped_total", reason="stale") > 0
     assert errors == total(after, "edge_frame_errors_total", stage="decode") == 1
     assert total(after, "edge_inference_latency_seconds_count", model=m) >= processed
-    assert total(after, "edge_frame_latency_seconds_count", transport="websocket",
-                 model=m) == processed + errors  # fmt: skip
+    assert (
+        total(after, "edge_frame_latency_seconds_count", transport="websocket", model=m)
+        == processed + errors
+    )
     assert total(after, "edge_queue_wait_seconds_count", model=m) == processed
     assert total(after, "edge_batch_size_count", model=m) > 0
     assert total(after, "edge_active_streams", transport="websocket") == 0
@@ -82,8 +68,10 @@ async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) ->
 
 async def test_admission_refuses_stream_n_plus_1(face_repo: Path, face_jpeg: bytes) -> None:
     """With max_streams = N, stream N+1 gets 503 + Retry-After while the first N keep going."""
-    async with running(settings_for(face_repo, max_streams=2)) as (url, _), \
-            aiohttp.ClientSession() as http:  # fmt: skip
+    async with (
+        running(settings_for(face_repo, max_streams=2)) as (url, _),
+        aiohttp.ClientSession() as http,
+    ):
         a, _ = await open_stream(http, url)
         b, _ = await open_stream(http, url)
         with pytest.raises(aiohttp.WSServerHandshakeError) as e:

@@ -73,8 +73,13 @@ async def test_garbage_gets_bad_frame_and_the_stream_goes_on(
     face_server: str, face_jpeg: bytes
 ) -> None:
     """A bad frame must be answered with a typed error, and must not end the stream."""
-    bad = [b"not an image at all", face_jpeg[:200], b"\xff\xd8\xff" + b"\x00" * 64,
-           b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b""]  # fmt: skip
+    bad = [
+        b"not an image at all",
+        face_jpeg[:200],
+        b"\xff\xd8\xff" + b"\x00" * 64,
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+        b"",
+    ]
     async with aiohttp.ClientSession() as http:
         ws, _ = await open_stream(http, face_server)
         for i, data in enumerate(bad):
@@ -112,9 +117,16 @@ async def test_malformed_control_messages_get_bad_message(
     face_server: str, face_jpeg: bytes
 ) -> None:
     """Bad control input is answered and the stream keeps serving frames."""
-    bad = ["{", "[]", '{"type":"nope"}', '{"type":"config","threshold":7}',
-           '{"type":"config","threshold":"high"}', '{"type":"config","bogus":1}',
-           '{"type":"config","max_frame_age_ms":-5}', "x" * 10_000]  # fmt: skip
+    bad = [
+        "{",
+        "[]",
+        '{"type":"nope"}',
+        '{"type":"config","threshold":7}',
+        '{"type":"config","threshold":"high"}',
+        '{"type":"config","bogus":1}',
+        '{"type":"config","max_frame_age_ms":-5}',
+        "x" * 10_000,
+    ]
     async with aiohttp.ClientSession() as http:
         ws, _ = await open_stream(http, face_server)
         for text in bad:
@@ -219,8 +231,11 @@ async def test_model_listing_health_and_unary_infer(face_server: str, face_jpeg:
         bf = next(m for m in models if m["name"] == "blazeface")
         assert bf["version"] == "1" and bf["state"] == "ready" and bf["task"] == "face_detection"
         assert bf["input"]["width"] == 128
-        async with http.post(face_server + "/v1/models/blazeface/infer", data=face_jpeg,
-                             headers={"Content-Type": "image/jpeg"}) as r:  # fmt: skip
+        async with http.post(
+            face_server + "/v1/models/blazeface/infer",
+            data=face_jpeg,
+            headers={"Content-Type": "image/jpeg"},
+        ) as r:
             assert r.status == 200
             body = await r.json()
         assert body["type"] == "result" and iou(body["detections"][0]["box"], ASTRONAUT_FACE) > 0.6
@@ -262,8 +277,14 @@ async def test_stats_on_request_and_periodically(face_server: str, face_jpeg: by
         await next_reply(ws)
         await ws.send_str('{"type":"stats"}')
         stats = await next_reply(ws)
-        assert stats == {**stats, "type": "stats", "received": 2, "processed": 1, "errors": 1,
-                         "dropped": 0}  # fmt: skip
+        assert stats == {
+            **stats,
+            "type": "stats",
+            "received": 2,
+            "processed": 1,
+            "errors": 1,
+            "dropped": 0,
+        }
         assert stats["avg_latency_ms"] > 0
         await ws.send_str('{"type":"config","stats_every_s":0.5}')
         assert (await next_reply(ws))["stats_every_s"] == 0.5

@@ -56,8 +56,9 @@ class Books:
         return sorted(out)
 
 
-async def open_stream(http: aiohttp.ClientSession, url: str, model: str | None = None,
-                      **kw: Any) -> tuple[aiohttp.ClientWebSocketResponse, Books]:  # fmt: skip
+async def open_stream(
+    http: aiohttp.ClientSession, url: str, model: str | None = None, **kw: Any
+) -> tuple[aiohttp.ClientWebSocketResponse, Books]:
     q = f"?model={model}" if model else ""
     ws = await http.ws_connect(url.replace("http", "ws", 1) + "/v1/stream" + q, **kw)
     books = Books()

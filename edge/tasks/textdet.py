@@ -1,0 +1,129 @@
+"""DB text detection (PaddleOCR's PP-OCR detectors): boxes around lines of text.
+
+The network maps an image to a per-pixel text probability of the same size. Pixels above
+`bin_thresh` are grouped into 8-connected regions; each region is scored by its mean
+probability, kept when that reaches the threshold, wrapped in its minimum-area (rotated)
+rectangle and grown by `unclip_ratio` (DB shrinks text regions during training; this undoes
+it: each side moves out by area * ratio / perimeter). Boxes are mapped back to frame pixels.
+
+Input: a fixed size from model.toml (a multiple of 32, so frames from many streams batch
+together), letterboxed, NCHW, normalised as model.toml says. The letterbox repeats the frame's
+edge pixels rather than padding with a flat colour: against black padding the network reads a
+flat or busy frame as one big block of text (measured on blank frames and on skimage's
+rocket, chelsea and camera photos), and with edge padding its answers match those it gives on
+the unpadded frame (nearly always). PP-OCR models were trained on BGR images (OpenCV order),
+so the channels are fed B, G, R unless `bgr = false`.
+
+Options (default): bin_thresh (0.3), unclip_ratio (1.5), dilate (true: grow the mask by one
+pixel right and down before grouping, which joins characters split by a hairline),
+bgr (true), min_size (3.0: a region's shorter side in input pixels), max_candidates (1000).
+The threshold (model.toml `threshold`, or the client's) is the minimum region score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edge.frames import Image
+from edge.modelspec import ModelSpec
+from edge.tasks.base import Task
+from edge.tasks.imaging import Letterbox, letterbox, normalize
+from edge.tasks.options import need_fraction, read_options
+from edge.tasks.regions import (
+    clockwise_from_top_left,
+    expand_rect,
+    label_regions,
+    min_area_rect,
+)
+
+_DEFAULTS: dict[str, Any] = {
+    "bin_thresh": 0.3,
+    "unclip_ratio": 1.5,
+    "dilate": True,
+    "bgr": True,
+    "min_size": 3.0,
+    "max_candidates": 1000,
+}
+
+
+class DBText(Task):
+    name = "db_text"
+    kind = "text_detection"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.options = read_options(spec, _DEFAULTS)
+        need_fraction(spec, self.options, "bin_thresh")
+        if spec.input_width % 32 or spec.input_height % 32:
+            raise ValueError(
+                f"model {spec.name!r}: input must be multiples of 32 for a DB text detector, "
+                f"e.g. [640, 480]; got [{spec.input_width}, {spec.input_height}]"
+            )
+        if spec.layout != "nchw":
+            raise ValueError(f'model {spec.name!r}: DB text detectors take layout = "nchw"')
+        self.label = spec.labels[0] if spec.labels else "text"
+
+    def preprocess(self, image: Image) -> tuple[np.ndarray, Any]:
+        canvas, box = letterbox(image, self.spec.input_width, self.spec.input_height, "edge")
+        tensor = normalize(canvas, self.spec.mean, self.spec.std, "nchw", bgr=self.options["bgr"])
+        return tensor, box
+
+    def postprocess(
+        self, outputs: Sequence[np.ndarray], ctx: Any, image: Image, threshold: float
+    ) -> dict[str, Any]:
+        box: Letterbox = ctx
+        prob = outputs[0]
+        prob = prob.reshape(prob.shape[-2:])
+        if prob.shape != (self.spec.input_height, self.spec.input_width):
+            raise ValueError(
+                f"db_text: expected a probability map the size of the input "
+                f"({self.spec.input_height}, {self.spec.input_width}), got {outputs[0].shape}"
+            )
+        x0, y0, x1, y1 = box.content
+        prob = prob[y0:y1, x0:x1]  # the padding holds no text: skip it
+        mask = prob > self.options["bin_thresh"]
+        if self.options["dilate"]:
+            mask[1:] |= mask[:-1]
+            mask[:, 1:] |= mask[:, :-1]
+        regions = label_regions(mask)
+        if regions.count == 0:
+            return {"detections": []}
+        sums, pixels = regions.sums(prob)
+        scores = sums / pixels
+        candidates = np.flatnonzero(scores >= threshold)
+        candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
+        candidates = candidates[: self.options["max_candidates"]]
+        outlines = regions.outlines()
+        found = []
+        for label in candidates.tolist():
+            quad = self._quad(outlines[label])
+            if quad is not None:
+                found.append((quad + (x0, y0), float(scores[label])))
+        return {"detections": [self._detection(q, s, box) for q, s in found]}
+
+    def _quad(self, outline: np.ndarray) -> np.ndarray | None:
+        """The region's unclipped rotated rectangle in (cropped) map pixels, or None if tiny."""
+        rect, a, b = min_area_rect(outline)
+        min_size = self.options["min_size"]
+        if min(a, b) < min_size:
+            return None
+        grow = a * b * self.options["unclip_ratio"] / (2 * (a + b))
+        if min(a, b) + 2 * grow < min_size + 2:
+            return None
+        return expand_rect(rect, grow)
+
+    def _detection(self, quad: np.ndarray, score: float, box: Letterbox) -> dict[str, Any]:
+        frame = box.to_frame(quad.reshape(1, 8)).reshape(4, 2).astype(np.float64)
+        np.clip(frame[:, 0], 0.0, box.frame_width, out=frame[:, 0])
+        np.clip(frame[:, 1], 0.0, box.frame_height, out=frame[:, 1])
+        polygon = clockwise_from_top_left(frame)
+        lo, hi = polygon.min(axis=0), polygon.max(axis=0)
+        return {
+            "label": self.label,
+            "score": round(score, 4),
+            "box": np.round([lo[0], lo[1], hi[0], hi[1]], 1).tolist(),
+            "polygon": np.round(polygon, 1).tolist(),
+        }

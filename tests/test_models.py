@@ -1,0 +1,201 @@
+"""The model repository as clients see it: several models, versions, hot reload, A/B."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tests.conftest import GatewayProcess, png, running, settings_for, wait_ready
+from tests.operations_util import scrape, total
+from tests.overload_util import blast
+from tests.wsclient import next_reply, open_stream, read_into
+
+pytestmark = pytest.mark.integration
+
+BLAZEFACE_TOML = Path(__file__).parent.parent / "models" / "blazeface" / "model.toml"
+
+
+def face_repo_copy(pulled: Path, root: Path, versions: tuple[str, ...] = ("1",)) -> Path:
+    (root / "blazeface").mkdir(parents=True)
+    shutil.copy(pulled / "blazeface" / "model.toml", root / "blazeface" / "model.toml")
+    for v in versions:
+        add_version(pulled, root, v)
+    return root
+
+
+def add_version(pulled: Path, root: Path, version: str, data: bytes | None = None) -> None:
+    """Drop a version in the way an OTA update should: write aside, then rename."""
+    tmp = root / "blazeface" / f".incoming-{version}"
+    tmp.mkdir()
+    if data is None:
+        shutil.copy(pulled / "blazeface" / "1" / "model.onnx", tmp / "model.onnx")
+    else:
+        (tmp / "model.onnx").write_bytes(data)
+    os.rename(tmp, root / "blazeface" / version)
+
+
+async def models_rows(http: aiohttp.ClientSession, url: str) -> list[dict[str, object]]:
+    async with http.get(url + "/v1/models") as r:
+        return (await r.json())["models"]  # type: ignore[no-any-return]
+
+
+async def test_two_real_models_at_once(pulled: Path, face_jpeg: bytes) -> None:
+    """Faces from the face model and text boxes from the text model, side by side."""
+    async with running(settings_for(pulled)) as (url, _), aiohttp.ClientSession() as http:
+        rows = await models_rows(http, url)
+        assert {(r["name"], r["state"]) for r in rows} >= {
+            ("blazeface", "ready"),
+            ("ppocr_det", "ready"),
+        }
+        faces, _ = await open_stream(http, url, "blazeface")
+        text, hello = await open_stream(http, url, "ppocr_det")
+        assert hello.hello["model"] == "ppocr_det@1"
+        await faces.send_bytes(face_jpeg)
+        await text.send_bytes(png("page.png"))
+        f = await next_reply(faces)
+        t = await next_reply(text, 30)
+        assert f["model"] == "blazeface@1" and len(f["detections"]) == 1
+        assert t["model"] == "ppocr_det@1" and len(t["detections"]) >= 5
+        assert all(d["label"] == "text" for d in t["detections"])
+        # switching a stream's model mid-stream
+        await faces.send_str(json.dumps({"type": "config", "model": "ppocr_det"}))
+        assert (await next_reply(faces))["model"] == "ppocr_det@1"
+        await faces.send_bytes(png("text.png"))
+        r = await next_reply(faces, 30)
+        assert r["model"] == "ppocr_det@1" and r["detections"]
+        for ws in (faces, text):
+            await ws.close()
+
+
+async def test_hot_reload_switches_versions_and_survives_a_corrupt_one(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """A new version dropped in while 4 streams run: results switch to it, every frame is
+    still answered exactly once; a corrupt newer version leaves the good one serving."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    settings = settings_for(repo, watch_models_s=0.1)
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        clients = [await open_stream(http, url) for _ in range(4)]
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
+        senders = [asyncio.create_task(blast(ws, b, face_jpeg, 4.0, 40.0)) for ws, b in clients]
+        await asyncio.sleep(1.0)
+        add_version(pulled, repo, "2")
+        await asyncio.sleep(1.5)
+        add_version(pulled, repo, "3", b"this is not an onnx model")
+        await asyncio.gather(*senders)
+        await asyncio.sleep(1.0)
+        rows = {r["version"]: r for r in await models_rows(http, url)}
+        metrics = await scrape(http, url)
+        for ws, _ in clients:
+            await ws.close()
+        await asyncio.gather(*readers)
+    assert rows["2"]["serving"] and rows["2"]["state"] == "ready"
+    assert rows["3"]["state"] == "failed" and "onnx" in str(rows["3"]["reason"]).lower()
+    assert rows["1"]["state"] == "retired"
+    assert total(metrics, "edge_model_load_failures_total", model="blazeface") == 1
+    assert total(metrics, "edge_model_ready", model="blazeface", version="2") == 1
+    for _, books in clients:
+        assert books.unanswered() == [] and books.answered_twice() == []
+        versions = [
+            m[0]["model"] for _, m in sorted(books.replies.items()) if m[0]["type"] == "result"
+        ]
+        assert versions[0] == "blazeface@1" and versions[-1] == "blazeface@2"
+        switch = versions.index("blazeface@2")
+        assert set(versions[switch:]) == {"blazeface@2"}, "went back to the old version"
+
+
+async def test_sighup_and_load_endpoint_reload(spawn_gateway, pulled: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With polling off, SIGHUP and POST /v1/models/{name}/load pick up new versions."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    gw: GatewayProcess = spawn_gateway(repo, {"EDGE_WATCH_MODELS_S": "0"})
+    await wait_ready(gw.url)
+    async with aiohttp.ClientSession() as http:
+        add_version(pulled, repo, "2")
+        await asyncio.sleep(0.5)
+        assert not any(r["version"] == "2" for r in await models_rows(http, gw.url))
+        gw.signal(signal.SIGHUP)
+        for _ in range(100):
+            rows = await models_rows(http, gw.url)
+            if any(r["version"] == "2" and r["serving"] for r in rows):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"SIGHUP did not load version 2: {rows}")
+        add_version(pulled, repo, "3")
+        async with http.post(gw.url + "/v1/models/blazeface/load") as r:
+            assert r.status == 200
+            rows = (await r.json())["models"]
+        assert any(r["version"] == "3" and r["serving"] for r in rows)
+        ws, books = await open_stream(http, gw.url)
+        assert books.hello["model"] == "blazeface@3"
+        await ws.close()
+
+
+async def test_ab_split_is_sticky_per_stream(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """model.toml weights split streams across versions; each stream keeps its version."""
+    repo = face_repo_copy(pulled, tmp_path / "repo", ("1", "2"))
+    toml = repo / "blazeface" / "model.toml"
+    toml.write_text(toml.read_text() + '\n[versions]\n"1" = 0.5\n"2" = 0.5\n')
+    async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
+        seen: dict[str, int] = {}
+        for _ in range(16):
+            ws, books = await open_stream(http, url)
+            assigned = books.hello["model"]
+            seen[assigned] = seen.get(assigned, 0) + 1
+            for _ in range(3):
+                await ws.send_bytes(face_jpeg)
+                assert (await next_reply(ws))["model"] == assigned
+            await ws.close()
+        assert set(seen) == {"blazeface@1", "blazeface@2"}, seen
+        ws, books = await open_stream(http, url, "blazeface@1")  # pinning beats the split
+        assert books.hello["model"] == "blazeface@1"
+        await ws.close()
+
+
+def _tiny_model_with_external_data(path: Path, location: str) -> None:
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128, 128, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128, 128, 3])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    w = model.graph.initializer[0]
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("float_data")
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", location
+    onnx.save(model, str(path))
+
+
+async def test_model_files_reaching_outside_are_refused(pulled: Path, tmp_path: Path) -> None:
+    """A model is data: a symlinked file and ONNX external data pointing outside the
+    repository are refused with a reason; the good version keeps serving."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(np.ones(1, np.float32).tobytes())
+    (repo / "blazeface" / "2").mkdir()
+    (repo / "blazeface" / "2" / "model.onnx").symlink_to(pulled / "blazeface" / "1" / "model.onnx")
+    (repo / "blazeface" / "3").mkdir()
+    _tiny_model_with_external_data(repo / "blazeface" / "3" / "model.onnx", "../../../outside.bin")
+    toml = repo / "blazeface" / "model.toml"
+    toml.write_text(toml.read_text() + '\n[versions]\n"1" = 1.0\n"2" = 0.0\n"3" = 0.0\n')
+    async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
+        rows = {r["version"]: r for r in await models_rows(http, url)}
+    assert rows["1"]["state"] == "ready" and rows["1"]["serving"]
+    assert rows["2"]["state"] == "failed" and "symlink" in str(rows["2"]["reason"])
+    assert rows["3"]["state"] == "failed" and "external" in str(rows["3"]["reason"]).lower()
