@@ -76,6 +76,8 @@ def _add_web(app: web.Application, settings: Settings) -> None:
 def _publish_models(app: web.Application) -> None:
     services = app[SERVICES]
     g = services.metrics.model_ready
+    for name in services.repo.names():
+        services.metrics.model_seen(name)
     for row in services.repo.describe():
         if row["version"] is not None:
             g.labels(row["name"], row["version"]).set(1.0 if row["serving"] else 0.0)

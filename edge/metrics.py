@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from edge import __version__
 
+TRANSPORTS = ("websocket", "webrtc", "http")
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -80,6 +81,13 @@ class Metrics:
         self.streams_refused = Counter(
             "edge_streams_refused", "Stream requests refused", ["transport", "reason"], registry=r
         )
+        self.shadow_latency = Histogram(
+            "edge_shadow_latency_seconds",
+            "Model run time of a shadow version, per batch",
+            ["model", "version"],
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.shadow_agreement = Histogram(
             "edge_shadow_agreement",
             "Agreement of a shadow version with the serving one",
@@ -88,3 +96,10 @@ class Metrics:
             registry=r,
         )
         Info("edge_build", "Build information", registry=r).info({"version": __version__})
+        # series an autoscaler reads exist from the start, at zero, not after first use
+        for transport in TRANSPORTS:
+            self.active_streams.labels(transport)
+
+    def model_seen(self, name: str) -> None:
+        """Create a model's per-model series at zero as soon as it is known."""
+        self.inflight.labels(name)

@@ -67,7 +67,23 @@ def choose(
 
 
 def engine_cache_dir(root: Path, model_path: Path) -> Path:
-    """TensorRT engines keyed by model content and runtime version, so an OTA model update or a
-    runtime upgrade never reuses a wrong engine, and an unchanged model never rebuilds."""
+    """TensorRT engines keyed by model content, TensorRT and ONNX Runtime versions, so an OTA
+    model update or a runtime upgrade never reuses a wrong engine, and an unchanged model on
+    the same runtime never rebuilds (the cache lives on a persistent volume)."""
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
-    return root / f"ort-{ort.__version__}" / digest
+    return root / f"trt-{tensorrt_version()}-ort-{ort.__version__}" / digest
+
+
+def tensorrt_version() -> str:
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        return "unknown"
+
+
+def engine_cached(cache: Path) -> bool:
+    """Whether a built TensorRT engine is already in `cache` (else the first load builds it,
+    which can take minutes)."""
+    return cache.is_dir() and any(cache.glob("*.engine"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge import engine
+from edge import engine, providers
 from edge.engine import LoadedModel, ModelLoadError
 from edge.modelspec import ModelSpec, ModelSpecError
 from edge.settings import Settings
@@ -60,6 +60,7 @@ class _Model:
     spec: ModelSpec | None
     versions: dict[str, VersionState] = field(default_factory=dict)
     active: LoadedModel | None = None
+    shadow: LoadedModel | None = None
     error: str = ""
 
 
@@ -181,6 +182,11 @@ class Repository:
             raise UnknownModel(f"model {route.name!r} is not ready")
         return m.active
 
+    def shadow_of(self, name: str) -> LoadedModel | None:
+        """The candidate version that samples of this model's frames also run on, if any."""
+        m = self._models.get(name)
+        return m.shadow if m is not None else None
+
     # -- loading and hot reload (event loop) ------------------------------------------------
     async def refresh(self, executor: Executor, names: list[str] | None = None) -> None:
         """Scan the repository; load new or changed versions aside and swap them in."""
@@ -204,10 +210,13 @@ class Repository:
             self._on_change()
 
     def _wanted(self, spec: ModelSpec, version: str, all_dirs: list[Path]) -> bool:
+        shadow = str(spec.shadow.get("version", ""))
+        if version == shadow:
+            return True
         if spec.versions:
             return version in spec.versions
-        latest = max((d.name for d in all_dirs), key=_version_key)
-        return version == latest
+        candidates = [d.name for d in all_dirs if d.name != shadow]
+        return bool(candidates) and version == max(candidates, key=_version_key)
 
     async def _load(
         self,
@@ -218,10 +227,10 @@ class Repository:
         vdir: Path,
         sig: tuple[int, int],
     ) -> None:
-        state = VersionState(spec.name, vdir.name, "loading", "", sig)
+        state = VersionState(spec.name, vdir.name, "loading", self._loading_reason(spec, vdir), sig)
         previous = m.versions.get(vdir.name)
         m.versions[vdir.name] = state
-        log.info("model %s@%s: loading", spec.name, vdir.name)
+        log.info("model %s@%s: loading %s", spec.name, vdir.name, state.reason)
         s = self.settings
         try:
             model = await loop.run_in_executor(
@@ -252,6 +261,12 @@ class Repository:
                 previous.reason = f"reload failed: {e}"
             return
         state.state, state.model = "ready", model
+        if vdir.name == str(spec.shadow.get("version", "")):
+            m.shadow = model
+            log.info(
+                "model %s@%s: ready as a shadow (sampled, never answers)", spec.name, vdir.name
+            )
+            return
         if not spec.versions:
             current = m.active.version if m.active else None
             if current is None or _version_key(vdir.name) >= _version_key(current):
@@ -267,6 +282,18 @@ class Repository:
             )
             m.active = best.model
         log.info("model %s@%s: ready, serving", spec.name, vdir.name)
+
+    def _loading_reason(self, spec: ModelSpec, vdir: Path) -> str:
+        """Say so when this load will build a TensorRT engine: that can take minutes."""
+        prefs = spec.providers or self.settings.providers
+        if "tensorrt" not in prefs or "TensorrtExecutionProvider" not in providers.available():
+            return ""
+        cache = self.settings.trt_cache
+        model = vdir / "model.onnx"
+        if cache is not None and model.is_file():
+            if providers.engine_cached(providers.engine_cache_dir(cache, model)):
+                return "loading a cached TensorRT engine"
+        return "building a TensorRT engine (the first build can take minutes)"
 
     def _scan(self) -> dict[str, tuple[ModelSpec | None, str, list[tuple[Path, tuple[int, int]]]]]:
         out: dict[str, tuple[ModelSpec | None, str, list[tuple[Path, tuple[int, int]]]]] = {}

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,7 @@ from edge.engine import LoadedModel
 from edge.frames import Frame, FrameError, Timing
 from edge.metrics import Metrics
 from edge.repository import Repository, UnknownModel
+from edge.shadow import agree
 from edge.stream import Stream
 from edge.tracing import FrameTracer
 
@@ -69,6 +72,7 @@ class Scheduler:
         self._inflight_limit = inflight_limit
         self._running: dict[str, int] = {}
         self._tracer = tracer
+        self._rng = random.Random()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._ready: deque[Stream] = deque()
@@ -256,11 +260,14 @@ class Scheduler:
         m.inference_latency.labels(model.name).observe(t1 - t0)
         m.batch_size.labels(model.name).observe(len(ready))
         qw = m.queue_wait.labels(model.name)
+        payloads: list[dict[str, object] | None] = []
         for i, (stream, frame, image, _, ctx, t_dec, t_pre) in enumerate(ready):
             threshold = model.spec.threshold if stream.threshold is None else stream.threshold
             try:
                 payload = task.postprocess([o[i] for o in outputs], ctx, image, threshold)
+                payloads.append(payload)
             except Exception as e:
+                payloads.append(None)
                 log.exception("session=%s seq=%d: postprocess failed", stream.id, frame.seq)
                 self._reply_error(
                     stream, frame, "postprocess_failed", str(e), "postprocess", model.name
@@ -291,6 +298,44 @@ class Scheduler:
                         ("postprocess", t1, done),
                     ],
                 )
+        shadow = self._repo.shadow_of(model.name)
+        if shadow is not None and shadow is not model:
+            self._run_shadow(index, model, shadow, batch, ready, payloads)
+
+    def _run_shadow(
+        self,
+        index: int,
+        model: LoadedModel,
+        shadow: LoadedModel,
+        batch: np.ndarray,
+        ready: list[Any],
+        payloads: list[dict[str, object] | None],
+    ) -> None:
+        """Run a sample of batches on the candidate version too; record its latency and how
+        far it agrees with the serving version. Its results never reach a client."""
+        sample = float(model.spec.shadow.get("sample", 0.1))
+        if self._rng.random() >= sample:
+            return
+        t0 = time.monotonic()
+        try:
+            outputs = shadow.run(batch, index)
+        except Exception as e:
+            log.warning("shadow %s failed: %s", shadow.ref, e)
+            return
+        self._metrics.shadow_latency.labels(model.name, shadow.version).observe(
+            time.monotonic() - t0
+        )
+        agreement = self._metrics.shadow_agreement.labels(model.name, shadow.version)
+        for i, (stream, _, image, _, ctx, _, _) in enumerate(ready):
+            primary = payloads[i]
+            if primary is None:
+                continue
+            th = model.spec.threshold if stream.threshold is None else stream.threshold
+            try:
+                candidate = shadow.task.postprocess([o[i] for o in outputs], ctx, image, th)
+            except Exception:
+                continue
+            agreement.observe(agree(primary, candidate))
 
     def _reply_error(
         self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""

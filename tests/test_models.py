@@ -199,3 +199,28 @@ async def test_model_files_reaching_outside_are_refused(pulled: Path, tmp_path: 
     assert rows["1"]["state"] == "ready" and rows["1"]["serving"]
     assert rows["2"]["state"] == "failed" and "symlink" in str(rows["2"]["reason"])
     assert rows["3"]["state"] == "failed" and "external" in str(rows["3"]["reason"]).lower()
+
+
+async def test_shadow_version_is_measured_but_never_answers(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """A shadow candidate runs on sampled frames: its latency and agreement reach the metrics,
+    and clients only ever see the serving version."""
+    repo = face_repo_copy(pulled, tmp_path / "repo", ("1", "2"))
+    toml = repo / "blazeface" / "model.toml"
+    toml.write_text(toml.read_text() + '\n[shadow]\nversion = "2"\nsample = 1.0\n')
+    async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
+        rows = {r["version"]: r for r in await models_rows(http, url)}
+        assert rows["1"]["serving"] and not rows["2"]["serving"]
+        assert rows["2"]["state"] == "ready"
+        ws, books = await open_stream(http, url)
+        assert books.hello["model"] == "blazeface@1"
+        for _ in range(5):
+            await ws.send_bytes(face_jpeg)
+            assert (await next_reply(ws))["model"] == "blazeface@1"
+        await ws.close()
+        metrics = await scrape(http, url)
+    labels = {"model": "blazeface", "version": "2"}
+    assert total(metrics, "edge_shadow_agreement_count", **labels) == 5
+    assert total(metrics, "edge_shadow_agreement_sum", **labels) == 5.0  # same weights agree
+    assert total(metrics, "edge_shadow_latency_seconds_count", **labels) == 5

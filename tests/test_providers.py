@@ -1,0 +1,130 @@
+"""Execution provider choice. The GPU providers cannot exist on this machine, so these tests
+fake what onnxruntime reports as installed; the CPU path runs for real everywhere else."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from edge import engine, providers
+from edge.repository import Repository
+from edge.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+JETSON = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_jetson_prefers_tensorrt_then_cuda_then_cpu(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """On a Jetson the order is TensorRT, CUDA, CPU, with FP16, workspace and an engine cache
+    keyed by model content and runtime versions."""
+    monkeypatch.setattr(providers, "available", lambda: JETSON)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"model-a")
+    chosen, why = providers.choose(
+        ("tensorrt", "cuda", "cpu"),
+        model_path=model,
+        threads=1,
+        trt_cache=tmp_path / "trt",
+        trt_fp16=True,
+        trt_workspace_mb=512,
+    )
+    assert [n for n, _ in chosen] == JETSON
+    opts = chosen[0][1]
+    assert opts["trt_fp16_enable"] is True and opts["trt_max_workspace_size"] == 512 << 20
+    assert opts["trt_engine_cache_enable"] is True
+    cache = Path(opts["trt_engine_cache_path"])
+    assert cache.is_dir() and ort.__version__ in str(cache) and "trt-" in str(cache)
+    assert "TensorrtExecutionProvider" in why
+
+
+def test_engine_cache_changes_with_the_model_only(tmp_path: Path) -> None:
+    """An OTA model update must not reuse a stale engine; an unchanged model must not rebuild."""
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    a.write_bytes(b"weights v1")
+    b.write_bytes(b"weights v1")
+    assert providers.engine_cache_dir(tmp_path, a) == providers.engine_cache_dir(tmp_path, b)
+    b.write_bytes(b"weights v2")
+    assert providers.engine_cache_dir(tmp_path, a) != providers.engine_cache_dir(tmp_path, b)
+
+
+def test_arm_board_gets_cpu_and_says_why(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(providers, "available", lambda: ["CPUExecutionProvider"])
+    chosen, why = providers.choose(
+        ("tensorrt", "cuda", "cpu"),
+        model_path=tmp_path / "m",
+        threads=2,
+        trt_cache=None,
+        trt_fp16=True,
+        trt_workspace_mb=1,
+    )
+    assert [n for n, _ in chosen] == ["CPUExecutionProvider"]
+    assert "not installed here: ['tensorrt', 'cuda']" in why
+
+
+def test_xnnpack_where_the_build_has_it(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(
+        providers, "available", lambda: ["XnnpackExecutionProvider", "CPUExecutionProvider"]
+    )
+    chosen, _ = providers.choose(
+        ("xnnpack", "cpu"),
+        model_path=tmp_path / "m",
+        threads=3,
+        trt_cache=None,
+        trt_fp16=True,
+        trt_workspace_mb=1,
+    )
+    assert chosen == [
+        ("XnnpackExecutionProvider", {"intra_op_num_threads": 3}),
+        ("CPUExecutionProvider", {}),
+    ]
+
+
+def test_a_provider_that_fails_at_load_falls_back(monkeypatch, pulled: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A GPU provider that fails to initialise must not take the model down: the next provider
+    is used and the log says so."""
+    real = ort.InferenceSession
+
+    def session(data, sess_options=None, providers=None, provider_options=None):  # type: ignore[no-untyped-def]
+        if providers and providers[0] != "CPUExecutionProvider":
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+        return real(
+            data, sess_options=sess_options, providers=providers, provider_options=provider_options
+        )
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(providers, "available", lambda: JETSON)
+    from edge.modelspec import ModelSpec
+
+    spec = ModelSpec.load(pulled / "blazeface")
+    with caplog.at_level(logging.WARNING, logger="edge.engine"):
+        model = engine.load(
+            pulled,
+            spec,
+            pulled / "blazeface" / "1",
+            workers=1,
+            preference=("tensorrt", "cuda", "cpu"),
+        )
+    assert model.providers == ["CPUExecutionProvider"]
+    text = caplog.text
+    assert "TensorrtExecutionProvider failed to load" in text
+    assert "CUDAExecutionProvider failed to load" in text
+
+
+def test_first_tensorrt_build_is_visible_while_loading(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Readiness must say an engine is being built rather than look stuck."""
+    monkeypatch.setattr(providers, "available", lambda: JETSON)
+    vdir = tmp_path / "m" / "1"
+    vdir.mkdir(parents=True)
+    (vdir / "model.onnx").write_bytes(b"x")
+    repo = Repository(Settings(models=tmp_path, trt_cache=tmp_path / "trt"))
+    spec = type("S", (), {"providers": ()})()
+    reason = repo._loading_reason(spec, vdir)  # type: ignore[arg-type]  # noqa: SLF001
+    assert "building a TensorRT engine" in reason
+    cache = providers.engine_cache_dir(tmp_path / "trt", vdir / "model.onnx")
+    cache.mkdir(parents=True)
+    (cache / "TensorrtExecutionProvider_abc.engine").write_bytes(b"e")
+    assert "cached" in repo._loading_reason(spec, vdir)  # type: ignore[arg-type]  # noqa: SLF001
