@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import onnxruntime as ort
 from PIL import Image as PILImage
 
@@ -40,8 +41,8 @@ from edge.tasks import get_task  # noqa: E402
 from tests.imagedata import sample_image  # noqa: E402
 
 
-def frame_bytes(size: tuple[int, int]) -> bytes:
-    im = PILImage.open(sample_image("astronaut.png")).convert("RGB").resize(size)
+def frame_bytes(size: tuple[int, int], image: str = "astronaut.png") -> bytes:
+    im = PILImage.open(sample_image(image)).convert("RGB").resize(size)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=80)
     return buf.getvalue()
@@ -91,6 +92,36 @@ def baseline(models: Path, model: str, data: bytes, seconds: float) -> dict[str,
         )
         if row["fps"] > best.get("fps", 0):
             best = row
+    return best
+
+
+def raw_best_batch(models: Path, model: str, data: bytes, seconds: float) -> dict[str, float]:
+    """Raw ONNX Runtime throughput on already-preprocessed frames, the best over batch sizes,
+    with the gateway's own session layout: the ceiling that batching is measured against."""
+    from edge.engine import choose_layout
+
+    spec = ModelSpec.load(models / model)
+    task = get_task(spec.task)(spec)
+    layout = choose_layout(spec, os.cpu_count() or 1)
+    path = models / model / "1" / "model.onnx"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = layout.threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    tensor, _ = task.preprocess(decode(data, task.decode_hint(), 1 << 30))
+    best: dict[str, float] = {}
+    for b in sorted({1, 2, 4, spec.max_batch}):
+        x = np.stack([tensor] * b)
+        sess.run(None, {name: x})
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            sess.run(None, {name: x})
+            n += b
+        fps = n / (time.perf_counter() - start)
+        print(f"  raw session, {layout.threads} thread(s), batch {b}: {fps:.1f} fps")
+        if fps > best.get("fps", 0):
+            best = {"fps": fps, "batch": float(b)}
     return best
 
 
@@ -149,6 +180,22 @@ async def drive(
     return {"ages": ages, "counts": counts, "elapsed": elapsed}
 
 
+async def batch_sizes(url: str, model: str) -> dict[str, float]:
+    """Mean batch size and the share of batches over one, from the gateway's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as r:
+        text = await r.text()
+    got: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name.startswith("edge_batch_size") and smp.labels.get("model") == model:
+                key = smp.name.rsplit("_", 1)[1] + smp.labels.get("le", "")
+                got[key] = smp.value
+    count = got.get("count", 0.0) or 1.0
+    return {"mean": got.get("sum", 0.0) / count, "over_one": 1 - got.get("bucket1.0", 0.0) / count}
+
+
 def summarize(
     ages: list[tuple[float, float]], run_start: float, seconds: float
 ) -> dict[str, float]:
@@ -196,14 +243,26 @@ def main() -> None:
     ap.add_argument("--size", default="640x480", help="frame size WxH")
     ap.add_argument("--workers", type=int, default=0, help="gateway workers (0: cores)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument(
+        "--baseline",
+        choices=["loop", "raw-batch"],
+        default="loop",
+        help="loop: every stage in a plain loop; raw-batch: inference alone, "
+        "best batch size (what batching is measured against)",
+    )
+    ap.add_argument("--image", default="astronaut.png", help="scikit-image sample to send")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
-    data = frame_bytes((w, h))
+    data = frame_bytes((w, h), args.image)
     print(
         f"machine: {os.cpu_count()} cores; frame {w}x{h} JPEG {len(data)} bytes; model {args.model}"
     )
-    print("baseline (plain loop, no network):")
-    base = baseline(args.models, args.model, data, min(10.0, args.seconds / 3))
+    if args.baseline == "loop":
+        print("baseline (plain loop, no network):")
+        base = baseline(args.models, args.model, data, min(10.0, args.seconds / 3))
+    else:
+        print("baseline (raw ONNX Runtime session, best batch):")
+        base = raw_best_batch(args.models, args.model, data, min(15.0, args.seconds / 2))
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -235,6 +294,7 @@ def main() -> None:
         )
         t0 = time.monotonic()
         run = asyncio.run(drive(url, args.model, data, args.streams, args.fps, args.seconds))
+        batches = asyncio.run(batch_sizes(url, args.model))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -261,6 +321,7 @@ def main() -> None:
         f"  drift: median age first third {s['first_third_p50_ms']:.1f} ms, "
         f"last third {s['last_third_p50_ms']:.1f} ms"
     )
+    print(f"  batches: mean size {batches['mean']:.2f}, {batches['over_one']:.0%} larger than one")
     if args.json:
         args.json.write_text(
             json.dumps(
