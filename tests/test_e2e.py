@@ -1,0 +1,270 @@
+"""The dashboard in a real browser: Debian's Chromium with a fake camera that shows a face photo,
+against the real gateway. Asserts what a person at the page sees: a box on the face, figures
+that move, a fallback that says so, a reconnect after the gateway restarts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from playwright.async_api import Browser, Page, Route
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from tests.conftest import free_port, running, settings_for
+from tests.e2e_browser import (
+    CAMERA_H,
+    CAMERA_W,
+    FACE_IN_CAMERA,
+    camera_frame,
+    chromium,
+    publish,
+    serving_on,
+    write_y4m,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+WAIT_MS = 20_000
+
+# One snapshot of the page, taken in one task of the page so the figures and the overlay agree.
+SNAPSHOT = """() => {
+  const el = (id) => document.getElementById(id);
+  const value = (id) => el(id).dataset.value;
+  const overlay = el('overlay');
+  const boxes = JSON.parse(overlay.dataset.boxes || '[]');
+  const dpr = overlay.width / Math.max(1, overlay.clientWidth);
+  const ctx = overlay.getContext('2d');
+  const alpha = (x, y) =>
+    ctx.getImageData(Math.round(x * dpr), Math.round(y * dpr), 1, 1).data[3];
+  const [x1, y1, x2, y2] = boxes[0] || [0, 0, 0, 0];
+  const video = el('video');
+  return {
+    last: window.edgeLast || null,
+    boxes,
+    alphaOnEdge: alpha((x1 + x2) / 2, y1 + 1),
+    alphaMirrored: alpha(overlay.clientWidth - (x1 + x2) / 2, (y1 + y2) / 2),
+    video: [video.clientWidth, video.clientHeight, video.videoWidth, video.videoHeight],
+    state: el('state').dataset.state,
+    stateText: el('state').textContent,
+    transport: el('transport').textContent,
+    fallback: el('transport').dataset.fallback,
+    notice: el('notice').hidden ? '' : el('notice').textContent,
+    model: el('model').textContent,
+    sent: Number(value('stat-sent')),
+    results: Number(value('stat-results')),
+    p50: value('stat-latency-p50'),
+    p95: value('stat-latency-p95'),
+    dropped: Number(value('stat-dropped')),
+    errors: Number(value('stat-errors')),
+  };
+}"""
+
+SHOWS_FACE = """(transport) => {
+  const el = (id) => document.getElementById(id);
+  return window.edgeLast && window.edgeLast.detections && window.edgeLast.detections.length > 0
+    && el('transport').textContent.startsWith(transport)
+    && Number(el('stat-results').dataset.value) > 0
+    && Number(el('stat-sent').dataset.value) > 0
+    && el('stat-latency-p50').dataset.value !== ''
+    && JSON.parse(el('overlay').dataset.boxes || '[]').length > 0;
+}"""
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="session")
+def y4m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_y4m(tmp_path_factory.mktemp("camera") / "astronaut.y4m", camera_frame())
+
+
+@pytest.fixture
+async def browser(y4m: Path) -> AsyncIterator[Browser]:
+    async with chromium(y4m) as b:
+        yield b
+
+
+async def open_page(browser: Browser, url: str, errors: list[str]) -> Page:
+    context = await browser.new_context(viewport={"width": 1280, "height": 720})
+    page = await context.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(url)
+    return page
+
+
+async def shows_face(page: Page, transport: str) -> dict[str, Any]:
+    """Wait until the page draws a face result that came over `transport` and its figures
+    moved; return a snapshot. On a timeout, fail with what the page shows instead."""
+    try:
+        await page.wait_for_function(SHOWS_FACE, arg=transport, timeout=WAIT_MS)
+    except PlaywrightTimeout:
+        snap = await page.evaluate(SNAPSHOT)
+        snap.pop("last", None)
+        pytest.fail(f"no face result over {transport} within {WAIT_MS} ms; the page shows {snap}")
+    snap: dict[str, Any] = await page.evaluate(SNAPSHOT)
+    return snap
+
+
+def check_face(snap: dict[str, Any]) -> None:
+    """The result's box is on the face, and the overlay draws it there on the video."""
+    last = snap["last"]
+    assert last["type"] == "result" and last["model"] == "blazeface@1"
+    assert snap["model"] == "blazeface@1"
+    sx, sy = CAMERA_W / last["width"], CAMERA_H / last["height"]
+    x1, y1, x2, y2 = last["detections"][0]["box"]
+    box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+    assert iou(box, FACE_IN_CAMERA) > 0.6, (box, FACE_IN_CAMERA)
+    # where FACE_IN_CAMERA lands in the displayed video (object-fit: contain)
+    cw, ch, vw, vh = snap["video"]
+    assert (vw, vh) == (CAMERA_W, CAMERA_H)
+    scale = min(cw / vw, ch / vh)
+    ox, oy = (cw - vw * scale) / 2, (ch - vh * scale) / 2
+    expected = [ox + FACE_IN_CAMERA[0] * scale, oy + FACE_IN_CAMERA[1] * scale,
+                ox + FACE_IN_CAMERA[2] * scale, oy + FACE_IN_CAMERA[3] * scale]  # fmt: skip
+    assert iou(snap["boxes"][0], expected) > 0.6, (snap["boxes"][0], expected)
+    assert snap["alphaOnEdge"] > 0, "the overlay has no stroke on the box it says it drew"
+    assert snap["alphaMirrored"] == 0, "the overlay is painted where there is no face"
+
+
+def check_figures(snap: dict[str, Any]) -> None:
+    assert snap["state"] == "open", snap["stateText"]
+    assert snap["results"] > 0 and snap["sent"] > 0
+    p50, p95 = float(snap["p50"]), float(snap["p95"])
+    assert 0 < p50 <= p95 < 5000, (p50, p95)
+    assert snap["errors"] == 0
+
+
+def webrtc_routed(app: web.Application) -> None:
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
+    if ("POST", "/v1/webrtc/offer") not in routes:
+        pytest.fail(
+            "POST /v1/webrtc/offer is not routed: edge/transports/webrtc.py is missing or not "
+            "added to edge/app.py, so the dashboard cannot use WebRTC"
+        )
+
+
+async def test_websocket_dashboard_boxes_the_face(face_repo: Path, browser: Browser) -> None:
+    """Guards against a dashboard that streams but draws nothing, or draws boxes in the wrong
+    place (result pixels not scaled to the displayed video), or whose figures never move."""
+    errors: list[str] = []
+    async with running(settings_for(face_repo)) as (url, _):
+        page = await open_page(browser, url + "/?transport=websocket", errors)
+        snap = await shows_face(page, "websocket")
+        check_face(snap)
+        check_figures(snap)
+        assert snap["fallback"] == "false" and snap["notice"] == ""
+        await page.wait_for_timeout(2500)  # a full rate window, so the picture shows steady rates
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "dashboard-websocket.png"
+        await page.screenshot(path=str(shot))
+        publish(shot, ROOT / "docs" / "dashboard.png")
+
+        # a phone: one column, nothing wider than the screen, boxes still on the face
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.wait_for_timeout(300)
+        snap = await shows_face(page, "websocket")
+        check_face(snap)
+        layout = await page.evaluate("""() => ({
+          overflow: document.documentElement.scrollWidth - window.innerWidth,
+          stageBottom: document.querySelector('.stage').getBoundingClientRect().bottom,
+          asideTop: document.querySelector('aside').getBoundingClientRect().top,
+        })""")
+        assert layout["overflow"] <= 0 and layout["stageBottom"] <= layout["asideTop"], layout
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+    assert errors == []
+
+
+async def test_webrtc_dashboard_boxes_the_face(face_repo: Path, browser: Browser) -> None:
+    """Guards against the WebRTC path (camera track in, DataChannel results out) not reaching
+    the page, or silently falling back to WebSocket."""
+    errors: list[str] = []
+    async with running(settings_for(face_repo)) as (url, app):
+        webrtc_routed(app)
+        page = await open_page(browser, url + "/?transport=webrtc", errors)
+        snap = await shows_face(page, "webrtc")
+        check_face(snap)
+        check_figures(snap)
+        assert snap["fallback"] == "false" and snap["notice"] == "", snap["notice"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-webrtc.png"))
+    assert errors == []
+
+
+def without_candidates(sdp: str) -> str:
+    return "".join(
+        line for line in sdp.splitlines(keepends=True) if not line.startswith("a=candidate")
+    )
+
+
+@pytest.mark.parametrize("failure", ["offer_refused", "ice_never_connects"])
+async def test_webrtc_falls_back_to_websocket(
+    face_repo: Path, browser: Browser, failure: str
+) -> None:
+    """Guards against a page that stays dark when WebRTC cannot connect (a proxy that refuses
+    the offer, UDP blocked so ICE never completes) instead of falling back and saying so."""
+
+    async def refuse(route: Route) -> None:
+        body = {"error": "injected", "message": "refused by the test"}
+        await route.fulfill(status=500, content_type="application/json", body=json.dumps(body))
+
+    async def hide_candidates(route: Route) -> None:
+        # Neither side learns an address of the other, so ICE has nothing to try.
+        offer = route.request.post_data_json
+        offer["sdp"] = without_candidates(offer["sdp"])
+        response = await route.fetch(post_data=json.dumps(offer))
+        answer = await response.json()
+        if "sdp" in answer:
+            answer["sdp"] = without_candidates(answer["sdp"])
+        await route.fulfill(response=response, body=json.dumps(answer))
+
+    errors: list[str] = []
+    async with running(settings_for(face_repo)) as (url, app):
+        if failure == "ice_never_connects":
+            webrtc_routed(app)
+        context = await browser.new_context(viewport={"width": 1280, "height": 720})
+        page = await context.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.route(
+            "**/v1/webrtc/offer", refuse if failure == "offer_refused" else hide_candidates
+        )
+        await page.goto(url + "/?transport=webrtc")
+        snap = await shows_face(page, "websocket")
+        check_face(snap)
+        assert snap["fallback"] == "true"
+        assert "fell back to WebSocket" in snap["notice"], snap["notice"]
+        expected = "500" if failure == "offer_refused" else "not connected within 5 s"
+        assert expected in snap["notice"], snap["notice"]
+    assert errors == []
+
+
+async def test_reconnects_after_the_gateway_restarts(face_repo: Path, browser: Browser) -> None:
+    """Guards against a page that stays disconnected after a gateway drain (goaway, close
+    1001) and restart, or that hammers the gateway instead of backing off."""
+    port = free_port()
+    settings = settings_for(face_repo, drain_seconds=2.0)
+    errors: list[str] = []
+    async with serving_on(settings, port):
+        page = await open_page(browser, f"http://127.0.0.1:{port}/", errors)
+        await shows_face(page, "websocket")
+    # the first gateway drained: it sent goaway and closed with 1001
+    await page.wait_for_function(
+        "document.getElementById('state').dataset.state === 'reconnecting'", timeout=5000
+    )
+    snap = await page.evaluate(SNAPSHOT)
+    assert "going away" in snap["stateText"] and "1001" in snap["stateText"], snap["stateText"]
+    await page.evaluate("window.edgeLast = null")
+    async with serving_on(settings, port):
+        snap = await shows_face(page, "websocket")
+        check_face(snap)
+        assert snap["state"] == "open"
+    assert errors == []
