@@ -4,13 +4,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: setup models serve test lint bench browser clean
+.PHONY: setup setup-test models serve test lint bench browser clean
 
+# The gateway's own packages (with WebRTC and OpenTelemetry support).
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[webrtc,otel]'
+	touch $@
+
+# Plus what the tests use (pytest, hypothesis, Playwright's driver, linters).
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[webrtc,otel,test]'
 	touch $@
 
@@ -25,12 +33,12 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check edge tests bench
 	$(BIN)/ruff format --check edge tests bench
 	$(BIN)/mypy
 
-test: models browser lint
+test: setup-test models browser lint
 	$(BIN)/pytest
 
 bench: models
