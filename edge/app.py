@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from edge import http, tracing
+from edge import auth, http, ratelimit, tracing
 from edge.appkeys import SERVICES, Services
 from edge.metrics import Metrics
 from edge.repository import Repository
@@ -52,14 +52,27 @@ def create_app(settings: Settings, tracer: FrameTracer | None = None) -> web.App
         background=ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-background"),
     )
     app[SERVICES] = services
+    auth.setup(app, settings)  # origin, token and stream-quota checks on /v1/
+    ratelimit.setup(app, settings)  # per-client frame-rate buckets
     app.add_routes(http.routes)
     app.router.add_get("/v1/stream", websocket.handle)
     _add_web(app, settings)
     app.cleanup_ctx.append(_executor)
     app.cleanup_ctx.append(_workers)
     app.cleanup_ctx.append(_models)
+    _add_webrtc(app)  # after _models: its peer connections close before the workers stop
     app.on_shutdown.append(drain)
     return app
+
+
+def _add_webrtc(app: web.Application) -> None:
+    try:
+        from edge.transports import webrtc
+    except ImportError as e:  # the optional [webrtc] extra (aiortc) is not installed
+        log.info("WebRTC ingest off: %s", e)
+        return
+    app.router.add_post("/v1/webrtc/offer", webrtc.handle)
+    app.cleanup_ctx.append(webrtc.peer_connections)
 
 
 def _add_web(app: web.Application, settings: Settings) -> None:

@@ -16,6 +16,13 @@ from edge.settings import Settings, SettingsError
 
 log = logging.getLogger("edge")
 
+#: Seconds a connection may take to send a complete request head, and may sit idle between
+#: requests. aiohttp's `keepalive_timeout` does both: it is armed when a connection opens and
+#: again after each response, is not reset by partial data, and closes the connection if no
+#: complete request head came by then (slow loris). A request being served, and so an open
+#: WebSocket, is never cut by it. aiohttp's own default is over an hour.
+REQUEST_HEAD_TIMEOUT_S = 15.0
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge", description="Real-time inference gateway")
@@ -102,7 +109,13 @@ async def _run(settings: Settings) -> None:
     from edge.appkeys import SERVICES
 
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,
+        keepalive_timeout=REQUEST_HEAD_TIMEOUT_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))
     await site.start()

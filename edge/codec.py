@@ -87,7 +87,8 @@ _CONFIG_KEYS = {"type", "threshold", "max_frame_age_ms", "model", "credits", "st
 
 def parse_control(text: str, max_bytes: int) -> Control:
     """Parse a client's text message, or raise ProtocolError saying what is wrong."""
-    if len(text) > max_bytes:
+    # characters first (cheap, bounds the encode), then the UTF-8 bytes the limit is about
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ProtocolError(f"control message longer than {max_bytes} bytes")
     try:
         obj = json.loads(text)
@@ -126,7 +127,10 @@ def _number(obj: dict[str, Any], key: str, lo: float, hi: float) -> float | None
     v = obj.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ProtocolError(f"{key} must be a number")
+    # ints are compared as they are: math.isfinite(10**400) raises OverflowError
+    if isinstance(v, float) and not math.isfinite(v):
         raise ProtocolError(f"{key} must be a number")
     if not lo <= v <= hi:
         raise ProtocolError(f"{key} must be between {lo:g} and {hi:g}")

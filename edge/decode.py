@@ -3,7 +3,8 @@
 Only JPEG and PNG are accepted, recognised by their magic bytes. Dimensions are read from the
 header first, so a decompression bomb is refused before it allocates anything. JPEG decodes
 with libjpeg-turbo (simplejpeg) at the smallest DCT scale that still covers what the model
-needs, which is several times faster than a full decode for small model inputs.
+needs, which is several times faster than a full decode for small model inputs. A frame a
+transport already decoded (a `Picture`) is scaled the same way, by its own converter.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image as PILImage
 
-from edge.frames import FrameError, Image
+from edge.frames import FrameError, Image, Picture
 
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -24,8 +25,10 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 PILImage.MAX_IMAGE_PIXELS = None  # we check dimensions ourselves, with our own limit
 
 
-def decode(data: bytes, fit: tuple[int, int], max_pixels: int) -> Image:
+def decode(data: bytes | Picture, fit: tuple[int, int], max_pixels: int) -> Image:
     """Decode `data`, possibly at reduced scale, keeping enough pixels to cover `fit` (w, h)."""
+    if not isinstance(data, bytes):
+        return _convert_picture(data, fit, max_pixels)
     if data.startswith(_JPEG):
         return _decode_jpeg(data, fit, max_pixels)
     if data.startswith(_PNG):
@@ -61,6 +64,17 @@ def _decode_jpeg(data: bytes, fit: tuple[int, int], max_pixels: int) -> Image:
     return Image(pixels=pixels, width=width, height=height)
 
 
+def _convert_picture(picture: Picture, fit: tuple[int, int], max_pixels: int) -> Image:
+    width, height = picture.width, picture.height
+    _check_size(width, height, max_pixels)
+    scale = min(1.0, fit[0] / width, fit[1] / height)
+    try:
+        pixels = picture.rgb(max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+    except ValueError as e:
+        raise FrameError("bad_frame", f"video frame not convertible: {e}") from None
+    return Image(pixels=pixels, width=width, height=height)
+
+
 def _decode_png(data: bytes, max_pixels: int) -> Image:
     try:
         with warnings.catch_warnings():
@@ -71,6 +85,6 @@ def _decode_png(data: bytes, max_pixels: int) -> Image:
             pixels = np.asarray(im.convert("RGB"))
     except FrameError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise FrameError("bad_frame", f"PNG data corrupt: {e}") from None
+    except Exception as e:  # Pillow raises IndexError, struct.error... on malformed chunks too
+        raise FrameError("bad_frame", f"PNG data corrupt: {e or type(e).__name__}") from None
     return Image(pixels=pixels, width=width, height=height)

@@ -1,4 +1,5 @@
-"""The nouns that flow through the pipeline: an encoded frame in, a result out.
+"""The nouns that flow through the pipeline: a frame in (encoded, or already decoded by a
+transport), a result out.
 
 A `Frame` carries its own identity (`stream_id`, `seq`) and clock (`received_at`,
 `time.monotonic()` when the transport took it off the wire), so every stage can decide
@@ -8,19 +9,36 @@ staleness on its own and every reply can echo what it answers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 
+class Picture(Protocol):
+    """A frame its transport received already decoded (WebRTC video); pixels on demand.
+
+    `rgb` runs on a worker thread, once per frame, so frames that are dropped cost nothing.
+    """
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    def rgb(self, width: int, height: int) -> np.ndarray:
+        """HxWx3 uint8 RGB pixels scaled to `width` x `height`; ValueError if it cannot."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One encoded image as a client sent it."""
+    """One image as a client sent it: encoded bytes (JPEG, PNG) or a decoded `Picture`."""
 
     stream_id: str
     seq: int
     received_at: float
-    data: bytes
+    data: bytes | Picture
 
 
 @dataclass(frozen=True, slots=True)

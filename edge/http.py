@@ -99,10 +99,13 @@ async def infer(request: web.Request) -> web.Response:
         with contextlib.suppress(asyncio.CancelledError):
             await sender
     reply = json.loads(text)
-    if reply.get("type") != "result":
-        reply.pop("seq", None)
-        return web.json_response(reply, status=400 if reply.get("type") == "error" else 503)
     reply.pop("seq", None)
+    if reply.get("type") == "error":
+        return web.json_response(reply, status=400)
+    if reply.get("type") == "dropped":  # rate limited, or the gateway is overloaded
+        limited = reply.get("reason") == "rate_limited"
+        return web.json_response(reply, status=429 if limited else 503,
+                                 headers={"Retry-After": "1"})
     return web.json_response(reply)
 
 

@@ -88,6 +88,18 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.auth_refused = Counter(
+            "edge_auth_refused",
+            "Requests and WebSockets refused by the origin, token or stream-quota checks",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "edge_frames_rate_limited",
+            "Frames over a frame-rate limit (also counted as dropped, reason rate_limited)",
+            ["transport", "limit"],
+            registry=r,
+        )
         self.shadow_agreement = Histogram(
             "edge_shadow_agreement",
             "Agreement of a shadow version with the serving one",

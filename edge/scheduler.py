@@ -134,6 +134,8 @@ class Scheduler:
             model, jobs = batch
             try:
                 self._serve(index, model, jobs)
+            except Exception:  # a bug must cost this batch, never the worker thread
+                log.exception("worker %d: serving a batch of %s failed", index, model.ref)
             finally:
                 with self._lock:
                     self._running[model.name] -= len(jobs)
@@ -146,6 +148,10 @@ class Scheduler:
                             self._ready.append(stream)
                             self._cond.notify()
                 self._metrics.inflight.labels(model.name).dec(len(jobs))
+            # Waiting for work, a worker pins nothing of its last batch: a stream keeps its
+            # session alive, a WebRTC session its peer connection and decoded frames. (`jobs`
+            # is never empty, so the loop above bound `stream` and `_`.)
+            del batch, model, jobs, stream, _
 
     def _gather(self) -> tuple[LoadedModel, list[tuple[Stream, Frame]]] | None:
         """Wait for work; claim up to max_batch streams of one model; take their frames."""
@@ -233,6 +239,10 @@ class Scheduler:
             except FrameError as e:
                 self._reply_error(stream, frame, e.code, e.message, "decode", model.name)
                 continue
+            except Exception as e:  # a decoder bug: this frame is bad, the worker goes on
+                log.exception("session=%s seq=%d: decode failed", stream.id, frame.seq)
+                self._reply_error(stream, frame, "bad_frame", str(e), "decode", model.name)
+                continue
             try:
                 tensor, ctx = task.preprocess(image)
             except Exception as e:
@@ -244,9 +254,9 @@ class Scheduler:
             ready.append((stream, frame, image, tensor, ctx, t_dec, time.monotonic()))
         if not ready:
             return
-        batch = np.stack([r[3] for r in ready]) if len(ready) > 1 else ready[0][3][None]
         t0 = time.monotonic()
         try:
+            batch = np.stack([r[3] for r in ready]) if len(ready) > 1 else ready[0][3][None]
             outputs = model.run(batch, index)
         except Exception as e:
             log.error("model %s: inference failed on a batch of %d: %s", model.ref, len(ready), e)
@@ -265,6 +275,16 @@ class Scheduler:
             threshold = model.spec.threshold if stream.threshold is None else stream.threshold
             try:
                 payload = task.postprocess([o[i] for o in outputs], ctx, image, threshold)
+                done = time.monotonic()
+                timing = Timing(
+                    queue_ms=(taken - frame.received_at) * 1e3,
+                    inference_ms=(t1 - t0) * 1e3,
+                    total_ms=(done - frame.received_at) * 1e3,
+                )
+                # the encoder refuses NaN and infinities: a model that outputs them fails here
+                text = codec.result(
+                    frame.seq, model.ref, image.width, image.height, payload, timing
+                )
                 payloads.append(payload)
             except Exception as e:
                 payloads.append(None)
@@ -273,14 +293,7 @@ class Scheduler:
                     stream, frame, "postprocess_failed", str(e), "postprocess", model.name
                 )
                 continue
-            done = time.monotonic()
             qw.observe(taken - frame.received_at)
-            timing = Timing(
-                queue_ms=(taken - frame.received_at) * 1e3,
-                inference_ms=(t1 - t0) * 1e3,
-                total_ms=(done - frame.received_at) * 1e3,
-            )
-            text = codec.result(frame.seq, model.ref, image.width, image.height, payload, timing)
             self._push(Reply(stream, frame.seq, "result", text, "", frame.received_at, model.name))
             if self._tracer is not None:
                 self._tracer.frame(

@@ -7,12 +7,17 @@ Nothing else in the package reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+#: what a static token may be made of: characters that travel unchanged in an Authorization
+#: header (RFC 6750), a WebSocket subprotocol (an RFC 7230 token) and a JSON string
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+]+")
+_ORIGIN = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -55,8 +60,27 @@ class Settings:
     watch_models_s: float = 2.0  # model repository poll interval; 0 turns hot reload off
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    auth_tokens: tuple[str, ...] = ()
+    #: static API tokens (docs/security.md); any token setting, file or JWT key turns auth on
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    #: a file of static tokens, one a line (blank lines and `#` comments skipped)
+    auth_tokens_file: Path | None = None
+    #: HS256 shared secret for signed JWTs
+    jwt_secret: str = field(default="", repr=False)
+    #: RS256 public key (PEM file) for signed JWTs
+    jwt_public_key: Path | None = None
+    #: when set, a JWT's `aud` must name it
+    jwt_audience: str = ""
+    #: seconds a token-less WebSocket has to send its `auth` message
+    auth_timeout_s: float = 5.0
+    #: browser origins (scheme://host[:port]) besides the gateway's own that may use /v1/
     allowed_origins: tuple[str, ...] = ()
+    #: frames per second one stream, and one client address, may send; 0 turns a limit off
+    max_fps_per_stream: int = 120
+    max_fps_per_client: int = 480
+    #: open streams one token (one JWT subject) may hold; 0: no limit beyond max_streams
+    max_streams_per_token: int = 16
+    #: consecutive frames over max_frame_bytes after which a WebSocket is closed with 1009
+    max_oversize_frames: int = 3
     stun_servers: tuple[str, ...] = ()
     turn_servers: tuple[str, ...] = ()
     web_root: Path = field(default=Path(__file__).resolve().parent.parent / "web")
@@ -83,11 +107,47 @@ class Settings:
             raise SettingsError("log_format must be auto, json or text")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("tls_cert and tls_key go together: set both or neither")
+        for name in (
+            "max_fps_per_stream",
+            "max_fps_per_client",
+            "max_streams_per_token",
+            "max_oversize_frames",
+        ):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 (0 turns the limit off)")
+        if self.auth_timeout_s <= 0:
+            raise SettingsError("auth_timeout_s must be > 0 (seconds to wait for an auth message)")
+        for name in ("auth_tokens_file", "jwt_public_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{name}: {path} is not a file; fix the path or unset it")
+        for token in self.auth_tokens:
+            _check_token("auth_tokens", token)
+        if self.auth_tokens_file is not None:
+            read_token_file(self.auth_tokens_file)
+        if self.jwt_secret and len(self.jwt_secret) < 32:
+            raise SettingsError(
+                "jwt_secret must be at least 32 characters (an HS256 key as long as the hash, "
+                "RFC 7518 3.2); generate one with `openssl rand -hex 32`"
+            )
+        for origin in self.allowed_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise SettingsError(
+                    f"allowed_origins: {origin!r} is not an origin; write scheme://host[:port] "
+                    "with no path, e.g. https://edge.example.com (no wildcards)"
+                )
         unknown = set(self.providers) - {"tensorrt", "cuda", "xnnpack", "cpu"}
         if unknown:
             raise SettingsError(
                 f"providers: unknown {sorted(unknown)}; use tensorrt, cuda, xnnpack, cpu"
             )
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Tokens are required once any token source or JWT key is configured."""
+        return bool(
+            self.auth_tokens or self.auth_tokens_file or self.jwt_secret or self.jwt_public_key
+        )
 
     @property
     def worker_count(self) -> int:
@@ -111,6 +171,27 @@ class Settings:
             return replace(cls(), **values)
         except TypeError as e:
             raise SettingsError(str(e)) from e
+
+
+def read_token_file(path: Path) -> tuple[str, ...]:
+    """The tokens in an `auth_tokens_file`: one a line; blank lines and `#` comments skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError) as e:
+        raise SettingsError(f"auth_tokens_file: cannot read {path}: {e}") from None
+    tokens = tuple(t for t in (ln.strip() for ln in lines) if t and not t.startswith("#"))
+    for n, token in enumerate(tokens, 1):
+        _check_token(f"auth_tokens_file ({path}, token {n})", token)
+    return tokens
+
+
+def _check_token(where: str, token: str) -> None:
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise SettingsError(
+            f"{where}: a token may hold letters, digits and -._~+ only, so that it can travel "
+            "in a header, a query string and a WebSocket subprotocol; generate one with "
+            "`openssl rand -hex 32`"
+        )
 
 
 def _parse(name: str, typ: str, raw: str, key: str) -> Any:

@@ -143,8 +143,10 @@ class GatewayProcess:
 def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(repo: Path, env: dict[str, str] | None = None) -> GatewayProcess:
-        port = free_port()
+    def spawn(
+        repo: Path, env: dict[str, str] | None = None, port: int | None = None
+    ) -> GatewayProcess:
+        port = port or free_port()
         log = tmp_path / f"gateway-{port}.log"
         full_env = {
             **os.environ,

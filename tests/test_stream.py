@@ -157,10 +157,12 @@ async def test_threshold_config_applies_to_later_frames(face_server: str, face_j
         await ws.close()
 
 
-async def test_every_frame_answered_once_under_overload(face_server: str, face_jpeg: bytes) -> None:
+async def test_every_frame_answered_once_under_overload(face_repo, face_jpeg: bytes) -> None:  # type: ignore[no-untyped-def]
     """Several clients sending as fast as they can: each seq gets exactly one reply, the
-    newest frames are served, and replies to the last frames arrive within a second."""
-    async with aiohttp.ClientSession() as http:
+    newest frames are served, and replies to the last frames arrive within a second.
+    Frame-rate limits are off here; with them, frames are also `rate_limited` (test_limits)."""
+    settings = settings_for(face_repo, max_fps_per_stream=0, max_fps_per_client=0)
+    async with running(settings) as (face_server, _), aiohttp.ClientSession() as http:
         streams = [await open_stream(http, face_server) for _ in range(4)]
         readers = [asyncio.create_task(read_into(ws, b)) for ws, b in streams]
 

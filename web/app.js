@@ -12,6 +12,7 @@ const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 const STALE_BOXES_MS = 1000; // boxes with no newer result for this long are cleared
 const STEADY_MS = 5000;
+const TOKEN_KEY = "edge-token"; // sessionStorage: kept for this tab only, never in the URL
 
 // Events per second over a sliding window.
 function rate(windowMs = 2000) {
@@ -81,9 +82,16 @@ function render() {
   }
 }
 
+// The token for /v1/ (docs/security.md); the page itself holds no data and needs none.
+function token() {
+  return $("token-input").value.trim();
+}
+
 async function loadModels() {
   const select = $("model-select");
-  const response = await fetch("/v1/models");
+  const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
+  const response = await fetch("/v1/models", { headers });
+  if (response.status === 401) throw new Error("the gateway needs a token: enter it above");
   if (!response.ok) throw new Error(`/v1/models answered ${response.status}`);
   const { models } = await response.json();
   const wanted = select.value || new URLSearchParams(location.search).get("model");
@@ -197,7 +205,7 @@ function onSent(n) {
 async function connect() {
   await loadModels(); // every time: the gateway may have been restarted with other models
   const model = $("model-select").value;
-  const options = { video, stream: camera, model, onReply, onSent };
+  const options = { video, stream: camera, model, token: token(), onReply, onSent };
   if ($("transport-select").value !== "webrtc" || fellBack) return openWebSocket(options);
   try {
     return await openWebRTC(options);
@@ -282,6 +290,11 @@ async function main() {
     restart();
   };
   $("model-select").onchange = restart;
+  $("token-input").value = sessionStorage.getItem(TOKEN_KEY) ?? "";
+  $("token-input").onchange = () => {
+    sessionStorage.setItem(TOKEN_KEY, token());
+    restart();
+  };
   $("facing-select").onchange = () => startCamera().then(restart, cameraFailed);
   $("toggle").onclick = () => ($("toggle").textContent === "Stop" ? stop() : restart());
   setInterval(render, 500);

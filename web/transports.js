@@ -40,10 +40,12 @@ function helloOf(ws) {
 // WebSocket: one JPEG per binary message, drawn from the <video> into a canvas. A frame is sent
 // when the camera has a new one, fewer than MAX_UNANSWERED are unanswered and the socket's
 // buffer is empty. Latency is measured exactly: from ws.send() to the reply with that seq.
-export async function openWebSocket({ video, model, onReply, onSent }) {
+// A token rides as a second subprotocol: a browser cannot set headers on a WebSocket, and the
+// gateway answers with "edge.v1", never echoing the token.
+export async function openWebSocket({ video, model, token, onReply, onSent }) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const url = `${scheme}//${location.host}/v1/stream?model=${encodeURIComponent(model)}`;
-  const ws = new WebSocket(url);
+  const ws = new WebSocket(url, token ? ["edge.v1", `bearer.${token}`] : ["edge.v1"]);
   let finish;
   const ended = new Promise((resolve) => (finish = resolve));
   let reason = "connection closed";
@@ -156,7 +158,7 @@ function channelOpen(pc, channel, ms) {
 //   + one RTT (half up for the frame, half down for the reply: candidate-pair currentRoundTripTime)
 //   + the average encode time per frame (outbound-rtp totalEncodeTime / framesEncoded),
 // all from getStats() once a second. It leaves out the gateway's jitter buffer and decoder.
-export async function openWebRTC({ stream, model, onReply, onSent }) {
+export async function openWebRTC({ stream, model, token, onReply, onSent }) {
   const pc = new RTCPeerConnection();
   const channel = pc.createDataChannel("results");
   for (const track of stream.getVideoTracks()) pc.addTrack(track, stream);
@@ -209,7 +211,10 @@ export async function openWebRTC({ stream, model, onReply, onSent }) {
     const offer = pc.localDescription;
     const response = await fetch("/v1/webrtc/offer", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: {
+        "Content-Type": "application/json",
+        ...(token ? { Authorization: `Bearer ${token}` } : {}),
+      },
       body: JSON.stringify({ sdp: offer.sdp, type: offer.type, model }),
       signal: AbortSignal.timeout(10000),
     });

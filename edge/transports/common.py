@@ -8,10 +8,10 @@ import time
 import uuid
 from collections.abc import Callable
 
-from edge import codec
+from edge import codec, ratelimit
 from edge.appkeys import Services
 from edge.codec import ProtocolError
-from edge.frames import Frame
+from edge.frames import Frame, Picture
 from edge.outbox import Outbox, Send
 from edge.repository import Route, UnknownModel
 from edge.stream import Stream
@@ -54,7 +54,11 @@ def open_stream(
 
 
 def take_frame(
-    services: Services, stream: Stream, seq: int, data: bytes, received_at: float | None = None
+    services: Services,
+    stream: Stream,
+    seq: int,
+    data: bytes | Picture,
+    received_at: float | None = None,
 ) -> None:
     """Account for one frame and hand it to the scheduler, or answer it at once."""
     now = time.monotonic() if received_at is None else received_at
@@ -62,8 +66,15 @@ def take_frame(
     t, label = stream.transport, stream.model_label
     stream.stats.received += 1
     m.received.labels(t, label).inc()
+    over = ratelimit.allow_frame(services.settings, stream, now)
+    if over is not None:  # a drop notice: runs of them merge, so a flood costs O(1) memory
+        stream.stats.dropped += 1
+        m.dropped.labels(t, label, "rate_limited").inc()
+        m.rate_limited.labels(t, over).inc()
+        stream.outbox.drop(seq, "rate_limited")
+        return
     limit = services.settings.max_frame_bytes
-    if len(data) > limit:
+    if isinstance(data, bytes) and len(data) > limit:
         stream.stats.errors += 1
         m.errors.labels(t, "decode").inc()
         stream.outbox.put(

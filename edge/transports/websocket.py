@@ -3,6 +3,11 @@
 Only this handler reads the socket; it never waits on inference, so the socket is drained all
 the time and frames never pile up in kernel buffers. Writing is delegated to the stream's one
 sender task (edge.outbox).
+
+Who may connect is decided by edge.auth's middleware before the handler runs. An upgrade that
+carried no token but offered the `edge.v1` subprotocol is let through pending, and its first
+message must then be `{"type":"auth","token":"..."}` (browsers cannot set headers on a
+WebSocket); until it is, the server sends nothing, not even hello.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from edge import codec
+from edge import auth, codec
 from edge.appkeys import SERVICES, Services
 from edge.outbox import SlowConsumer
 from edge.repository import Route, UnknownModel
+from edge.settings import Settings
 from edge.stream import Stream
 from edge.transports import common
 from edge.transports.session import StreamSession
@@ -36,6 +42,8 @@ class WebSocketSession(StreamSession):
         self._goaway: asyncio.Event = asyncio.Event()
         self._retry_after_ms = 0
         self._closed = asyncio.Event()
+        #: set by the reader when it ends the stream itself: (close code, close message)
+        self._close: tuple[WSCloseCode, bytes] | None = None
 
     async def goaway(self, retry_after_ms: int) -> None:
         self._retry_after_ms = retry_after_ms
@@ -69,6 +77,8 @@ class WebSocketSession(StreamSession):
                 log.warning("session=%s %s", stream.id, sender.exception())
             elif goaway in done:
                 close_code, close_msg, reason = WSCloseCode.GOING_AWAY, b"going away", "shutdown"
+            elif reader in done and self._close is not None and reader.exception() is None:
+                close_code, close_msg = self._close
             elif reader in done and reader.exception() is not None:
                 close_code, close_msg = WSCloseCode.INTERNAL_ERROR, b"internal error"
                 log.error("session=%s reader failed: %r", stream.id, reader.exception())
@@ -104,17 +114,30 @@ class WebSocketSession(StreamSession):
     async def _read(self, stream: Stream) -> None:
         """Drain the socket: frames to the scheduler, text to control; ends at close."""
         services, ws = self.services, self.ws
-        seq = 0
+        settings = services.settings
+        seq = oversize = 0
+        first = True
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
+                    # Each frame over max_frame_bytes is answered bad_frame; a client that
+                    # keeps sending them is closed with 1009 rather than answered forever.
+                    oversize = oversize + 1 if len(msg.data) > settings.max_frame_bytes else 0
                     common.take_frame(services, stream, seq, msg.data, time.monotonic())
                     seq += 1
+                    if 0 < settings.max_oversize_frames <= oversize:
+                        log.info("session=%s %d frames too large, closing", stream.id, oversize)
+                        self._close = (WSCloseCode.MESSAGE_TOO_BIG, b"frames too large")
+                        return
                 elif msg.type == WSMsgType.TEXT:
-                    common.apply_control(services, stream, msg.data)
+                    # An auth message sent first while the upgrade carried a token, or while
+                    # authentication is off, is ignored: one client works against both.
+                    if not (first and auth.auth_message_token(msg.data) is not None):
+                        common.apply_control(services, stream, msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     log.info("session=%s socket error: %s", stream.id, ws.exception())
                     return
+                first = False
         except TimeoutError:
             log.info(
                 "session=%s idle for %g s, closing", stream.id, services.settings.idle_timeout_s
@@ -124,6 +147,17 @@ class WebSocketSession(StreamSession):
 async def handle(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     settings = services.settings
+    offered = auth.offered_subprotocols(request)
+    if auth.SUBPROTOCOL not in offered and any(p.startswith(auth.BEARER_PROTOCOL) for p in offered):
+        # We may answer only with a subprotocol the client offered, and never with the token.
+        services.metrics.streams_refused.labels(TRANSPORT, "bad_subprotocol").inc()
+        return web.json_response(
+            {
+                "error": "bad_request",
+                "message": f"offer the subprotocol {auth.SUBPROTOCOL} along with bearer.<token>",
+            },
+            status=400,
+        )
     if services.draining:
         return _refuse(services, 503, "draining", "the gateway is shutting down; reconnect")
     if not services.repo.ready:
@@ -147,8 +181,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
         autoclose=False,
         heartbeat=settings.heartbeat_s or None,
         receive_timeout=settings.idle_timeout_s or None,
+        protocols=(auth.SUBPROTOCOL,),  # chosen when offered; a bearer.<token> never is
     )
     await ws.prepare(request)
+    if auth.pending(request) and not await _authenticate(request, ws, settings):
+        return ws
+    if services.draining:  # it drained while this socket was logging in
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"going away")
+        return ws
     session = WebSocketSession(services, ws)
     services.sessions.add(session)
     try:
@@ -159,6 +199,33 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         services.sessions.discard(session)
     return ws
+
+
+async def _authenticate(
+    request: web.Request, ws: web.WebSocketResponse, settings: Settings
+) -> bool:
+    """First-message authentication: `{"type":"auth","token":"..."}` within auth_timeout_s.
+    Anything else (a frame, another message, silence, a bad token) is answered with an error
+    and closes the socket with 1008."""
+    try:
+        msg = await ws.receive(timeout=settings.auth_timeout_s)
+    except TimeoutError:
+        auth.refuse_pending(request, "auth_timeout")
+        code, text = "unauthorized", f"no auth message within {settings.auth_timeout_s:g} s"
+    else:
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            await ws.close()
+            return False
+        data = msg.data if msg.type == WSMsgType.TEXT else ""
+        try:
+            auth.accept_message(request, data if len(data) <= settings.max_message_bytes else "")
+            return True
+        except auth.Refused as e:
+            code, text = e.code, e.message
+    with contextlib.suppress(Exception):
+        await ws.send_str(codec.error(None, code, text))
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=code.encode())
+    return False
 
 
 def _refuse(services: Services, status: int, reason: str, message: str) -> web.Response:

@@ -1,0 +1,397 @@
+"""Who may use /v1/: browser origins, bearer tokens, streams per token (docs/security.md).
+
+One middleware guards every request under /v1/ (streams, WebRTC offers, the model API), so a
+transport needs no code of its own to be protected. Outside /v1/ nothing is checked: the
+probes (/healthz, /readyz), Prometheus (/metrics) and the dashboard's static files hold no data.
+
+Order of the checks: a browser's `Origin` first (403), then the token (401), then the number of
+streams the token holds (429). Authentication is on as soon as a token, a token file or a JWT
+key is configured. A WebSocket upgrade that carries no token but offers the `edge.v1`
+subprotocol is let through pending: the handler must then call `accept_message` on the first
+message (edge.transports.websocket). Any other request without a token gets 401.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import hdrs, web
+from yarl import URL
+
+from edge.appkeys import SERVICES
+from edge.ratelimit import Slot, StreamQuota
+from edge.settings import Settings, SettingsError, read_token_file
+
+log = logging.getLogger("edge.auth")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: the subprotocol a WebSocket client offers; a token may ride along as `bearer.<token>`
+SUBPROTOCOL = "edge.v1"
+BEARER_PROTOCOL = "bearer."
+#: requests that open a stream, and so take a slot of the token's stream quota
+STREAM_ROUTES = {("GET", "/v1/stream"), ("POST", "/v1/webrtc/offer")}
+#: clock skew between a JWT's issuer and this server that `exp` and `nbf` tolerate
+JWT_LEEWAY_S = 30.0
+_MIN_TOKEN_CHARS = 16
+_MISSING = (
+    "a token is required: an Authorization: Bearer header, a bearer.<token> WebSocket "
+    "subprotocol, ?token=, or (WebSocket) the subprotocol edge.v1 and an auth message first"
+)
+
+
+class Refused(Exception):
+    """A request or auth message that is not let in; `code` is the wire error code."""
+
+    def __init__(self, status: int, code: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.reason, self.message = status, code, reason, message
+
+
+def _unauthorized(reason: str, message: str) -> Refused:
+    return Refused(401, "unauthorized", reason, message)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: `identity` names a token without revealing it (a fingerprint, or a
+    JWT's subject); `via` says how the token came (header, subprotocol, query, message)."""
+
+    identity: str
+    via: str
+
+
+class Authenticator:
+    """Checks a token against the static tokens and the JWT keys of the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        tokens = list(settings.auth_tokens)
+        if settings.auth_tokens_file is not None:
+            tokens += read_token_file(settings.auth_tokens_file)
+        #: (sha256 of the token, its identity); hashing makes every comparison equal-length
+        self._tokens = [(_digest(t), "token:" + _fingerprint(t)) for t in dict.fromkeys(tokens)]
+        if any(len(t) < _MIN_TOKEN_CHARS for t in tokens):
+            log.warning(
+                "an auth token is shorter than %d characters; use openssl rand -hex 32",
+                _MIN_TOKEN_CHARS,
+            )
+        self._jwt_keys: dict[str, Any] = {}
+        self._audience = settings.jwt_audience or None
+        if settings.jwt_secret or settings.jwt_public_key:
+            self._jwt_keys = _jwt_keys(settings)
+        self.enabled = settings.auth_enabled
+
+    def verify(self, token: str, via: str) -> Principal:
+        """The principal a token stands for, or raise Refused (401)."""
+        digest = _digest(token)
+        found = None
+        for known, identity in self._tokens:  # every one, so timing tells nothing of which
+            if hmac.compare_digest(digest, known):
+                found = identity
+        if found is not None:
+            return Principal(found, via)
+        if self._jwt_keys and token.count(".") == 2:
+            return self._verify_jwt(token, via)
+        raise _unauthorized("invalid_token", "the token is not valid")
+
+    def _verify_jwt(self, token: str, via: str) -> Principal:
+        import jwt
+
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.InvalidTokenError:
+            raise _unauthorized("invalid_token", "the token is not valid") from None
+        key = self._jwt_keys.get(alg) if isinstance(alg, str) else None
+        if key is None or not isinstance(alg, str):
+            raise _unauthorized(
+                "invalid_token", f"JWT algorithm must be one of {sorted(self._jwt_keys)}"
+            )
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self._audience,
+                leeway=JWT_LEEWAY_S,
+                options={"require": ["exp"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("expired_token", "the token has expired") from None
+        except jwt.InvalidTokenError as e:
+            raise _unauthorized("invalid_token", f"the token is not valid: {e}") from None
+        sub = claims.get("sub")
+        identity = f"jwt:{sub}" if isinstance(sub, str) and sub else "jwt:" + _fingerprint(token)
+        return Principal(identity, via)
+
+
+def _jwt_keys(settings: Settings) -> dict[str, Any]:
+    try:
+        import jwt  # noqa: F401
+    except ImportError:
+        raise SettingsError(
+            "jwt_secret / jwt_public_key need PyJWT: pip install 'edge-gateway[auth]'"
+        ) from None
+    keys: dict[str, Any] = {}
+    if settings.jwt_secret:
+        keys["HS256"] = settings.jwt_secret
+    if settings.jwt_public_key is not None:
+        try:
+            from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+        except ImportError:
+            raise SettingsError(
+                "jwt_public_key (RS256) needs cryptography: pip install 'edge-gateway[auth]'"
+            ) from None
+        path = settings.jwt_public_key
+        try:
+            key = load_pem_public_key(path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise SettingsError(f"jwt_public_key: {path} is not a PEM public key: {e}") from None
+        if not isinstance(key, RSAPublicKey):
+            raise SettingsError(f"jwt_public_key: {path} is not an RSA key (RS256 needs one)")
+        keys["RS256"] = key
+    return keys
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def _fingerprint(token: str) -> str:
+    return _digest(token).hex()[:12]
+
+
+# -- origins -----------------------------------------------------------------------------------
+Origin = tuple[str, str, int | None]
+
+
+def parse_origin(text: str) -> Origin | None:
+    """(scheme, host, port) of an origin or a base URL, default ports made explicit."""
+    try:
+        url = URL(text)
+    except (ValueError, TypeError):
+        return None
+    if not url.absolute or not url.host or url.path not in ("", "/") or url.user is not None:
+        return None
+    if url.query_string or url.fragment:
+        return None
+    return url.scheme.lower(), url.host.lower(), url.port
+
+
+def own_origin(request: web.Request) -> Origin | None:
+    """The origin this request reached us at: its scheme and its Host header."""
+    return parse_origin(f"{request.scheme}://{request.host}")
+
+
+# -- per-app state and the middleware ----------------------------------------------------------
+@dataclass
+class Guard:
+    auth: Authenticator
+    origins: frozenset[Origin]
+    quota: StreamQuota
+    #: WebSockets upgraded without a token and not yet authenticated, at most max_streams
+    unauthenticated: StreamQuota
+
+
+@dataclass
+class RequestAuth:
+    """What the middleware learnt about one request, for the handler."""
+
+    principal: Principal | None = None
+    #: the stream-quota slot this request holds; released when the handler returns unless a
+    #: transport took it over (`keep_stream_slot`)
+    slot: Slot | None = None
+    pending: Slot | None = None
+
+
+GUARD = web.AppKey("guard", Guard)
+REQUEST_AUTH = web.RequestKey("edge_auth", RequestAuth)
+
+
+def setup(app: web.Application, settings: Settings) -> None:
+    """Install the guard; refuses to start with a bad token file or JWT key (SettingsError)."""
+    origins = frozenset(o for o in map(parse_origin, settings.allowed_origins) if o)
+    auth = Authenticator(settings)
+    app[GUARD] = Guard(
+        auth,
+        origins,
+        StreamQuota(settings.max_streams_per_token),
+        StreamQuota(settings.max_streams),
+    )
+    app.middlewares.append(middleware)
+    if not auth.enabled and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "authentication is off: anyone who can reach %s:%d may use /v1/; set "
+            "EDGE_AUTH_TOKENS, EDGE_AUTH_TOKENS_FILE, EDGE_JWT_SECRET or EDGE_JWT_PUBLIC_KEY",
+            settings.host,
+            settings.port,
+        )
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    guard = request.app[GUARD]
+    state = request[REQUEST_AUTH] = RequestAuth()
+    try:
+        _check_origin(guard, request)
+        if guard.auth.enabled:
+            token, via = bearer_token(request)
+            if token is not None:
+                state.principal = guard.auth.verify(token, via)
+            elif _is_upgrade(request) and SUBPROTOCOL in offered_subprotocols(request):
+                state.pending = guard.unauthenticated.acquire("*")
+                if state.pending is None:
+                    raise Refused(503, "busy", "busy", "too many connections waiting to log in")
+            else:
+                raise _unauthorized("missing_token", _MISSING)
+        if state.principal is not None and (request.method, request.path) in STREAM_ROUTES:
+            state.slot = _take_slot(guard, state.principal)
+    except Refused as e:
+        return _refuse(request, e)
+    try:
+        return await handler(request)
+    finally:
+        for slot in (state.slot, state.pending):
+            if slot is not None:
+                slot.release()
+
+
+def _check_origin(guard: Guard, request: web.Request) -> None:
+    """A browser sends Origin; a page from a site not allowed must not use our streams with the
+    user's ambient credentials or on the user's network (cross-site WebSocket hijacking)."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None:
+        return  # not a browser: devices, curl, servers
+    parsed = parse_origin(origin)
+    if parsed is not None and (parsed in guard.origins or parsed == own_origin(request)):
+        return
+    raise Refused(
+        403,
+        "forbidden_origin",
+        "forbidden_origin",
+        "pages from this origin may not use the gateway; add it to EDGE_ALLOWED_ORIGINS",
+    )
+
+
+def bearer_token(request: web.Request) -> tuple[str | None, str]:
+    """The token a request carries, and how: the Authorization header, a `bearer.<token>`
+    WebSocket subprotocol (browsers cannot set headers on a WebSocket) or `?token=`."""
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise _unauthorized("invalid_token", "use Authorization: Bearer <token>")
+        return value.strip(), "header"
+    for proto in offered_subprotocols(request):
+        if proto.startswith(BEARER_PROTOCOL):
+            return proto[len(BEARER_PROTOCOL) :], "subprotocol"
+    token = request.query.get("token")
+    if token is not None:
+        return token, "query"
+    return None, ""
+
+
+def offered_subprotocols(request: web.Request) -> list[str]:
+    raw = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    return (
+        request.method == "GET"
+        and request.path == "/v1/stream"
+        and request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    )
+
+
+def _take_slot(guard: Guard, principal: Principal) -> Slot:
+    slot = guard.quota.acquire(principal.identity)
+    if slot is None:
+        raise Refused(
+            429,
+            "too_many_streams",
+            "too_many_streams",
+            f"this token holds {guard.quota.limit} streams already; close one first",
+        )
+    return slot
+
+
+def _refuse(request: web.Request, e: Refused) -> web.Response:
+    services = request.app[SERVICES]
+    services.metrics.auth_refused.labels(e.reason).inc()
+    log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, e.reason)
+    headers = {}
+    if e.status == 401:
+        error = ', error="invalid_token"' if e.reason != "missing_token" else ""
+        headers[hdrs.WWW_AUTHENTICATE] = f'Bearer realm="edge"{error}'
+    elif e.status in (429, 503):
+        headers[hdrs.RETRY_AFTER] = "1"
+    body = {"error": e.code, "message": e.message}
+    return web.json_response(body, status=e.status, headers=headers)
+
+
+# -- for transports ----------------------------------------------------------------------------
+def pending(request: web.Request) -> bool:
+    """True for a WebSocket let in without a token: its first message must be `auth`."""
+    state = request.get(REQUEST_AUTH)
+    return state is not None and state.pending is not None and state.principal is None
+
+
+def auth_message_token(text: str) -> str | None:
+    """The token of an `{"type":"auth","token":"..."}` message, None for any other text."""
+    if '"auth"' not in text:
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or obj.get("type") != "auth":
+        return None
+    token = obj.get("token")
+    return token if isinstance(token, str) else ""
+
+
+def accept_message(request: web.Request, text: str) -> Principal:
+    """Authenticate a pending WebSocket by its first message, or raise Refused."""
+    guard, state = request.app[GUARD], request[REQUEST_AUTH]
+    token = auth_message_token(text)
+    try:
+        if not token:
+            raise _unauthorized(
+                "missing_token", 'the first message must be {"type":"auth","token":"..."}'
+            )
+        principal = guard.auth.verify(token, "message")
+        state.slot = _take_slot(guard, principal)
+    except Refused as e:
+        request.app[SERVICES].metrics.auth_refused.labels(e.reason).inc()
+        log.info("refused an auth message from %s: %s", request.remote, e.reason)
+        raise
+    state.principal = principal
+    if state.pending is not None:
+        state.pending.release()
+    return principal
+
+
+def refuse_pending(request: web.Request, reason: str) -> None:
+    """Count a pending WebSocket that sent no auth message in time (`accept_message` counts
+    the other refusals itself)."""
+    request.app[SERVICES].metrics.auth_refused.labels(reason).inc()
+    log.info("refused a WebSocket from %s: %s", request.remote, reason)
+
+
+def keep_stream_slot(request: web.Request) -> Slot | None:
+    """For a transport whose stream outlives its request (a WebRTC session): take over the
+    request's stream-quota slot and release it when the stream ends."""
+    state = request.get(REQUEST_AUTH)
+    if state is None:
+        return None
+    slot, state.slot = state.slot, None
+    return slot
