@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import GatewayProcess, running, settings_for, wait_ready
 from tests.operations_util import scrape, total
 from tests.overload_util import blast
+from tests.test_overload import NO_RATE_LIMITS
 from tests.wsclient import open_stream, read_into
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.integration
 async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) -> None:
     """Each named series moves during a multi-stream run, and the books balance:
     received = processed + dropped + errors, matching what the clients were told."""
-    async with running(settings_for(face_repo)) as (url, _), aiohttp.ClientSession() as http:
+    settings = settings_for(face_repo, max_fps_per_stream=0, max_fps_per_client=0)
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         before = await scrape(http, url)
         assert total(before, "edge_model_ready", model="blazeface", version="1") == 1
         clients = [await open_stream(http, url) for _ in range(3)]
@@ -93,7 +95,7 @@ async def test_sigterm_drains_every_stream(
 ) -> None:  # type: ignore[no-untyped-def]
     """SIGTERM in the middle of several streams: readiness flips first, every frame sent is
     answered, each stream gets goaway and close 1001, the process exits within the grace."""
-    gw: GatewayProcess = spawn_gateway(face_repo, {"EDGE_DRAIN_SECONDS": "5"})
+    gw: GatewayProcess = spawn_gateway(face_repo, {"EDGE_DRAIN_SECONDS": "5", **NO_RATE_LIMITS})
     await wait_ready(gw.url)
     async with aiohttp.ClientSession() as http:
         clients = [await open_stream(http, gw.url) for _ in range(4)]
