@@ -16,13 +16,6 @@ from edge.settings import Settings, SettingsError
 
 log = logging.getLogger("edge")
 
-#: Seconds a connection may take to send a complete request head, and may sit idle between
-#: requests. aiohttp's `keepalive_timeout` does both: it is armed when a connection opens and
-#: again after each response, is not reset by partial data, and closes the connection if no
-#: complete request head came by then (slow loris). A request being served, and so an open
-#: WebSocket, is never cut by it. aiohttp's own default is over an hour.
-REQUEST_HEAD_TIMEOUT_S = 15.0
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge", description="Real-time inference gateway")
@@ -114,7 +107,10 @@ async def _run(settings: Settings) -> None:
         handle_signals=False,
         access_log=None,
         shutdown_timeout=1.0,
-        keepalive_timeout=REQUEST_HEAD_TIMEOUT_S,
+        # aiohttp arms keepalive_timeout when a connection opens and after each response, and
+        # partial data does not reset it: a client gets this long to send a complete request
+        # head (slow loris). A request being served, and so an open WebSocket, is never cut.
+        keepalive_timeout=settings.request_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))

@@ -64,7 +64,7 @@ async def infer(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > settings.max_frame_bytes:
         return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
     try:
-        body = await request.read()
+        body = await read_body(request, settings.request_timeout_s)
     except web.HTTPRequestEntityTooLarge:
         return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
     if len(body) > settings.max_frame_bytes:
@@ -104,9 +104,28 @@ async def infer(request: web.Request) -> web.Response:
         return web.json_response(reply, status=400)
     if reply.get("type") == "dropped":  # rate limited, or the gateway is overloaded
         limited = reply.get("reason") == "rate_limited"
-        return web.json_response(reply, status=429 if limited else 503,
-                                 headers={"Retry-After": "1"})
+        return web.json_response(
+            reply, status=429 if limited else 503, headers={"Retry-After": "1"}
+        )
     return web.json_response(reply)
+
+
+async def read_body(request: web.Request, within: float) -> bytes:
+    """The whole request body, bounded by the app's client_max_size, in at most `within`
+    seconds: a body trickled in a byte at a time is answered 408, not waited on for ever."""
+    try:
+        async with asyncio.timeout(within):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=json.dumps(
+                {
+                    "error": "request_timeout",
+                    "message": f"request body not received within {within:g} s",
+                }
+            ),
+            content_type="application/json",
+        ) from None
 
 
 @routes.get("/metrics")

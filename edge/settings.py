@@ -51,6 +51,9 @@ class Settings:
     #: after SIGTERM, how long readiness is 503 (and new streams refused) before open streams
     #: are told goaway, so load balancers stop sending reconnects here first
     drain_delay_s: float = 1.0
+    #: a connection must send a complete request head within this (slow loris), and a request
+    #: body within this again; also the idle time allowed between HTTP requests
+    request_timeout_s: float = 15.0
     heartbeat_s: float = 20.0
     idle_timeout_s: float = 120.0
     log_level: str = "info"

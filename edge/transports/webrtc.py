@@ -23,6 +23,7 @@ from aiortc import sdp as aiortc_sdp
 
 from edge import auth
 from edge.appkeys import SERVICES, Services
+from edge.http import read_body
 from edge.repository import Route, UnknownModel
 from edge.settings import Settings, SettingsError
 from edge.transports.rtcsession import TRANSPORT, Offer, WebRTCSession
@@ -153,7 +154,7 @@ async def handle(request: web.Request) -> web.Response:
 async def _body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
         raise BadOffer(f"an offer is at most {MAX_OFFER_BYTES} bytes")
-    body = await request.read()
+    body = await read_body(request, request.app[SERVICES].settings.request_timeout_s)
     if len(body) > MAX_OFFER_BYTES:
         raise BadOffer(f"an offer is at most {MAX_OFFER_BYTES} bytes")
     return body
