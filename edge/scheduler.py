@@ -22,7 +22,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -32,7 +31,7 @@ from edge.engine import LoadedModel
 from edge.frames import Frame, FrameError, Timing
 from edge.metrics import Metrics
 from edge.repository import Repository, UnknownModel
-from edge.shadow import agree
+from edge.shadow import run_shadow
 from edge.stream import Stream
 from edge.tracing import FrameTracer
 
@@ -313,42 +312,12 @@ class Scheduler:
                 )
         shadow = self._repo.shadow_of(model.name)
         if shadow is not None and shadow is not model:
-            self._run_shadow(index, model, shadow, batch, ready, payloads)
-
-    def _run_shadow(
-        self,
-        index: int,
-        model: LoadedModel,
-        shadow: LoadedModel,
-        batch: np.ndarray,
-        ready: list[Any],
-        payloads: list[dict[str, object] | None],
-    ) -> None:
-        """Run a sample of batches on the candidate version too; record its latency and how
-        far it agrees with the serving version. Its results never reach a client."""
-        sample = float(model.spec.shadow.get("sample", 0.1))
-        if self._rng.random() >= sample:
-            return
-        t0 = time.monotonic()
-        try:
-            outputs = shadow.run(batch, index)
-        except Exception as e:
-            log.warning("shadow %s failed: %s", shadow.ref, e)
-            return
-        self._metrics.shadow_latency.labels(model.name, shadow.version).observe(
-            time.monotonic() - t0
-        )
-        agreement = self._metrics.shadow_agreement.labels(model.name, shadow.version)
-        for i, (stream, _, image, _, ctx, _, _) in enumerate(ready):
-            primary = payloads[i]
-            if primary is None:
-                continue
-            th = model.spec.threshold if stream.threshold is None else stream.threshold
-            try:
-                candidate = shadow.task.postprocess([o[i] for o in outputs], ctx, image, th)
-            except Exception:
-                continue
-            agreement.observe(agree(primary, candidate))
+            if self._rng.random() < float(model.spec.shadow.get("sample", 0.1)):
+                thresholds = [
+                    model.spec.threshold if r[0].threshold is None else r[0].threshold
+                    for r in ready
+                ]
+                run_shadow(self._metrics, index, model, shadow, batch, ready, payloads, thresholds)
 
     def _reply_error(
         self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""

@@ -1,8 +1,50 @@
-"""How far a shadow version agrees with the serving one, on the same frame (0 to 1)."""
+"""Shadow versions: a candidate runs on a sample of batches beside the serving version; its
+latency and how far it agrees (0 to 1) go to the metrics; its results never reach a client."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edge.engine import LoadedModel
+    from edge.metrics import Metrics
+
+log = logging.getLogger("edge.shadow")
+
+
+def run_shadow(
+    metrics: Metrics,
+    worker: int,
+    model: LoadedModel,
+    shadow: LoadedModel,
+    batch: np.ndarray,
+    ready: list[Any],
+    payloads: list[dict[str, Any] | None],
+    thresholds: list[float],
+) -> None:
+    """Run `batch` on `shadow` (on the worker thread that just served it) and record how far
+    each frame's outcome agrees with the serving version's `payloads`."""
+    t0 = time.monotonic()
+    try:
+        outputs = shadow.run(batch, worker)
+    except Exception as e:
+        log.warning("shadow %s failed: %s", shadow.ref, e)
+        return
+    metrics.shadow_latency.labels(model.name, shadow.version).observe(time.monotonic() - t0)
+    agreement = metrics.shadow_agreement.labels(model.name, shadow.version)
+    for i, (_, _, image, _, ctx, *_rest) in enumerate(ready):
+        primary = payloads[i]
+        if primary is None:
+            continue
+        try:
+            candidate = shadow.task.postprocess([o[i] for o in outputs], ctx, image, thresholds[i])
+        except Exception:
+            continue
+        agreement.observe(agree(primary, candidate))
 
 
 def _iou(a: list[float], b: list[float]) -> float:
