@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from edge import logs
-from edge.auth import Authenticator, Refused, parse_origin
+from edge.auth import parse_origin
 from edge.settings import Settings, SettingsError
+from edge.tokens import Authenticator, Refused
 from tests.conftest import GatewayProcess, running, settings_for, wait_ready
 from tests.wsclient import next_reply
 
