@@ -2,7 +2,7 @@
 
 Many concurrent streams (EDGE_LOAD_STREAMS, default 24) each send frames at a camera's rate
 (EDGE_LOAD_FPS, default 30: more in total than the model runs on a small machine) to
-`edge serve`, a separate process on loopback, for EDGE_LOAD_SECONDS (default 60), then stop.
+`edge serve`, a separate process on loopback, for EDGE_LOAD_SECONDS (default 120: minutes at full rate), then stop.
 Checked: every frame answered exactly once (and the server's counters agree), the server's
 memory and file descriptors flat, the latency clients measure bounded and not growing.
 
@@ -27,7 +27,7 @@ import pytest
 from tests.conftest import GatewayProcess, jpeg, wait_ready
 from tests.operations_util import scrape, total
 
-SECONDS = float(os.environ.get("EDGE_LOAD_SECONDS", "60"))
+SECONDS = float(os.environ.get("EDGE_LOAD_SECONDS", "120"))
 STREAMS = int(os.environ.get("EDGE_LOAD_STREAMS", "24"))
 FPS = float(os.environ.get("EDGE_LOAD_FPS", "30"))
 #: latency is compared between the first and the last window: 10 minutes, or a third of a run
