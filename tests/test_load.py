@@ -2,11 +2,11 @@
 
 Many concurrent streams (EDGE_LOAD_STREAMS, default 24) each send frames at a camera's rate
 (EDGE_LOAD_FPS, default 30: more in total than the model runs on a small machine) to
-`edge serve`, a separate process on loopback, for EDGE_LOAD_SECONDS (default 120: minutes at full rate), then stop.
+`edge serve`, a separate process on loopback, for EDGE_LOAD_SECONDS (default 120), then stop.
 Checked: every frame answered exactly once (and the server's counters agree), the server's
 memory and file descriptors flat, the latency clients measure bounded and not growing.
 
-    pytest tests/test_load.py -s                          # CI: a minute, prints its figures
+    pytest tests/test_load.py -s                          # CI: two minutes, prints its figures
     EDGE_LOAD_SECONDS=3600 pytest tests/test_load.py -s   # soak: an hour
 """
 
