@@ -31,7 +31,7 @@ async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) ->
         readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
         during = await scrape(http, url)
         assert total(during, "edge_active_streams", transport="websocket") == 3
-        await asyncio.gather(*(blast(ws, b, face_jpeg, 2.0, 150.0) for ws, b in clients))
+        await asyncio.gather(*(blast(ws, b, face_jpeg, 2.0, 500.0) for ws, b in clients))
         await clients[0][0].send_bytes(b"garbage")
         clients[0][1].sent_at[len(clients[0][1].sent_at)] = 0.0
         await asyncio.sleep(1.0)
