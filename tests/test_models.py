@@ -222,7 +222,7 @@ async def test_shadow_version_is_measured_but_never_answers(
         labels = {"model": "blazeface", "version": "2"}
         for _ in range(100):  # the shadow runs after the client's result is on its way
             metrics = await scrape(http, url)
-            if total(metrics, "edge_shadow_latency_seconds_count", **labels) >= 5:
+            if total(metrics, "edge_shadow_agreement_count", **labels) >= 5:
                 break
             await asyncio.sleep(0.02)
     assert total(metrics, "edge_shadow_agreement_count", **labels) == 5
