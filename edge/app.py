@@ -46,6 +46,7 @@ def create_app(settings: Settings, tracer: FrameTracer | None = None) -> web.App
             metrics,
             workers=settings.worker_count,
             max_pixels=settings.max_pixels,
+            max_png_pixels=settings.max_png_pixels,
             inflight_limit=settings.max_inflight,
             tracer=tracer or tracing.from_settings(settings.tracing),
         ),

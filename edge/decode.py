@@ -25,14 +25,19 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 PILImage.MAX_IMAGE_PIXELS = None  # we check dimensions ourselves, with our own limit
 
 
-def decode(data: bytes | Picture, fit: tuple[int, int], max_pixels: int) -> Image:
-    """Decode `data`, possibly at reduced scale, keeping enough pixels to cover `fit` (w, h)."""
+def decode(
+    data: bytes | Picture, fit: tuple[int, int], max_pixels: int, max_png_pixels: int | None = None
+) -> Image:
+    """Decode `data`, possibly at reduced scale, keeping enough pixels to cover `fit` (w, h).
+
+    PNG always decodes at full size (no DCT scaling), so it may have its own, lower limit."""
     if not isinstance(data, bytes):
         return _convert_picture(data, fit, max_pixels)
     if data.startswith(_JPEG):
         return _decode_jpeg(data, fit, max_pixels)
     if data.startswith(_PNG):
-        return _decode_png(data, max_pixels)
+        limit = max_pixels if max_png_pixels is None else min(max_pixels, max_png_pixels)
+        return _decode_png(data, limit)
     raise FrameError("bad_frame", "not a JPEG or PNG image (unrecognised leading bytes)")
 
 

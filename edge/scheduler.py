@@ -59,6 +59,7 @@ class Scheduler:
         *,
         workers: int,
         max_pixels: int,
+        max_png_pixels: int | None = None,
         inflight_limit: int = 0,
         tracer: FrameTracer | None = None,
     ) -> None:
@@ -66,6 +67,7 @@ class Scheduler:
         self._metrics = metrics
         self._workers = workers
         self._max_pixels = max_pixels
+        self._max_png_pixels = max_png_pixels
         #: frames one model may have running at once (0: no limit beyond the workers), so one
         #: busy model cannot take every worker from the others
         self._inflight_limit = inflight_limit
@@ -234,7 +236,7 @@ class Scheduler:
         for stream, frame in jobs:
             t_dec = time.monotonic()
             try:
-                image = decode(frame.data, fit, self._max_pixels)
+                image = decode(frame.data, fit, self._max_pixels, self._max_png_pixels)
             except FrameError as e:
                 self._reply_error(stream, frame, e.code, e.message, "decode", model.name)
                 continue

@@ -39,6 +39,9 @@ class Settings:
     trt_workspace_mb: int = 1024
     max_frame_bytes: int = 4 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    #: PNG decodes at full size whatever the model needs (a flat 4096 x 4096 PNG is ~60 KB on
+    #: the wire but ~250 ms and +160 MB to decode), so it gets its own, lower pixel limit
+    max_png_pixels: int = 2048 * 2048
     max_message_bytes: int = 4096
     #: results queued for one client before its new frames are dropped as `overload`
     max_pending_results: int = 8
@@ -96,6 +99,7 @@ class Settings:
         for name in (
             "max_frame_bytes",
             "max_pixels",
+            "max_png_pixels",
             "max_message_bytes",
             "max_pending_results",
             "max_streams",

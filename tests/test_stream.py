@@ -293,3 +293,18 @@ async def test_stats_on_request_and_periodically(face_server: str, face_jpeg: by
         ticks = [await next_reply(ws, 3) for _ in range(2)]
         assert [t["type"] for t in ticks] == ["stats", "stats"]
         await ws.close()
+
+
+async def test_png_has_its_own_lower_pixel_limit(face_repo) -> None:  # type: ignore[no-untyped-def]
+    """PNG always decodes at full size, so a small file can cost a large decode: it is held to
+    max_png_pixels while the same picture as JPEG (decoded at reduced scale) is served."""
+    settings = settings_for(face_repo, max_png_pixels=256 * 256)
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        ws, _ = await open_stream(http, url)
+        await ws.send_bytes(png("astronaut.png"))  # 512 x 512
+        r = await next_reply(ws)
+        assert r["type"] == "error" and r["code"] == "bad_frame" and "pixels" in r["message"]
+        await ws.send_bytes(jpeg("astronaut.png"))
+        r = await next_reply(ws)
+        assert r["type"] == "result" and r["detections"]
+        await ws.close()
