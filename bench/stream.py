@@ -10,6 +10,9 @@ as the client measures it (send to result), its percentiles, and whether it drif
 age of the last third of the run against the first third.
 
     python bench/stream.py --streams 8 --fps 60 --seconds 60
+    python bench/stream.py --model ppocr_det --baseline raw-batch --streams 8 --fps 6
+    python bench/stream.py --model ppocr_det --baseline raw-batch --providers cuda \
+        --max-batch 16 --streams 64 --fps 30          # on a GPU with onnxruntime-gpu
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import asyncio
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,7 +54,13 @@ def frame_bytes(size: tuple[int, int], image: str = "astronaut.png") -> bytes:
     return buf.getvalue()
 
 
-def baseline(models: Path, model: str, data: bytes, seconds: float) -> dict[str, float]:
+ORT_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "xnnpack": "XnnpackExecutionProvider", "cpu": "CPUExecutionProvider"}  # fmt: skip
+
+
+def baseline(
+    models: Path, model: str, data: bytes, seconds: float, providers: list[str]
+) -> dict[str, float]:
     """The same stages, back to back, in one thread."""
     spec = ModelSpec.load(models / model)
     version = max(
@@ -61,9 +73,7 @@ def baseline(models: Path, model: str, data: bytes, seconds: float) -> dict[str,
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        sess = ort.InferenceSession(
-            str(version / "model.onnx"), opts, providers=["CPUExecutionProvider"]
-        )
+        sess = ort.InferenceSession(str(version / "model.onnx"), opts, providers=providers)
         name = sess.get_inputs()[0].name
         fit = task.decode_hint()
         n, t_dec, t_inf = 0, 0.0, 0.0
@@ -95,10 +105,13 @@ def baseline(models: Path, model: str, data: bytes, seconds: float) -> dict[str,
     return best
 
 
-def raw_best_batch(models: Path, model: str, data: bytes, seconds: float) -> dict[str, float]:
+def raw_best_batch(
+    models: Path, model: str, data: bytes, seconds: float, providers: list[str]
+) -> dict[str, float]:
     """Raw ONNX Runtime throughput on already-preprocessed frames: the best over batch sizes
-    and over both session layouts (one session using every core, or one single-threaded
-    session per core run side by side). The ceiling batching is measured against."""
+    (powers of two up to max_batch) and over two session layouts. On the CPU: one session
+    using every core, or one single-threaded session per core run side by side; on a GPU:
+    one session, or two run side by side. The ceiling batching is measured against."""
     from concurrent.futures import ThreadPoolExecutor
 
     spec = ModelSpec.load(models / model)
@@ -111,30 +124,35 @@ def raw_best_batch(models: Path, model: str, data: bytes, seconds: float) -> dic
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=providers)
 
+    gpu = providers[0] in (ORT_NAMES["tensorrt"], ORT_NAMES["cuda"])
+    layouts = ((1, 1), (2, 1)) if gpu else ((1, cores), (cores, 1))
+    sizes = sorted({1 << k for k in range(spec.max_batch.bit_length())} | {spec.max_batch})
     best: dict[str, float] = {}
-    for sessions, threads in ((1, cores), (cores, 1)):
+    for sessions, threads in layouts:
         pool = [session(threads) for _ in range(sessions)]
+        if gpu:
+            print(f"  raw sessions run on {pool[0].get_providers()[0]}")
         name = pool[0].get_inputs()[0].name
-        for b in sorted({1, 2, 4, spec.max_batch}):
+        for b in sizes:
             x = np.stack([tensor] * b)
-            stop = time.perf_counter() + seconds / 6
+            per = seconds / (2 * len(sizes))
 
             def loop(
-                s: ort.InferenceSession, x: np.ndarray = x, stop: float = stop, name: str = name
-            ) -> int:
-                s.run(None, {name: x})
+                s: ort.InferenceSession, x: np.ndarray = x, per: float = per, key: str = name
+            ) -> float:
+                s.run(None, {key: x})  # a first run per shape may pick kernels: not counted
+                s.run(None, {key: x})
                 n = 0
-                while time.perf_counter() < stop:
-                    s.run(None, {name: x})
+                start = time.perf_counter()
+                while time.perf_counter() - start < per:
+                    s.run(None, {key: x})
                     n += x.shape[0]
-                return n
+                return n / (time.perf_counter() - start)
 
-            start = time.perf_counter()
             with ThreadPoolExecutor(sessions) as ex:
-                n = sum(ex.map(loop, pool))
-            fps = n / (time.perf_counter() - start)
+                fps = sum(ex.map(loop, pool))
             print(f"  raw: {sessions} session(s) x {threads} thread(s), batch {b}: {fps:.1f} fps")
             if fps > best.get("fps", 0):
                 best = {"fps": fps, "batch": float(b), "sessions": float(sessions)}
@@ -208,8 +226,15 @@ async def batch_sizes(url: str, model: str) -> dict[str, float]:
             if smp.name.startswith("edge_batch_size") and smp.labels.get("model") == model:
                 key = smp.name.rsplit("_", 1)[1] + smp.labels.get("le", "")
                 got[key] = smp.value
+        for smp in fam.samples:
+            if smp.name == "edge_batch_limit" and smp.labels.get("model") == model:
+                got["limit"] = smp.value
     count = got.get("count", 0.0) or 1.0
-    return {"mean": got.get("sum", 0.0) / count, "over_one": 1 - got.get("bucket1.0", 0.0) / count}
+    return {
+        "mean": got.get("sum", 0.0) / count,
+        "over_one": 1 - got.get("bucket1.0", 0.0) / count,
+        "limit": got.get("limit", 0.0),
+    }
 
 
 def summarize(
@@ -228,6 +253,17 @@ def summarize(
         "first_third_p50_ms": statistics.median(first) * 1e3 if first else float("nan"),
         "last_third_p50_ms": statistics.median(last) * 1e3 if last else float("nan"),
     }
+
+
+def with_max_batch(models: Path, model: str, max_batch: int) -> Path:
+    """A copy of one model's directory with another max_batch (files copied: the gateway
+    refuses symlinks in its repository)."""
+    root = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    shutil.copytree(models / model, root / model)
+    toml = root / model / "model.toml"
+    text, n = re.subn(r"(?m)^max_batch\s*=.*$", f"max_batch = {max_batch}", toml.read_text())
+    toml.write_text(text if n else f"max_batch = {max_batch}\n" + text)
+    return root
 
 
 def free_port() -> int:
@@ -267,7 +303,18 @@ def main() -> None:
         "best batch size (what batching is measured against)",
     )
     ap.add_argument("--image", default="astronaut.png", help="scikit-image sample to send")
+    ap.add_argument(
+        "--providers",
+        default="cpu",
+        help="execution providers for the baseline and the gateway (EDGE_PROVIDERS), e.g. cuda",
+    )
+    ap.add_argument("--max-batch", type=int, help="override the model's max_batch")
     args = ap.parse_args()
+    prefs = [p.strip() for p in args.providers.split(",")]
+    providers = [ORT_NAMES[p] for p in prefs] + (["CPUExecutionProvider"] * ("cpu" not in prefs))
+    models = args.models
+    if args.max_batch:
+        models = with_max_batch(args.models, args.model, args.max_batch)
     w, h = (int(v) for v in args.size.split("x"))
     data = frame_bytes((w, h), args.image)
     print(
@@ -275,10 +322,10 @@ def main() -> None:
     )
     if args.baseline == "loop":
         print("baseline (plain loop, no network):")
-        base = baseline(args.models, args.model, data, min(10.0, args.seconds / 3))
+        base = baseline(models, args.model, data, min(10.0, args.seconds / 3), providers)
     else:
         print("baseline (raw ONNX Runtime session, best batch):")
-        base = raw_best_batch(args.models, args.model, data, min(15.0, args.seconds / 2))
+        base = raw_best_batch(models, args.model, data, min(15.0, args.seconds / 2), providers)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -290,6 +337,7 @@ def main() -> None:
         "EDGE_WATCH_MODELS_S": "0",
         "EDGE_MAX_FPS_PER_CLIENT": "0",
         "EDGE_MAX_FPS_PER_STREAM": "0",
+        "EDGE_PROVIDERS": args.providers,
     }
     proc = subprocess.Popen(
         [
@@ -302,7 +350,7 @@ def main() -> None:
             "--port",
             str(port),
             "--models",
-            str(args.models),
+            str(models),
             "--workers",
             str(args.workers),
             "--max-streams",
@@ -345,7 +393,10 @@ def main() -> None:
         f"  drift: median age first third {s['first_third_p50_ms']:.1f} ms, "
         f"last third {s['last_third_p50_ms']:.1f} ms"
     )
-    print(f"  batches: mean size {batches['mean']:.2f}, {batches['over_one']:.0%} larger than one")
+    print(
+        f"  batches: mean size {batches['mean']:.2f}, {batches['over_one']:.0%} larger than one; "
+        f"measured batch limit at the end {batches['limit']:.0f}"
+    )
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -355,6 +406,7 @@ def main() -> None:
                     "ratio": fps / base["fps"],
                     "counts": counts,
                     "age": s,
+                    "batches": batches,
                 },
                 indent=2,
             )

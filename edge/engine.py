@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge import providers
+from edge.batching import BatchSizer
 from edge.frames import Image
 from edge.modelspec import ModelSpec
 from edge.tasks import get_task
@@ -37,9 +39,12 @@ class Layout:
     sessions: int
     threads: int
     reason: str
+    #: a GPU: each session runs on a thread of its own (the workers hand it their batches),
+    #: and always at one input shape (batches padded to max_batch)
+    dedicated: bool = False
 
 
-def choose_layout(spec: ModelSpec, workers: int) -> Layout:
+def choose_layout(spec: ModelSpec, workers: int, gpu: bool = False) -> Layout:
     """How a model's sessions map onto the worker threads.
 
     `auto` (the default) gives every worker its own single-threaded session, so workers run
@@ -48,11 +53,24 @@ def choose_layout(spec: ModelSpec, workers: int) -> Layout:
     1,060 as one 2-thread session; the PP-OCR text detector 41.6 against 29.3 (batch 1) and
     37.2 against 30.7 (batch 2). A large model on a many-core box with few streams may want
     the opposite (lower latency per frame): set `sessions = 1` and `threads = N` in model.toml.
+
+    On a GPU (TensorRT or CUDA first) the device does the work: `auto` gives two sessions that
+    the workers share, so one batch's copies and host work overlap another's kernels, without
+    a memory arena and TensorRT engine per worker. Each runs on a thread of its own: ONNX
+    Runtime's CUDA provider keeps its cuDNN handles per calling thread, so they are made once.
+    Every batch runs at `max_batch` rows (a partial batch is padded): the CUDA provider
+    re-tunes cuDNN whenever the input shape changes, which on an H100 cost the text detector
+    0.6 s (heuristic search) to 1.3 s (exhaustive) per run against 3 to 4 ms at a steady shape
+    (bench/gpu_check.py, docs/architecture.md).
     """
     if spec.sessions is not None or spec.threads is not None:
         s = spec.sessions or 1
         t = spec.threads or max(1, workers // s)
         return Layout(s, t, "set in model.toml")
+    if gpu:
+        return Layout(
+            min(workers, 2), 1, "auto on a GPU: two sessions the workers share", dedicated=True
+        )
     return Layout(workers, 1, "auto: one single-threaded session per worker")
 
 
@@ -77,11 +95,46 @@ class LoadedModel:
         # A multi-threaded session already uses every core: two callers at once only fight
         # over them (bench/layout.py), so its runs take turns while other workers prepare the
         # next batch. Single-threaded sessions run side by side.
-        exclusive = self.layout.threads > 1
+        exclusive = self.layout.threads > 1 and not self.layout.dedicated
         self._locks = [threading.Lock() if exclusive else None for _ in self.sessions]
+        # Runner threads live as long as this model version: when a retired version's last
+        # batch is done and nothing refers to it, its executors are collected and they exit.
+        self._runners = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"edge-{self.name}-session{i}")
+            for i in range(len(self.sessions) if self.layout.dedicated else 0)
+        ]
+        # on a GPU the batch shape is fixed, so there are no sizes to measure
+        self.sizer = BatchSizer(
+            self.spec.max_batch,
+            measured=self.spec.batching == "measured" and not self.layout.dedicated,
+            on_change=self._batch_limit_changed,
+        )
+        #: batch sizes the sessions see (warm-up runs each once)
+        self.batch_shapes = (
+            [self.spec.max_batch] if self.layout.dedicated else self.sizer.candidates
+        )
+
+    def _batch_limit_changed(self, before: int, after: int, costs: dict[int, float]) -> None:
+        per_frame = ", ".join(f"{s}: {c * 1e3:.2f}" for s, c in sorted(costs.items()))
+        log.info(
+            "model %s: batch limit %d -> %d by measurement (inference ms per frame by batch "
+            "size: %s)",
+            self.ref,
+            before,
+            after,
+            per_frame,
+        )
 
     def run(self, batch: np.ndarray, worker: int) -> Sequence[np.ndarray]:
         i = worker % len(self.sessions)
+        if self._runners:
+            n, rows = len(batch), self.spec.max_batch
+            if n < rows:
+                pad = np.zeros((rows - n, *batch.shape[1:]), batch.dtype)
+                batch = np.concatenate([batch, pad])
+            feed = {self.input_name: batch}
+            job = self._runners[i].submit(self.sessions[i].run, self.output_names, feed)
+            return [o[:n] for o in job.result()]
         lock = self._locks[i]
         if lock is None:
             return self.sessions[i].run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]
@@ -115,8 +168,8 @@ def load(
         task = get_task(spec.task)(spec)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{path}: {e}") from e
-    layout = choose_layout(spec, workers)
     prefs = spec.providers or preference
+    layout = choose_layout(spec, workers, gpu=providers.gpu_first(prefs))
     chosen, why = providers.choose(
         prefs,
         model_path=path,
@@ -187,7 +240,8 @@ def _session(
 
 
 def warm_up(model: LoadedModel) -> None:
-    """Run every session once on a blank frame, so the first client frame is not the slow one."""
+    """Run every session once on a blank frame at each batch size the batcher may try, so no
+    client frame is the slow first one (a GPU picks its kernels per input shape)."""
     spec = model.spec
     blank = Image(
         pixels=np.full((spec.input_height, spec.input_width, 3), 127, np.uint8),
@@ -198,7 +252,8 @@ def warm_up(model: LoadedModel) -> None:
     t0 = time.monotonic()
     for i in range(len(model.sessions)):
         try:
-            model.run(tensor[None], i)
+            for size in model.batch_shapes:
+                model.run(np.stack([tensor] * size), i)
         except Exception as e:
             raise ModelLoadError(f"{model.ref}: warm-up inference failed: {e}") from e
     log.info("model %s warmed up in %.0f ms", model.ref, (time.monotonic() - t0) * 1e3)

@@ -63,6 +63,12 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=r,
         )
+        self.batch_limit = Gauge(
+            "edge_batch_limit",
+            "Frames a batch may gather now: the measured best size up to max_batch",
+            ["model"],
+            registry=r,
+        )
         self.active_streams = Gauge(
             "edge_active_streams", "Open streams", ["transport"], registry=r
         )

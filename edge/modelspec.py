@@ -11,6 +11,7 @@ Example:
     threshold = 0.5
     max_batch = 1                 # >1 only for models with a dynamic batch dimension
     max_delay_ms = 2.0            # how long the batcher may wait to fill a batch
+    batching = "measured"         # batch up to the size measured fastest here, or "max"
     threads = "auto"              # intra-op threads per session, or an int
     sessions = "auto"             # concurrent sessions, or an int
     providers = []                # preference, e.g. ["tensorrt", "cuda", "cpu"]; empty: global
@@ -39,6 +40,7 @@ _KNOWN = {
     "threshold",
     "max_batch",
     "max_delay_ms",
+    "batching",
     "threads",
     "sessions",
     "providers",
@@ -66,6 +68,7 @@ class ModelSpec:
     threshold: float = 0.5
     max_batch: int = 1
     max_delay_ms: float = 2.0
+    batching: str = "measured"  # "measured": up to the fastest size found here; "max"
     threads: int | None = None  # None: decided automatically
     sessions: int | None = None  # None: decided automatically
     providers: tuple[str, ...] = ()
@@ -105,6 +108,9 @@ class ModelSpec:
         layout = raw.get("layout", "nhwc")
         if layout not in ("nhwc", "nchw"):
             raise ModelSpecError(f'{where}: layout must be "nhwc" or "nchw", not {layout!r}')
+        batching = raw.get("batching", "measured")
+        if batching not in ("measured", "max"):
+            raise ModelSpecError(f'{where}: batching must be "measured" or "max", not {batching!r}')
         labels = tuple(str(v) for v in raw.get("labels", ()))
         if "labels_file" in raw:
             if base is None:
@@ -128,6 +134,7 @@ class ModelSpec:
             threshold=_unit(raw.get("threshold", 0.5), f"{where}: threshold"),
             max_batch=_int_min(raw.get("max_batch", 1), 1, f"{where}: max_batch"),
             max_delay_ms=float(raw.get("max_delay_ms", 2.0)),
+            batching=batching,
             threads=_auto(raw.get("threads", "auto"), f"{where}: threads"),
             sessions=_auto(raw.get("sessions", "auto"), f"{where}: sessions"),
             providers=tuple(str(p).lower() for p in raw.get("providers", ())),

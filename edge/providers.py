@@ -6,6 +6,8 @@ provider exists (with XNNPACK where the build has it). Each choice is logged wit
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -27,6 +29,41 @@ def available() -> list[str]:
     return list(ort.get_available_providers())
 
 
+#: TensorRT's runtime library by the sonames of its releases 10 and 8
+_TRT_LIBS = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so")
+
+
+@functools.cache
+def tensorrt_runtime() -> bool:
+    """Whether TensorRT's own libraries load. onnxruntime-gpu lists the TensorRT provider
+    whether or not they are installed and only fails when a session asks for it (seen on an
+    H100 without TensorRT: an error and a fallback printed by onnxruntime itself)."""
+    for name in _TRT_LIBS:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def usable() -> set[str]:
+    """The installed providers that can start here."""
+    have = set(available())
+    if "TensorrtExecutionProvider" in have and not tensorrt_runtime():
+        have.discard("TensorrtExecutionProvider")
+    return have
+
+
+def gpu_first(preference: tuple[str, ...]) -> bool:
+    """Whether the first preferred provider that can start here runs on a GPU."""
+    have = usable()
+    for short in preference:
+        if _ORT_NAMES[short] in have:
+            return short in ("tensorrt", "cuda")
+    return False
+
+
 def choose(
     preference: tuple[str, ...],
     *,
@@ -37,7 +74,8 @@ def choose(
     trt_workspace_mb: int,
 ) -> tuple[list[tuple[str, dict[str, Any]]], str]:
     """Providers with options for one session, and a sentence saying why."""
-    have = set(available())
+    listed = set(available())
+    have = usable()
     chosen: list[tuple[str, dict[str, Any]]] = []
     skipped = []
     for short in preference or ("cpu",):
@@ -60,9 +98,11 @@ def choose(
         chosen.append((name, opts))
     if not any(n == "CPUExecutionProvider" for n, _ in chosen):
         chosen.append(("CPUExecutionProvider", {}))
-    why = f"preference {list(preference)}; installed {sorted(have)}"
+    why = f"preference {list(preference)}; installed {sorted(listed)}"
     if skipped:
         why += f"; not installed here: {skipped}"
+    if listed - have:
+        why += "; TensorRT's libraries (libnvinfer) are missing, so its provider cannot start"
     return chosen, why
 
 

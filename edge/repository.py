@@ -286,7 +286,7 @@ class Repository:
     def _loading_reason(self, spec: ModelSpec, vdir: Path) -> str:
         """Say so when this load will build a TensorRT engine: that can take minutes."""
         prefs = spec.providers or self.settings.providers
-        if "tensorrt" not in prefs or "TensorrtExecutionProvider" not in providers.available():
+        if "tensorrt" not in prefs or "TensorrtExecutionProvider" not in providers.usable():
             return ""
         cache = self.settings.trt_cache
         model = vdir / "model.onnx"

@@ -167,7 +167,7 @@ class Scheduler:
                 first, model = picked
                 first.busy = True
                 claimed = [first]
-                limit = model.spec.max_batch
+                limit = model.sizer.limit()
                 if limit > 1:
                     deadline = time.monotonic() + model.spec.max_delay_ms / 1000
                     while True:
@@ -270,6 +270,8 @@ class Scheduler:
         m = self._metrics
         m.inference_latency.labels(model.name).observe(t1 - t0)
         m.batch_size.labels(model.name).observe(len(ready))
+        model.sizer.record(len(ready), t1 - t0)
+        m.batch_limit.labels(model.name).set(model.sizer.best)
         qw = m.queue_wait.labels(model.name)
         payloads: list[dict[str, object] | None] = []
         for i, (stream, frame, image, _, ctx, t_dec, t_pre) in enumerate(ready):

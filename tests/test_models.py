@@ -210,7 +210,11 @@ async def test_shadow_version_is_measured_but_never_answers(
     toml = repo / "blazeface" / "model.toml"
     toml.write_text(toml.read_text() + '\n[shadow]\nversion = "2"\nsample = 1.0\n')
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
-        rows = {r["version"]: r for r in await models_rows(http, url)}
+        for _ in range(200):  # ready once version 1 serves; the shadow may load just after
+            rows = {r["version"]: r for r in await models_rows(http, url)}
+            if rows["2"]["state"] != "loading":
+                break
+            await asyncio.sleep(0.05)
         assert rows["1"]["serving"] and not rows["2"]["serving"]
         assert rows["2"]["state"] == "ready"
         ws, books = await open_stream(http, url)

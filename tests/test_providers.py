@@ -22,6 +22,7 @@ def test_jetson_prefers_tensorrt_then_cuda_then_cpu(monkeypatch, tmp_path: Path)
     """On a Jetson the order is TensorRT, CUDA, CPU, with FP16, workspace and an engine cache
     keyed by model content and runtime versions."""
     monkeypatch.setattr(providers, "available", lambda: JETSON)
+    monkeypatch.setattr(providers, "tensorrt_runtime", lambda: True)
     model = tmp_path / "model.onnx"
     model.write_bytes(b"model-a")
     chosen, why = providers.choose(
@@ -97,6 +98,7 @@ def test_a_provider_that_fails_at_load_falls_back(monkeypatch, pulled: Path, cap
 
     monkeypatch.setattr(ort, "InferenceSession", session)
     monkeypatch.setattr(providers, "available", lambda: JETSON)
+    monkeypatch.setattr(providers, "tensorrt_runtime", lambda: True)
     from edge.modelspec import ModelSpec
 
     spec = ModelSpec.load(pulled / "blazeface")
@@ -117,6 +119,7 @@ def test_a_provider_that_fails_at_load_falls_back(monkeypatch, pulled: Path, cap
 def test_first_tensorrt_build_is_visible_while_loading(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Readiness must say an engine is being built rather than look stuck."""
     monkeypatch.setattr(providers, "available", lambda: JETSON)
+    monkeypatch.setattr(providers, "tensorrt_runtime", lambda: True)
     vdir = tmp_path / "m" / "1"
     vdir.mkdir(parents=True)
     (vdir / "model.onnx").write_bytes(b"x")
@@ -128,3 +131,22 @@ def test_first_tensorrt_build_is_visible_while_loading(monkeypatch, tmp_path: Pa
     cache.mkdir(parents=True)
     (cache / "TensorrtExecutionProvider_abc.engine").write_bytes(b"e")
     assert "cached" in repo._loading_reason(spec, vdir)  # type: ignore[arg-type]  # noqa: SLF001
+
+
+def test_tensorrt_without_libnvinfer_is_skipped_with_a_reason(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """onnxruntime-gpu lists TensorRT even where libnvinfer is missing (an H100 box without
+    TensorRT did): the gateway asks for CUDA directly and says why."""
+    monkeypatch.setattr(providers, "available", lambda: JETSON)
+    monkeypatch.setattr(providers, "tensorrt_runtime", lambda: False)
+    chosen, why = providers.choose(
+        ("tensorrt", "cuda", "cpu"),
+        model_path=tmp_path / "m",
+        threads=1,
+        trt_cache=tmp_path / "trt",
+        trt_fp16=True,
+        trt_workspace_mb=1,
+    )
+    assert [n for n, _ in chosen] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "libnvinfer" in why and "not installed here: ['tensorrt']" in why
+    assert providers.gpu_first(("tensorrt", "cuda", "cpu"))
+    assert not (tmp_path / "trt").exists()  # no engine cache for a provider that cannot start

@@ -1,0 +1,172 @@
+"""The batch size is measured: batches fill only as far as they pay on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from edge import batching, engine, providers
+from edge.appkeys import SERVICES
+from edge.batching import BatchSizer
+from edge.decode import decode
+from edge.modelspec import ModelSpec, ModelSpecError
+from edge.repository import Route
+from tests.conftest import jpeg, running, settings_for
+from tests.operations_util import scrape, total
+from tests.overload_util import blast
+from tests.wsclient import open_stream, read_into
+
+
+def drive(sizer: BatchSizer, ms_per_frame: dict[int, float], gathers: int) -> list[int]:
+    """Run `gathers` batches whose size is the limit asked for, costing `ms_per_frame` each
+    (±5% noise); return the limits handed out."""
+    rng = random.Random(7)
+    limits = []
+    for _ in range(gathers):
+        n = sizer.limit()
+        limits.append(n)
+        sizer.record(n, ms_per_frame[n] * n / 1e3 * rng.uniform(0.95, 1.05))
+    return limits
+
+
+@pytest.mark.unit
+def test_a_cpu_where_batches_cost_more_per_frame_settles_on_one() -> None:
+    """The 2-core box here: PP-OCR at 640x480 costs about 27 ms a frame alone and 30 in pairs."""
+    changes: list[tuple[int, int]] = []
+    sizer = BatchSizer(2, on_change=lambda a, b, _: changes.append((a, b)))
+    limits = drive(sizer, {1: 27.0, 2: 30.0}, 1000)
+    assert sizer.best == 1 and changes == [(2, 1)]
+    tail = limits[-800:]
+    # the other size is still tried now and then, so a faster machine state would be seen
+    assert tail.count(2) == pytest.approx(len(tail) / batching.PROBE_EVERY, abs=2)
+    assert sizer.costs()[1] == pytest.approx(27.0, rel=0.05)
+
+
+@pytest.mark.unit
+def test_a_gpu_where_batches_pay_fills_them() -> None:
+    sizer = BatchSizer(8)
+    limits = drive(sizer, {1: 4.0, 2: 2.2, 4: 1.3, 8: 0.9}, 1000)
+    assert sizer.candidates == [1, 2, 4, 8]
+    assert sizer.best == 8
+    assert limits[-800:].count(8) > 700
+
+
+@pytest.mark.unit
+def test_the_choice_follows_the_machine_when_it_changes() -> None:
+    sizer = BatchSizer(4)
+    drive(sizer, {1: 10.0, 2: 8.0, 4: 6.0}, 600)
+    assert sizer.best == 4
+    drive(sizer, {1: 10.0, 2: 12.0, 4: 14.0}, 3000)  # e.g. a GPU model moved to the CPU
+    assert sizer.best == 1
+
+
+@pytest.mark.unit
+def test_sizes_too_few_streams_fill_stop_being_explored() -> None:
+    """Two streams never fill a batch of 8: exploring ends and the best measured size wins."""
+    sizer = BatchSizer(8)
+    rng = random.Random(3)
+    for _ in range(2000):
+        n = min(sizer.limit(), 2)
+        sizer.record(n, {1: 5.0, 2: 3.0}[n] * n / 1e3 * rng.uniform(0.95, 1.05))
+    assert sizer.best == 2
+
+
+@pytest.mark.unit
+def test_batching_max_always_fills_and_is_validated() -> None:
+    sizer = BatchSizer(4, measured=False)
+    assert set(drive(sizer, {4: 50.0}, 100)) == {4}
+    spec = ModelSpec.from_dict("m", {"task": "classification", "input": [8, 8]})
+    assert spec.batching == "measured"
+    with pytest.raises(ModelSpecError, match="batching"):
+        ModelSpec.from_dict("m", {"task": "classification", "input": [8, 8], "batching": "x"})
+
+
+@pytest.fixture(scope="module")
+def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("text-repo")
+    shutil.copytree(pulled / "ppocr_det", root / "ppocr_det")
+    return root
+
+
+@pytest.mark.integration
+async def test_text_model_under_load_forms_batches_and_publishes_its_limit(
+    text_repo: Path,
+) -> None:
+    """Four streams flooding the text model: batches of two form (the histogram shows them),
+    every frame is answered once, and `edge_batch_limit` shows the size the gateway measured
+    fastest, which is what it then runs most."""
+    page = jpeg("page.png", (640, 480))
+    async with (
+        running(settings_for(text_repo, default_model="ppocr_det", workers=2)) as (url, app),
+        aiohttp.ClientSession() as http,
+    ):
+        model = app[SERVICES].repo.resolve(Route("ppocr_det"))
+        streams = [await open_stream(http, url, "ppocr_det") for _ in range(4)]
+        readers = [asyncio.create_task(read_into(ws, books)) for ws, books in streams]
+        await asyncio.gather(*(blast(ws, books, page, 8.0, 12.0) for ws, books in streams))
+        await asyncio.sleep(3.0)
+        for ws, _ in streams:
+            await ws.close()
+        for t in readers:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        m = await scrape(http, url)
+    for _, books in streams:
+        assert not books.unanswered() and not books.answered_twice()
+        assert books.kinds().get("result", 0) > 0
+    runs = total(m, "edge_batch_size_count", model="ppocr_det")
+    singles = total(m, "edge_batch_size_bucket", model="ppocr_det", le="1.0")
+    assert runs > 0 and runs - singles > 0, "no batch larger than one formed"
+    limit = total(m, "edge_batch_limit", model="ppocr_det")
+    assert limit == model.sizer.best and limit in (1, 2)
+    costs = model.sizer.costs()
+    assert set(costs) == {1, 2}
+    assert costs[int(limit)] == min(costs.values())
+
+
+@pytest.mark.integration
+def test_a_gpu_layout_runs_one_input_shape_on_its_own_threads(
+    pulled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU (faked here: the layout is chosen as if CUDA came first; the sessions are the
+    real CPU ones) every batch reaches the session padded to max_batch rows, on the session's
+    own thread, and the caller gets back only its own rows, equal to an unpadded run."""
+    monkeypatch.setattr(providers, "gpu_first", lambda prefs: True)
+    spec = ModelSpec.load(pulled / "ppocr_det")
+    model = engine.load(pulled, spec, pulled / "ppocr_det" / "1", workers=4, preference=("cpu",))
+    assert model.layout.dedicated and model.layout.sessions == 2
+    assert not model.sizer.measured and model.batch_shapes == [spec.max_batch] == [2]
+    seen: list[tuple[tuple[int, ...], str]] = []
+
+    class Recording:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        def run(self, names: list[str], feed: dict[str, np.ndarray]) -> Any:
+            (x,) = feed.values()
+            seen.append((x.shape, threading.current_thread().name))
+            return self.session.run(names, feed)
+
+    plain = model.sessions[0]
+    model.sessions[:] = [Recording(s) for s in model.sessions]
+    image = decode(jpeg("page.png"), model.task.decode_hint(), 1 << 30)
+    x, _ = model.task.preprocess(image)
+    one = model.run(x[None], 0)
+    two = model.run(np.stack([x, x]), 1)
+    assert [s[0][0] for s in seen] == [2, 2]
+    threads = [name.rsplit("_", 1)[0] for _, name in seen]
+    assert threads == ["edge-ppocr_det-session0", "edge-ppocr_det-session1"]
+    assert one[0].shape[0] == 1 and two[0].shape[0] == 2
+    alone = plain.run(model.output_names, {model.input_name: x[None]})
+    np.testing.assert_allclose(one[0][0], alone[0][0], atol=1e-4)
+    np.testing.assert_allclose(two[0][1], alone[0][0], atol=1e-4)
