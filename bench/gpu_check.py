@@ -30,10 +30,11 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stream import free_port, wait_ready  # noqa: E402
+from bench.stream import free_port, serve_command, wait_ready  # noqa: E402
 from edge import engine  # noqa: E402
 from edge.decode import decode  # noqa: E402
 from edge.modelspec import ModelSpec  # noqa: E402
+from edge.shadow import box_iou  # noqa: E402
 from tests.conftest import jpeg, png  # noqa: E402
 
 FRAMES = {
@@ -42,22 +43,14 @@ FRAMES = {
 }
 
 
-def iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def agreement(gpu: list[dict[str, Any]], cpu: list[dict[str, Any]]) -> dict[str, float]:
     """Each CPU box's best IoU with a GPU box, and the score difference of that pair."""
     worst_iou, worst_score = 1.0, 0.0
     for c in cpu:
-        best = max(gpu, key=lambda g: iou(g["box"], c["box"]), default=None)
+        best = max(gpu, key=lambda g: box_iou(g["box"], c["box"]), default=None)
         if best is None:
             return {"min_iou": 0.0, "max_score_diff": 1.0}
-        worst_iou = min(worst_iou, iou(best["box"], c["box"]))
+        worst_iou = min(worst_iou, box_iou(best["box"], c["box"]))
         worst_score = max(worst_score, abs(best["score"] - c["score"]))
     return {"min_iou": worst_iou, "max_score_diff": worst_score}
 
@@ -168,20 +161,7 @@ def main() -> None:
     t_start = time.monotonic()
     with args.log.open("w") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--models",
-                str(args.models),
-                "--max-streams",
-                "100",
-            ],  # fmt: skip
+            serve_command(args.models, port, "--max-streams", "100"),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -266,6 +266,12 @@ def with_max_batch(models: Path, model: str, max_batch: int) -> Path:
     return root
 
 
+def serve_command(models: Path, port: int, *flags: str) -> list[str]:
+    """`edge serve` on 127.0.0.1:`port` with this interpreter, as a separate process."""
+    return [sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--models", str(models), *flags]  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -340,22 +346,7 @@ def main() -> None:
         "EDGE_PROVIDERS": args.providers,
     }
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--models",
-            str(models),
-            "--workers",
-            str(args.workers),
-            "--max-streams",
-            "1000",
-        ],
+        serve_command(models, port, "--workers", str(args.workers), "--max-streams", "1000"),
         env=env,
     )
     try:

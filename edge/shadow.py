@@ -47,7 +47,8 @@ def run_shadow(
         agreement.observe(agree(primary, candidate))
 
 
-def _iou(a: list[float], b: list[float]) -> float:
+def box_iou(a: list[float], b: list[float]) -> float:
+    """Intersection over union of two [x0, y0, x1, y1] boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -72,7 +73,7 @@ def agree(primary: dict[str, Any], candidate: dict[str, Any], iou: float = 0.5) 
         best, best_iou = None, iou
         for c in unmatched:
             if c["label"] == d["label"]:
-                v = _iou(d["box"], c["box"])
+                v = box_iou(d["box"], c["box"])
                 if v >= best_iou:
                     best, best_iou = c, v
         if best is not None:
