@@ -49,6 +49,20 @@ async def models_rows(http: aiohttp.ClientSession, url: str) -> list[dict[str, o
         return (await r.json())["models"]  # type: ignore[no-any-return]
 
 
+async def loaded_versions(
+    http: aiohttp.ClientSession, url: str, within: float = 20.0
+) -> dict[str, dict[str, object]]:
+    """The rows by version once none is loading: /readyz turns 200 as soon as one version of
+    each model serves, and the others may still be loading then."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        rows = {str(r["version"]): r for r in await models_rows(http, url)}
+        if all(r["state"] != "loading" for r in rows.values()):
+            return rows
+        assert asyncio.get_running_loop().time() < deadline, rows
+        await asyncio.sleep(0.05)
+
+
 async def test_two_real_models_at_once(pulled: Path, face_jpeg: bytes) -> None:
     """Faces from the face model and text boxes from the text model, side by side."""
     async with running(settings_for(pulled)) as (url, _), aiohttp.ClientSession() as http:
@@ -149,6 +163,8 @@ async def test_ab_split_is_sticky_per_stream(
     toml = repo / "blazeface" / "model.toml"
     toml.write_text(toml.read_text() + '\n[versions]\n"1" = 0.5\n"2" = 0.5\n')
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
+        rows = await loaded_versions(http, url)
+        assert rows["1"]["state"] == rows["2"]["state"] == "ready", rows
         seen: dict[str, int] = {}
         for _ in range(16):
             ws, books = await open_stream(http, url)
@@ -210,11 +226,7 @@ async def test_shadow_version_is_measured_but_never_answers(
     toml = repo / "blazeface" / "model.toml"
     toml.write_text(toml.read_text() + '\n[shadow]\nversion = "2"\nsample = 1.0\n')
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
-        for _ in range(200):  # ready once version 1 serves; the shadow may load just after
-            rows = {r["version"]: r for r in await models_rows(http, url)}
-            if rows["2"]["state"] != "loading":
-                break
-            await asyncio.sleep(0.05)
+        rows = await loaded_versions(http, url)
         assert rows["1"]["serving"] and not rows["2"]["serving"]
         assert rows["2"]["state"] == "ready"
         ws, books = await open_stream(http, url)
