@@ -331,7 +331,7 @@ def main() -> None:
         base = baseline(models, args.model, data, min(10.0, args.seconds / 3), providers)
     else:
         print("baseline (raw ONNX Runtime session, best batch):")
-        base = raw_best_batch(models, args.model, data, min(15.0, args.seconds / 2), providers)
+        base = raw_best_batch(models, args.model, data, min(40.0, args.seconds / 1.5), providers)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
