@@ -5,50 +5,31 @@ replaces it and the old one is reported `stale`. Streams with a frame waiting si
 a round-robin ready queue, so a fast sender cannot starve the others, and a stream has at most
 one frame in flight, so its results come back in seq order.
 
-A fixed pool of worker threads takes streams off the ready queue and runs decode, preprocess,
-inference and postprocess, and encodes the reply, all off the event loop (the heavy parts
-release the GIL). For a batching model a worker gathers up to `max_batch` streams of that model
-for at most `max_delay_ms`, then takes their frames: staleness and deadlines are decided at that
-instant, just before the batch runs. Replies go back to the loop through one deque with a
-single wake-up per burst.
+A fixed pool of worker threads takes streams off the ready queue and hands their frames to the
+pipeline (edge/pipeline.py: decode, preprocess, inference, postprocess, encoding), all off the
+event loop (the heavy parts release the GIL). For a batching model a worker gathers up to the
+batch limit (edge/batching.py) of that model's streams for at most `max_delay_ms`, then takes
+their frames: staleness and deadlines are decided at that instant, just before the batch runs.
+Replies go back to the loop through one deque with a single wake-up per burst.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
-import numpy as np
-
-from edge import codec
-from edge.decode import decode
 from edge.engine import LoadedModel
-from edge.frames import Frame, FrameError, Timing
+from edge.frames import Frame
 from edge.metrics import Metrics
+from edge.pipeline import Pipeline, Reply
 from edge.repository import Repository, UnknownModel
-from edge.shadow import run_shadow
 from edge.stream import Stream
 from edge.tracing import FrameTracer
 
 log = logging.getLogger("edge.scheduler")
-
-
-@dataclass(slots=True)
-class Reply:
-    """A worker's answer to one frame, handed to the event loop."""
-
-    stream: Stream
-    seq: int
-    kind: str  # result | dropped | error
-    text: str = ""  # encoded message, for results and errors
-    reason: str = ""  # drop reason or error stage
-    received_at: float = 0.0
-    model: str = ""
 
 
 class Scheduler:
@@ -66,14 +47,18 @@ class Scheduler:
         self._repo = repo
         self._metrics = metrics
         self._workers = workers
-        self._max_pixels = max_pixels
-        self._max_png_pixels = max_png_pixels
         #: frames one model may have running at once (0: no limit beyond the workers), so one
         #: busy model cannot take every worker from the others
         self._inflight_limit = inflight_limit
         self._running: dict[str, int] = {}
-        self._tracer = tracer
-        self._rng = random.Random()
+        self._pipeline = Pipeline(
+            repo,
+            metrics,
+            self._push,
+            max_pixels=max_pixels,
+            max_png_pixels=max_png_pixels,
+            tracer=tracer,
+        )
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._ready: deque[Stream] = deque()
@@ -134,7 +119,7 @@ class Scheduler:
                 return
             model, jobs = batch
             try:
-                self._serve(index, model, jobs)
+                self._pipeline.serve(index, model, jobs)
             except Exception:  # a bug must cost this batch, never the worker thread
                 log.exception("worker %d: serving a batch of %s failed", index, model.ref)
             finally:
@@ -205,7 +190,7 @@ class Scheduler:
                 s.queued = False
                 frame, s.slot = s.slot, None
                 if frame is not None:
-                    self._reply_error(s, frame, "model_unavailable", str(e), "inference")
+                    self._pipeline.error(s, frame, "model_unavailable", str(e), "inference")
                 continue
             if self._inflight_limit and self._running.get(model.name, 0) >= self._inflight_limit:
                 self._ready.append(s)  # its model is at the limit: let other models go first
@@ -227,107 +212,6 @@ class Scheduler:
             s.queued = False
             s.busy = True
             claimed.append(s)
-
-    def _serve(self, index: int, model: LoadedModel, jobs: list[tuple[Stream, Frame]]) -> None:
-        taken = time.monotonic()
-        task = model.task
-        fit = task.decode_hint()
-        ready = []
-        for stream, frame in jobs:
-            t_dec = time.monotonic()
-            try:
-                image = decode(frame.data, fit, self._max_pixels, self._max_png_pixels)
-            except FrameError as e:
-                self._reply_error(stream, frame, e.code, e.message, "decode", model.name)
-                continue
-            except Exception as e:  # a decoder bug: this frame is bad, the worker goes on
-                log.exception("session=%s seq=%d: decode failed", stream.id, frame.seq)
-                self._reply_error(stream, frame, "bad_frame", str(e), "decode", model.name)
-                continue
-            try:
-                tensor, ctx = task.preprocess(image)
-            except Exception as e:
-                log.exception("session=%s seq=%d: preprocess failed", stream.id, frame.seq)
-                self._reply_error(
-                    stream, frame, "preprocess_failed", str(e), "preprocess", model.name
-                )
-                continue
-            ready.append((stream, frame, image, tensor, ctx, t_dec, time.monotonic()))
-        if not ready:
-            return
-        t0 = time.monotonic()
-        try:
-            batch = np.stack([r[3] for r in ready]) if len(ready) > 1 else ready[0][3][None]
-            outputs = model.run(batch, index)
-        except Exception as e:
-            log.error("model %s: inference failed on a batch of %d: %s", model.ref, len(ready), e)
-            for stream, frame, *_ in ready:
-                self._reply_error(
-                    stream, frame, "inference_failed", f"{model.ref}: {e}", "inference", model.name
-                )
-            return
-        t1 = time.monotonic()
-        m = self._metrics
-        m.inference_latency.labels(model.name).observe(t1 - t0)
-        m.batch_size.labels(model.name).observe(len(ready))
-        model.sizer.record(len(ready), t1 - t0)
-        m.batch_limit.labels(model.name).set(model.sizer.best)
-        qw = m.queue_wait.labels(model.name)
-        payloads: list[dict[str, object] | None] = []
-        for i, (stream, frame, image, _, ctx, t_dec, t_pre) in enumerate(ready):
-            threshold = model.spec.threshold if stream.threshold is None else stream.threshold
-            try:
-                payload = task.postprocess([o[i] for o in outputs], ctx, image, threshold)
-                done = time.monotonic()
-                timing = Timing(
-                    queue_ms=(taken - frame.received_at) * 1e3,
-                    inference_ms=(t1 - t0) * 1e3,
-                    total_ms=(done - frame.received_at) * 1e3,
-                )
-                # the encoder refuses NaN and infinities: a model that outputs them fails here
-                text = codec.result(
-                    frame.seq, model.ref, image.width, image.height, payload, timing
-                )
-                payloads.append(payload)
-            except Exception as e:
-                payloads.append(None)
-                log.exception("session=%s seq=%d: postprocess failed", stream.id, frame.seq)
-                self._reply_error(
-                    stream, frame, "postprocess_failed", str(e), "postprocess", model.name
-                )
-                continue
-            qw.observe(taken - frame.received_at)
-            self._push(Reply(stream, frame.seq, "result", text, "", frame.received_at, model.name))
-            if self._tracer is not None:
-                self._tracer.frame(
-                    session=stream.id,
-                    seq=frame.seq,
-                    model=model.ref,
-                    transport=stream.transport,
-                    outcome="result",
-                    received=frame.received_at,
-                    end=done,
-                    stages=[
-                        ("queue", frame.received_at, taken),
-                        ("decode", t_dec, t_pre),
-                        ("inference", t0, t1),
-                        ("postprocess", t1, done),
-                    ],
-                )
-        shadow = self._repo.shadow_of(model.name)
-        if shadow is not None and shadow is not model:
-            if self._rng.random() < float(model.spec.shadow.get("sample", 0.1)):
-                thresholds = [
-                    model.spec.threshold if r[0].threshold is None else r[0].threshold
-                    for r in ready
-                ]
-                run_shadow(self._metrics, index, model, shadow, batch, ready, payloads, thresholds)
-
-    def _reply_error(
-        self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""
-    ) -> None:
-        text = codec.error(frame.seq, code, message)
-        self._push(Reply(stream, frame.seq, "error", text, stage, frame.received_at, model))
 
     # -- back to the event loop -------------------------------------------------------------
     def _push(self, reply: Reply) -> None:
