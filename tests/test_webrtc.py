@@ -44,7 +44,7 @@ from edge.appkeys import SERVICES
 from edge.outbox import Outbox
 from edge.settings import Settings, SettingsError
 from edge.transports.annotate import BOX_YUV, boxes, draw_box
-from edge.transports.rtcsession import ChannelWriter
+from edge.transports.rtcmedia import ChannelWriter
 from edge.transports.webrtc import PEERS, ice_configuration
 from tests.conftest import running, settings_for
 from tests.imagedata import load_rgb

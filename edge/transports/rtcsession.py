@@ -5,9 +5,8 @@
   stream's one-slot mailbox (latest frame wins, edge.scheduler) as the decoded `av.VideoFrame`
   itself, converted to RGB by the worker that serves it, so a frame dropped as stale costs the
   event loop no conversion. Other tracks are drained and dropped.
-- The stream's sender (edge.outbox) writes to the `results` channel and waits while the
-  channel's `bufferedAmount` is above a limit, so the outbox's bounded backlog turns a slow
-  client into `overload` drops rather than an ever longer SCTP queue.
+- The stream's sender (edge.outbox) writes to the `results` channel through a
+  back-pressured writer (edge.transports.rtcmedia).
 - `run` closes the session when the client hangs up (connection failed or closed, channel
   closed, track ended), after `idle_timeout_s` without a frame (counted from the offer, so a
   client that never connects goes too), when the sender gives up, and on drain: the frames
@@ -26,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import av
-import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -44,6 +42,7 @@ from edge.repository import Route, UnknownModel
 from edge.stream import Stream
 from edge.transports import common
 from edge.transports.annotate import AnnotatedTrack
+from edge.transports.rtcmedia import ChannelWriter, VideoPicture
 from edge.transports.session import StreamSession
 
 log = logging.getLogger("edge.webrtc")
@@ -52,76 +51,9 @@ TRANSPORT = "webrtc"
 CHANNEL_LABEL = "results"
 CLOSE_GRACE_S = 1.0
 PC_CLOSE_S = 5.0
-#: the sender waits while more than HIGH bytes are queued on the channel, until it is under LOW
-CHANNEL_HIGH_BYTES = 256 * 1024
-CHANNEL_LOW_BYTES = 64 * 1024
 #: replies wait this long after the first frame for the client to open `results` (at most half
 #: of send_timeout_s); after that they are not kept for a channel that may never come
 CHANNEL_WAIT_S = 3.0
-
-
-class VideoPicture:
-    """A decoded `av.VideoFrame` as an `edge.frames.Picture`.
-
-    Only the worker that serves the frame converts it: PyAV keeps one scaler per frame, and two
-    threads converting one frame at once hang (seen with PyAV 18).
-    """
-
-    __slots__ = ("_frame", "height", "width")
-
-    def __init__(self, frame: av.VideoFrame) -> None:
-        self._frame = frame
-        self.width: int = frame.width
-        self.height: int = frame.height
-
-    def rgb(self, width: int, height: int) -> np.ndarray:
-        try:
-            out = self._frame.reformat(width, height, "rgb24", interpolation="BILINEAR")
-        except av.FFmpegError as e:
-            raise ValueError(str(e)) from None
-        return out.to_ndarray()
-
-
-class ChannelWriter:
-    """Writes text to the `results` channel, one message at a time, and returns only once the
-    channel holds at most `high` bytes not yet sent (else it waits for `bufferedamountlow`).
-
-    Until a channel is attached and `ready` is set, writes wait; once `ready` is set with no
-    channel (the client never opened one), they are dropped: nobody is there to read them.
-    """
-
-    def __init__(self, high: int = CHANNEL_HIGH_BYTES, low: int = CHANNEL_LOW_BYTES) -> None:
-        self.channel: RTCDataChannel | None = None
-        self.ready = asyncio.Event()
-        self._high, self._low = high, low
-        self._below = asyncio.Event()
-
-    def attach(self, channel: RTCDataChannel) -> None:
-        self.channel = channel
-        channel.bufferedAmountLowThreshold = self._low
-        channel.on("bufferedamountlow", self._below.set)
-
-    def wake(self) -> None:
-        """Let a waiting write look again (the channel closed)."""
-        self._below.set()
-
-    @property
-    def open(self) -> bool:
-        return self.channel is not None and self.channel.readyState == "open"
-
-    async def send(self, text: str) -> None:
-        await self.ready.wait()
-        channel = self.channel
-        if channel is None:
-            return
-        if channel.readyState != "open":
-            raise ConnectionError("the results channel is closed")
-        channel.send(text)
-        while channel.bufferedAmount > self._high:
-            self._below.clear()
-            await self._below.wait()
-            if channel.readyState != "open":
-                raise ConnectionError("the results channel is closed")
 
 
 @dataclass
