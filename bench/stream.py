@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -105,66 +106,86 @@ def baseline(
     return best
 
 
-def raw_best_batch(
-    models: Path, model: str, data: bytes, seconds: float, providers: list[str]
-) -> dict[str, float]:
-    """Raw ONNX Runtime throughput on already-preprocessed frames: the best over batch sizes
-    (powers of two up to max_batch) and over two session layouts. On the CPU: one session
-    using every core, or one single-threaded session per core run side by side; on a GPU:
-    one session, or two run side by side. The ceiling batching is measured against."""
-    from concurrent.futures import ThreadPoolExecutor
+class RawSession:
+    """Raw ONNX Runtime throughput on already-preprocessed frames, for batching to be measured
+    against: `sweep` finds the best over batch sizes (powers of two up to max_batch) and two
+    session layouts (CPU: one session using every core, or one single-threaded session per
+    core side by side; GPU: one session, or two side by side); `again` re-measures the best
+    one, so it can be taken between the gateway's rounds while the machine's speed drifts."""
 
-    spec = ModelSpec.load(models / model)
-    task = get_task(spec.task)(spec)
-    cores = os.cpu_count() or 1
-    path = models / model / "1" / "model.onnx"
-    tensor, _ = task.preprocess(decode(data, task.decode_hint(), 1 << 30))
+    def __init__(self, models: Path, model: str, data: bytes, providers: list[str]) -> None:
+        spec = ModelSpec.load(models / model)
+        task = get_task(spec.task)(spec)
+        self.path = models / model / "1" / "model.onnx"
+        self.tensor, _ = task.preprocess(decode(data, task.decode_hint(), 1 << 30))
+        self.providers = providers
+        self.gpu = providers[0] in (ORT_NAMES["tensorrt"], ORT_NAMES["cuda"])
+        cores = os.cpu_count() or 1
+        self.layouts = ((1, 1), (2, 1)) if self.gpu else ((1, cores), (cores, 1))
+        self.sizes = sorted({1 << k for k in range(spec.max_batch.bit_length())} | {spec.max_batch})
+        self.pools: dict[tuple[int, int], list[ort.InferenceSession]] = {}
+        self.best: dict[str, float] = {}
+        self.best_key = (1, 1, 1)
 
-    def session(threads: int) -> ort.InferenceSession:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), opts, providers=providers)
+    def pool(self, sessions: int, threads: int) -> list[ort.InferenceSession]:
+        if (sessions, threads) not in self.pools:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.log_severity_level = 3
+            self.pools[sessions, threads] = [
+                ort.InferenceSession(str(self.path), opts, providers=self.providers)
+                for _ in range(sessions)
+            ]
+        return self.pools[sessions, threads]
 
-    gpu = providers[0] in (ORT_NAMES["tensorrt"], ORT_NAMES["cuda"])
-    layouts = ((1, 1), (2, 1)) if gpu else ((1, cores), (cores, 1))
-    sizes = sorted({1 << k for k in range(spec.max_batch.bit_length())} | {spec.max_batch})
-    best: dict[str, float] = {}
-    for sessions, threads in layouts:
-        pool = [session(threads) for _ in range(sessions)]
-        if gpu:
-            print(f"  raw sessions run on {pool[0].get_providers()[0]}")
+    def measure(self, sessions: int, threads: int, b: int, per: float) -> float:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = self.pool(sessions, threads)
         name = pool[0].get_inputs()[0].name
-        for b in sizes:
-            x = np.stack([tensor] * b)
-            per = seconds / (2 * len(sizes))
+        x = np.stack([self.tensor] * b)
 
-            def loop(
-                s: ort.InferenceSession, x: np.ndarray = x, per: float = per, key: str = name
-            ) -> float:
-                s.run(None, {key: x})  # a first run per shape may pick kernels: not counted
-                s.run(None, {key: x})
-                n = 0
-                start = time.perf_counter()
-                while time.perf_counter() - start < per:
-                    s.run(None, {key: x})
-                    n += x.shape[0]
-                return n / (time.perf_counter() - start)
+        def loop(s: ort.InferenceSession) -> float:
+            s.run(None, {name: x})  # a first run per shape may pick kernels: not counted
+            s.run(None, {name: x})
+            n = 0
+            start = time.perf_counter()
+            while time.perf_counter() - start < per:
+                s.run(None, {name: x})
+                n += x.shape[0]
+            return n / (time.perf_counter() - start)
 
-            with ThreadPoolExecutor(sessions) as ex:
-                fps = sum(ex.map(loop, pool))
-            print(f"  raw: {sessions} session(s) x {threads} thread(s), batch {b}: {fps:.1f} fps")
-            if fps > best.get("fps", 0):
-                best |= {"fps": fps, "batch": float(b), "sessions": float(sessions)}
-            # the gateway's automatic layout: a single-threaded session per core (CPU), two (GPU)
-            if (sessions, threads) == layouts[1] and fps > best.get("own_layout_fps", 0):
-                best["own_layout_fps"] = fps
-    return best
+        with ThreadPoolExecutor(sessions) as ex:
+            return sum(ex.map(loop, pool))
+
+    def sweep(self, seconds: float) -> dict[str, float]:
+        per = seconds / (len(self.layouts) * len(self.sizes))
+        for sessions, threads in self.layouts:
+            if self.gpu:
+                print(f"  raw sessions run on {self.pool(sessions, threads)[0].get_providers()[0]}")
+            for b in self.sizes:
+                fps = self.measure(sessions, threads, b, per)
+                print(
+                    f"  raw: {sessions} session(s) x {threads} thread(s), batch {b}: {fps:.1f} fps"
+                )
+                if fps > self.best.get("fps", 0):
+                    self.best |= {"fps": fps, "batch": float(b), "sessions": float(sessions)}
+                    self.best_key = (sessions, threads, b)
+                # the gateway's automatic layout: a single-threaded session per core (CPU), two
+                # (GPU)
+                if (sessions, threads) == self.layouts[1] and fps > self.best.get(
+                    "own_layout_fps", 0
+                ):
+                    self.best["own_layout_fps"] = fps
+        return self.best
+
+    def again(self, per: float) -> float:
+        return self.measure(*self.best_key, per)
 
 
 async def drive(
     url: str, model: str, data: bytes, streams: int, fps: float, seconds: float
-) -> dict[str, object]:
+) -> dict[str, Any]:
     ages: list[tuple[float, float]] = []  # (arrival, age)
     counts = {"result": 0, "dropped": 0, "error": 0, "sent": 0, "unanswered": 0}
     ws_url = url.replace("http", "ws", 1) + f"/v1/stream?model={model}"
@@ -318,6 +339,13 @@ def main() -> None:
         help="execution providers for the baseline and the gateway (EDGE_PROVIDERS), e.g. cuda",
     )
     ap.add_argument("--max-batch", type=int, help="override the model's max_batch")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="raw-batch: split the gateway run into rounds and re-measure the best raw "
+        "configuration after each (a noisy machine's speed drifts within minutes)",
+    )
     args = ap.parse_args()
     prefs = [p.strip() for p in args.providers.split(",")]
     providers = [ORT_NAMES[p] for p in prefs] + (["CPUExecutionProvider"] * ("cpu" not in prefs))
@@ -334,7 +362,8 @@ def main() -> None:
         base = baseline(models, args.model, data, min(10.0, args.seconds / 3), providers)
     else:
         print("baseline (raw ONNX Runtime session, best batch):")
-        base = raw_best_batch(models, args.model, data, min(40.0, args.seconds / 1.5), providers)
+        raw = RawSession(models, args.model, data, providers)
+        base = raw.sweep(min(40.0, args.seconds / 1.5))
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -359,7 +388,21 @@ def main() -> None:
             f"= {args.streams * args.fps:.0f} fps, for {args.seconds:g} s"
         )
         t0 = time.monotonic()
-        run = asyncio.run(drive(url, args.model, data, args.streams, args.fps, args.seconds))
+        rounds = args.rounds if args.baseline == "raw-batch" else 1
+        runs, raw_between = [], []
+        for r in range(rounds):
+            chunk = args.seconds / rounds
+            run = asyncio.run(drive(url, args.model, data, args.streams, args.fps, chunk))
+            runs.append(run)
+            if rounds > 1:  # the gateway idles meanwhile: the same cores, minutes apart at most
+                raw_between.append(raw.again(min(8.0, chunk / 2)))
+                got = run["counts"]["result"] / run["elapsed"]
+                print(f"  round {r + 1}: gateway {got:.1f} results/s, raw {raw_between[-1]:.1f}")
+        run = {
+            "ages": [a for x in runs for a in x["ages"]],
+            "counts": {k: sum(x["counts"][k] for x in runs) for k in runs[0]["counts"]},
+            "elapsed": sum(x["elapsed"] for x in runs),
+        }
         batches = asyncio.run(batch_sizes(url, args.model))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -376,6 +419,13 @@ def main() -> None:
     if "own_layout_fps" in base:
         own = base["own_layout_fps"]
         print(f"  = {fps / own:.2f}x the raw session in the gateway's layout ({own:.0f}/s)")
+    if raw_between:
+        mean = statistics.fmean(raw_between)
+        each = ", ".join(f"{v:.1f}" for v in raw_between)
+        print(
+            f"  = {fps / mean:.2f}x the best raw configuration re-measured between the "
+            f"{len(raw_between)} rounds (mean {mean:.1f}/s: {each})"
+        )
     print(f"  replies: {counts}")
     print(
         f"  frame age at result (client-measured): p50 {s['p50_ms']:.1f} ms, "
@@ -404,6 +454,7 @@ def main() -> None:
                     "counts": counts,
                     "age": s,
                     "batches": batches,
+                    "raw_between_rounds": raw_between,
                 },
                 indent=2,
             )

@@ -66,7 +66,7 @@ def choose_layout(spec: ModelSpec, workers: int, gpu: bool = False) -> Layout:
     if spec.sessions is not None or spec.threads is not None:
         s = spec.sessions or 1
         t = spec.threads or max(1, workers // s)
-        return Layout(s, t, "set in model.toml")
+        return Layout(s, t, "set in model.toml", dedicated=gpu)
     if gpu:
         return Layout(
             min(workers, 2), 1, "auto on a GPU: two sessions the workers share", dedicated=True

@@ -170,3 +170,19 @@ def test_a_gpu_layout_runs_one_input_shape_on_its_own_threads(
     alone = plain.run(model.output_names, {model.input_name: x[None]})
     np.testing.assert_allclose(one[0][0], alone[0][0], atol=1e-4)
     np.testing.assert_allclose(two[0][1], alone[0][0], atol=1e-4)
+
+
+@pytest.mark.unit
+def test_layouts_on_a_gpu_are_one_shape_per_session_even_when_set_by_hand() -> None:
+    spec = ModelSpec.from_dict("m", {"task": "classification", "input": [8, 8], "max_batch": 4})
+    assert engine.choose_layout(spec, 16, gpu=True) == engine.Layout(
+        2, 1, "auto on a GPU: two sessions the workers share", dedicated=True
+    )
+    assert engine.choose_layout(spec, 2) == engine.Layout(
+        2, 1, "auto: one single-threaded session per worker"
+    )
+    by_hand = ModelSpec.from_dict(
+        "m", {"task": "classification", "input": [8, 8], "sessions": 1, "threads": 4}
+    )
+    assert engine.choose_layout(by_hand, 16, gpu=True).dedicated
+    assert not engine.choose_layout(by_hand, 16).dedicated
