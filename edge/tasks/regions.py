@@ -67,18 +67,24 @@ class Regions:
 def label_regions(mask: np.ndarray) -> Regions:
     """Find the 8-connected regions of a 2-D boolean mask."""
     h, w = mask.shape
-    padded = np.zeros((h, w + 2), dtype=np.int8)
+    stride = w + 2
+    # Rows laid end to end with a clear pixel on each side: no run crosses into the next row,
+    # and one pass over the flat array finds every run's start (0 -> 1) and end (1 -> 0).
+    padded = np.zeros((h, stride), dtype=np.int8)
     padded[:, 1:-1] = mask
-    step = np.diff(padded, axis=1)
-    row, start = np.nonzero(step == 1)
-    _, end = np.nonzero(step == -1)
+    step = np.diff(padded.reshape(-1))
+    edges = np.flatnonzero(step)
+    rising = step[edges] > 0
+    starts, ends = edges[rising], edges[~rising]  # flat index of the pixel before the change
+    row = starts // stride
+    start = starts - row * stride
+    end = ends - row * stride
     n = row.size
     if n == 0:
         empty = np.zeros(0, dtype=np.intp)
         return Regions(empty, empty, empty, empty, 0)
     # Runs sorted by (row, start); those touching run i in the next row form a contiguous
     # range: they start at or before i's end and end at or after i's start (8-connectivity).
-    stride = w + 2
     start_key = row * stride + start
     end_key = row * stride + end
     lo = np.searchsorted(end_key, (row + 1) * stride + start, side="left")
