@@ -108,6 +108,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
     services.scheduler.start()
     yield
     await services.scheduler.stop()
+    services.repo.close()  # no worker runs a model any more
 
 
 async def _models(app: web.Application) -> AsyncIterator[None]:

@@ -97,8 +97,9 @@ class LoadedModel:
         # next batch. Single-threaded sessions run side by side.
         exclusive = self.layout.threads > 1 and not self.layout.dedicated
         self._locks = [threading.Lock() if exclusive else None for _ in self.sessions]
-        # Runner threads live as long as this model version: when a retired version's last
-        # batch is done and nothing refers to it, its executors are collected and they exit.
+        # Runner threads live as long as this model version: `close` stops them at shutdown;
+        # a retired version may still have a batch in a worker, so its runners are left to
+        # exit when its last batch is done and the version is collected.
         self._runners = [
             ThreadPoolExecutor(1, thread_name_prefix=f"edge-{self.name}-session{i}")
             for i in range(len(self.sessions) if self.layout.dedicated else 0)
@@ -124,6 +125,11 @@ class LoadedModel:
             after,
             per_frame,
         )
+
+    def close(self) -> None:
+        """Stop the session threads (GPU layout); only once no worker runs this version."""
+        for runner in self._runners:
+            runner.shutdown(wait=True)
 
     def run(self, batch: np.ndarray, worker: int) -> Sequence[np.ndarray]:
         i = worker % len(self.sessions)

@@ -82,6 +82,13 @@ class Repository:
         self._lock = asyncio.Lock()
         self._on_change = on_change or (lambda: None)
 
+    def close(self) -> None:
+        """Release every loaded version's session threads; call once the workers stopped."""
+        for m in self._models.values():
+            for v in m.versions.values():
+                if v.model is not None:
+                    v.model.close()
+
     # -- what clients see -------------------------------------------------------------------
     @property
     def ready(self) -> bool:

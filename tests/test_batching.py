@@ -170,6 +170,31 @@ def test_a_gpu_layout_runs_one_input_shape_on_its_own_threads(
     alone = plain.run(model.output_names, {model.input_name: x[None]})
     np.testing.assert_allclose(one[0][0], alone[0][0], atol=1e-4)
     np.testing.assert_allclose(two[0][1], alone[0][0], atol=1e-4)
+    model.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("edge-ppocr_det-session")]
+
+
+@pytest.mark.integration
+async def test_the_gateway_with_a_gpu_layout_answers_and_stops_its_session_threads(
+    text_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU layout through the real server (faked GPU, real CPU sessions): two streams get
+    their text boxes from padded batches, and shutdown leaves no session thread behind."""
+    monkeypatch.setattr(providers, "gpu_first", lambda prefs: True)
+    page = jpeg("page.png")
+    async with (
+        running(settings_for(text_repo, default_model="ppocr_det", workers=2)) as (url, app),
+        aiohttp.ClientSession() as http,
+    ):
+        assert app[SERVICES].repo.resolve(Route("ppocr_det")).layout.dedicated
+        streams = [await open_stream(http, url, "ppocr_det") for _ in range(2)]
+        await asyncio.gather(*(ws.send_bytes(page) for ws, _ in streams))
+        for ws, _ in streams:
+            reply = await asyncio.wait_for(ws.receive_json(), 30)
+            assert reply["type"] == "result" and len(reply["detections"]) >= 5, reply
+            await ws.close()
+        assert [t for t in threading.enumerate() if t.name.startswith("edge-ppocr_det-session")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("edge-ppocr_det-session")]
 
 
 @pytest.mark.unit
