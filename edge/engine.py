@@ -43,6 +43,15 @@ class Layout:
     #: and always at one input shape (batches padded to max_batch)
     dedicated: bool = False
 
+    @property
+    def max_batches(self) -> int:
+        """Batches of this model the workers may hold at once (0: no limit beyond them).
+
+        On a GPU, two per session: one running, one being decoded or postprocessed. More
+        would only split the ready streams into smaller (padded) batches, and put more
+        threads in line for the GIL that host work in Python holds (docs/gpu.md)."""
+        return 2 * self.sessions if self.dedicated else 0
+
 
 def choose_layout(spec: ModelSpec, workers: int, gpu: bool = False) -> Layout:
     """How a model's sessions map onto the worker threads.

@@ -51,6 +51,7 @@ class Scheduler:
         #: busy model cannot take every worker from the others
         self._inflight_limit = inflight_limit
         self._running: dict[str, int] = {}
+        self._batches: dict[str, int] = {}  # batches each model has in the workers
         self._pipeline = Pipeline(
             repo,
             metrics,
@@ -125,7 +126,8 @@ class Scheduler:
             finally:
                 with self._lock:
                     self._running[model.name] -= len(jobs)
-                    if self._inflight_limit:
+                    self._batches[model.name] -= 1
+                    if self._inflight_limit or model.layout.max_batches:
                         self._cond.notify()
                     for stream, _ in jobs:
                         stream.busy = False
@@ -151,6 +153,8 @@ class Scheduler:
                     continue
                 first, model = picked
                 first.busy = True
+                # counted from the claim, so workers gathering at once respect the limit too
+                self._batches[model.name] = self._batches.get(model.name, 0) + 1
                 claimed = [first]
                 limit = model.sizer.limit()
                 if limit > 1:
@@ -179,9 +183,11 @@ class Scheduler:
                     self._running[model.name] = self._running.get(model.name, 0) + len(jobs)
                     self._metrics.inflight.labels(model.name).inc(len(jobs))
                     return model, jobs
+                self._batches[model.name] -= 1  # every frame went: the claim is void
+                self._cond.notify()
 
     def _pick(self) -> tuple[Stream, LoadedModel] | None:
-        """The first ready stream, round-robin, whose model is under its in-flight limit."""
+        """The first ready stream, round-robin, whose model is under its in-flight limits."""
         for _ in range(len(self._ready)):
             s = self._ready.popleft()
             try:
@@ -192,8 +198,13 @@ class Scheduler:
                 if frame is not None:
                     self._pipeline.error(s, frame, "model_unavailable", str(e), "inference")
                 continue
-            if self._inflight_limit and self._running.get(model.name, 0) >= self._inflight_limit:
-                self._ready.append(s)  # its model is at the limit: let other models go first
+            if (
+                self._inflight_limit and self._running.get(model.name, 0) >= self._inflight_limit
+            ) or (
+                model.layout.max_batches
+                and self._batches.get(model.name, 0) >= model.layout.max_batches
+            ):
+                self._ready.append(s)  # its model is at a limit: let other models go first
                 continue
             s.queued = False
             return s, model

@@ -197,6 +197,51 @@ async def test_the_gateway_with_a_gpu_layout_answers_and_stops_its_session_threa
     assert not [t for t in threading.enumerate() if t.name.startswith("edge-ppocr_det-session")]
 
 
+@pytest.mark.integration
+async def test_on_a_gpu_the_workers_hold_two_batches_per_session(
+    text_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight workers and sixteen streams flooding the text model on the GPU layout (faked GPU,
+    real CPU sessions): the workers hold at most two batches per session (`edge_inflight_frames`
+    never passes 2 sessions x 2 batches x 2 frames), not one batch each, so ready streams
+    gather into full batches; every frame is still answered once."""
+    monkeypatch.setattr(providers, "gpu_first", lambda prefs: True)
+    page = jpeg("page.png", (640, 480))
+    async with (
+        running(settings_for(text_repo, default_model="ppocr_det", workers=8)) as (url, app),
+        aiohttp.ClientSession() as http,
+    ):
+        model = app[SERVICES].repo.resolve(Route("ppocr_det"))
+        assert model.layout.max_batches == 4 and model.spec.max_batch == 2
+        streams = [await open_stream(http, url, "ppocr_det") for _ in range(16)]
+        readers = [asyncio.create_task(read_into(ws, books)) for ws, books in streams]
+        held: list[float] = []
+
+        async def watch() -> None:
+            while True:
+                held.append(total(await scrape(http, url), "edge_inflight_frames"))
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(blast(ws, books, page, 5.0, 6.0) for ws, books in streams))
+        watcher.cancel()
+        await asyncio.sleep(3.0)
+        for ws, _ in streams:
+            await ws.close()
+        for t in [*readers, watcher]:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        m = await scrape(http, url)
+    for _, books in streams:
+        assert not books.unanswered() and not books.answered_twice()
+        assert books.kinds().get("result", 0) > 0
+    assert len(held) > 20 and 0 < max(held) <= 8, held
+    runs = total(m, "edge_batch_size_count", model="ppocr_det")
+    frames = total(m, "edge_batch_size_sum", model="ppocr_det")
+    assert runs > 10 and frames / runs > 1.8, f"{frames} frames in {runs} batches"
+
+
 @pytest.mark.unit
 def test_layouts_on_a_gpu_are_one_shape_per_session_even_when_set_by_hand() -> None:
     spec = ModelSpec.from_dict("m", {"task": "classification", "input": [8, 8], "max_batch": 4})

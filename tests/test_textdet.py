@@ -20,6 +20,7 @@ from edge.frames import Image
 from edge.modelspec import ModelSpec
 from edge.tasks.regions import (
     clockwise_from_top_left,
+    convex_hull,
     expand_rect,
     label_regions,
     min_area_rect,
@@ -101,6 +102,67 @@ def test_region_sums_are_over_its_own_pixels() -> None:
     sums, pixels = r.sums(values)
     got = sorted(zip((sums / pixels).round(6).tolist(), pixels.tolist(), strict=True))
     assert got == [(0.3, 2.0), (0.6, 2.0)]
+
+
+def assert_is_hull(hull: np.ndarray, points: np.ndarray) -> None:
+    """`hull` lists input points, turns left at every vertex (counter-clockwise, no three in
+    line), and has every input point inside or on it."""
+    inputs = {tuple(p) for p in points.tolist()}
+    assert {tuple(p) for p in hull.tolist()} <= inputs
+    assert len({tuple(p) for p in hull.tolist()}) == len(hull)
+    if len(hull) < 3:
+        return
+    a = hull
+    edge = np.roll(hull, -1, axis=0) - a
+    after = np.roll(edge, -1, axis=0)
+    turn = edge[:, 0] * after[:, 1] - edge[:, 1] * after[:, 0]
+    assert (turn > 0).all()
+    side = edge[:, None, 0] * (points[None, :, 1] - a[:, None, 1]) - edge[:, None, 1] * (
+        points[None, :, 0] - a[:, None, 0]
+    )
+    assert (side >= 0).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=1, max_size=80),
+    st.booleans(),
+)
+def test_convex_hull_holds_every_point(xy: list[tuple[int, int]], on_a_line: bool) -> None:
+    """Guards against the octagon shortcut setting aside a hull vertex, and against
+    collinear or repeated points in the hull."""
+    points = np.array([(x, 2 * x + 1) if on_a_line else (x, y) for x, y in xy], np.float64)
+    assert_is_hull(convex_hull(points), points)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 14).flatmap(
+        lambda h: st.lists(
+            st.lists(st.booleans(), min_size=12, max_size=12), min_size=h, max_size=h
+        )
+    )
+)
+def test_outline_points_keep_each_regions_hull(rows: list[list[bool]]) -> None:
+    """Guards against the outline leaving out a corner that the region's hull needs."""
+    mask = np.array(rows, dtype=bool)
+    regions = label_regions(mask)
+    outlines = regions.outlines() if regions.count else []
+    assert len(outlines) == regions.count
+    for label, outline in enumerate(outlines):
+        rows_, xs = [], []
+        for row, start, end, run_label in zip(
+            regions.row, regions.start, regions.end, regions.label, strict=True
+        ):
+            if run_label == label:
+                rows_ += [row] * (end - start)
+                xs += list(range(start, end))
+        y, x = np.array(rows_, np.float64), np.array(xs, np.float64)
+        corners = np.concatenate(
+            [np.stack([x + dx, y + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]
+        )
+        hull = convex_hull(outline)
+        assert_is_hull(hull, corners)
 
 
 def test_min_area_rect_of_a_rotated_rectangle() -> None:

@@ -40,7 +40,7 @@ class Regions:
 
     def outlines(self) -> list[np.ndarray]:
         """Per region, the pixel corners `(k, 2)` of its leftmost and rightmost pixel in each
-        row: the region's convex hull is the hull of these points."""
+        row (except along straight sides): the region's convex hull is the hull of these."""
         order = np.lexsort((self.row, self.label))
         label, row = self.label[order], self.row[order]
         # One group per (region, row): runs of one region in one row collapse to their extent.
@@ -59,9 +59,27 @@ class Regions:
                 np.stack([right, top + 1], axis=1),
             ],
             axis=1,
-        )  # (groups, 4, 2)
-        cuts = np.flatnonzero(np.diff(label[heads])) + 1
-        return [p.reshape(-1, 2) for p in np.split(points, cuts)]
+        ).reshape(-1, 2)  # 4 per group
+        # Leave out the points that cannot be hull vertices, so the hull's Python loop stays
+        # short. A region's rows are contiguous, so a row's left end lies inside the hull when
+        # rows both above and below reach further left (and likewise on the right), and where
+        # a side runs straight down, the rows between its first and last add only points on
+        # that edge.
+        g = label[heads]
+        inner = np.zeros(g.size, dtype=bool)
+        inner[1:-1] = (g[:-2] == g[1:-1]) & (g[1:-1] == g[2:])
+        keep = np.empty((g.size, 4), dtype=bool)
+        for col, side, sign in ((0, left, 1.0), (2, right, -1.0)):
+            out = sign * side  # smaller is further out
+            shift = g * (2.0 * float(np.abs(out).max()) + 2.0)  # segments: one region each
+            from_top = np.minimum.accumulate(out - shift) + shift
+            from_bottom = np.minimum.accumulate((out + shift)[::-1])[::-1] - shift
+            straight = inner.copy()
+            straight[1:-1] &= (side[:-2] == side[1:-1]) & (side[1:-1] == side[2:])
+            keep[:, col] = keep[:, col + 1] = ((out <= from_top) | (out <= from_bottom)) & ~straight
+        keep = keep.reshape(-1)
+        counts = np.bincount(np.repeat(g, 4)[keep], minlength=self.count)
+        return np.split(points[keep], np.cumsum(counts)[:-1])
 
 
 def label_regions(mask: np.ndarray) -> Regions:
@@ -73,7 +91,7 @@ def label_regions(mask: np.ndarray) -> Regions:
     padded = np.zeros((h, stride), dtype=np.int8)
     padded[:, 1:-1] = mask
     step = np.diff(padded.reshape(-1))
-    edges = np.flatnonzero(step)
+    edges = np.flatnonzero(step != 0)  # on booleans: ten times faster than on int8
     rising = step[edges] > 0
     starts, ends = edges[rising], edges[~rising]  # flat index of the pixel before the change
     row = starts // stride
@@ -117,9 +135,34 @@ def _union(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return label.reshape(-1)
 
 
+# Eight directions in order of angle: the points furthest along each bound an octagon inside the
+# hull, and no point strictly inside it can be a hull vertex.
+_OCTAGON = np.array(
+    [[-1, 0], [-1, -1], [0, -1], [1, -1], [1, 0], [1, 1], [0, 1], [-1, 1]], dtype=np.float64
+)
+
+
 def convex_hull(points: np.ndarray) -> np.ndarray:
-    """Convex hull `(m, 2)` of `(k, 2)` points, counter-clockwise (Andrew's monotone chain)."""
-    pts = np.unique(points, axis=0)  # sorted by x, then y
+    """Convex hull `(m, 2)` of `(k, 2)` points, counter-clockwise (Andrew's monotone chain).
+
+    The points strictly inside the octagon of extremes are set aside first, in one vectorised
+    test (Akl and Toussaint's heuristic): for a region's outline that leaves a few dozen of
+    hundreds, so the Python loop below, which holds the GIL, stays short."""
+    pts = np.asarray(points, dtype=np.float64)
+    if len(pts) > 16:
+        reach = _OCTAGON @ pts.T  # (8, k)
+        ring = pts[np.argmax(reach, axis=1)]  # (8, 2) in angular order
+        side = np.roll(ring, -1, axis=0) - ring
+        keep_edge = np.any(side != 0, axis=1)
+        ring, side = ring[keep_edge], side[keep_edge]
+        if len(ring) >= 3:
+            dx, dy = pts[:, 0] - ring[:, :1], pts[:, 1] - ring[:, 1:]  # (corners, k)
+            cross = side[:, :1] * dy - side[:, 1:] * dx
+            pts = pts[~np.all(cross > 0, axis=0)]
+    order = np.lexsort((pts[:, 1], pts[:, 0]))  # by x, then y
+    pts = pts[order]
+    if len(pts) > 1:
+        pts = pts[np.concatenate(([True], np.any(pts[1:] != pts[:-1], axis=1)))]
     if len(pts) <= 2:
         return pts
     xy = pts.tolist()
