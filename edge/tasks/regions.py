@@ -77,9 +77,9 @@ class Regions:
             straight = inner.copy()
             straight[1:-1] &= (side[:-2] == side[1:-1]) & (side[1:-1] == side[2:])
             keep[:, col] = keep[:, col + 1] = ((out <= from_top) | (out <= from_bottom)) & ~straight
-        keep = keep.reshape(-1)
-        counts = np.bincount(np.repeat(g, 4)[keep], minlength=self.count)
-        return np.split(points[keep], np.cumsum(counts)[:-1])
+        kept = keep.reshape(-1)
+        counts = np.bincount(np.repeat(g, 4)[kept], minlength=self.count)
+        return np.split(points[kept], np.cumsum(counts)[:-1])
 
 
 def label_regions(mask: np.ndarray) -> Regions:

@@ -1,0 +1,143 @@
+"""Where a batch's time goes on the GPU layout, step by step, without the network.
+
+The stream benchmark found the text model at about a tenth of the raw sessions' rate on a GPU
+(docs/gpu.md). This splits the workers' batch path into cumulative steps, each run by
+`--threads` threads at once for `--seconds`, on this machine, in this run:
+
+  raw     the model's sessions called directly with one preprocessed batch (bench/stream.py's
+          raw baseline);
+  engine  `LoadedModel.run` with the same batch: padding, the session's own thread, outputs;
+  fresh   the same, with a new batch array stacked from the frames' tensors each time;
+  host    what a worker does per batch: decode and preprocess each frame, stack, run,
+          postprocess each frame and encode its reply (edge/pipeline.py without the sockets).
+
+Frames per second per step, and each as a ratio to `raw`. On a box without a GPU,
+`--gpu-layout` lays the CPU sessions out as on a GPU (two sessions on threads of their own).
+
+    python bench/gpu_steps.py --model ppocr_det --max-batch 4 --threads 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stream import frame_bytes, with_max_batch  # noqa: E402
+
+from edge import codec, engine, providers  # noqa: E402
+from edge.decode import decode  # noqa: E402
+from edge.frames import Timing  # noqa: E402
+from edge.modelspec import ModelSpec  # noqa: E402
+
+
+def timed(threads: int, seconds: float, step: Callable[[int], int]) -> float:
+    """Frames per second with `threads` threads each calling `step(index)` (which returns
+    the frames it handled) for `seconds`."""
+    for i in range(threads):  # a first call per thread may set up per-thread state
+        step(i)
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop:
+            counts[i] += step(i)
+
+    start = time.perf_counter()
+    ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", type=Path, default=ROOT / "models")
+    ap.add_argument("--model", default="ppocr_det")
+    ap.add_argument("--providers", default="cuda,cpu", help="preference, as EDGE_PROVIDERS")
+    ap.add_argument("--max-batch", type=int, help="override the model's max_batch")
+    ap.add_argument("--threads", type=int, default=4, help="workers calling at once")
+    ap.add_argument("--seconds", type=float, default=8.0, help="per step")
+    ap.add_argument("--image", default="page.png", help="scikit-image sample to send")
+    ap.add_argument("--gpu-layout", action="store_true", help="GPU layout on the CPU")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    models = (
+        with_max_batch(args.models, args.model, args.max_batch) if args.max_batch else args.models
+    )
+    if args.gpu_layout:
+        providers.gpu_first = lambda prefs: True  # type: ignore[assignment]
+    spec = ModelSpec.load(models / args.model)
+    model = engine.load(
+        models,
+        spec,
+        models / args.model / "1",
+        workers=args.threads,
+        preference=tuple(p.strip() for p in args.providers.split(",")),
+    )
+    task, rows = model.task, spec.max_batch
+    data = frame_bytes((640, 480), args.image)
+    fit = task.decode_hint()
+    image = decode(data, fit, 1 << 30)
+    tensor, ctx = task.preprocess(image)
+    batch = np.stack([tensor] * rows)
+    print(
+        f"model {model.ref} on {model.sessions[0].get_providers()[0]}; layout "
+        f"{model.layout.sessions} x {model.layout.threads} ({model.layout.reason}); batch "
+        f"{rows}; {args.threads} threads"
+    )
+
+    def raw(i: int) -> int:
+        s = model.sessions[i % len(model.sessions)]
+        s.run(model.output_names, {model.input_name: batch})
+        return rows
+
+    def engine_run(i: int) -> int:
+        model.run(batch, i)
+        return rows
+
+    def fresh(i: int) -> int:
+        model.run(np.stack([tensor] * rows), i)
+        return rows
+
+    def host(i: int) -> int:
+        images, tensors, ctxs = [], [], []
+        for _ in range(rows):
+            im = decode(data, fit, 1 << 30)
+            x, c = task.preprocess(im)
+            images.append(im)
+            tensors.append(x)
+            ctxs.append(c)
+        outputs = model.run(np.stack(tensors), i)
+        for k in range(rows):
+            payload = task.postprocess([o[k] for o in outputs], ctxs[k], images[k], spec.threshold)
+            timing = Timing(queue_ms=0.0, inference_ms=0.0, total_ms=0.0)
+            codec.result(k, model.ref, images[k].width, images[k].height, payload, timing)
+        return rows
+
+    figures: dict[str, float] = {}
+    for name, step in (("raw", raw), ("engine", engine_run), ("fresh", fresh), ("host", host)):
+        figures[name] = timed(args.threads, args.seconds, step)
+        print(
+            f"  {name:7s} {figures[name]:8.1f} frames/s  {figures[name] / figures['raw']:.2f}x raw"
+        )
+    model.close()
+    if args.json:
+        args.json.write_text(json.dumps({"model": model.ref, "fps": figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
