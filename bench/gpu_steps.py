@@ -4,8 +4,8 @@ The stream benchmark found the text model at about a tenth of the raw sessions' 
 (docs/gpu.md). This splits the workers' batch path into cumulative steps, each run by
 `--threads` threads at once for `--seconds`, on this machine, in this run:
 
-  raw     the model's sessions called directly with one preprocessed batch (bench/stream.py's
-          raw baseline);
+  raw     the model's sessions called directly with one preprocessed batch, one thread per
+          session (bench/stream.py's raw baseline);
   engine  `LoadedModel.run` with the same batch: padding, the session's own thread, outputs;
   fresh   the same, with a new batch array stacked from the frames' tensors each time;
   host    what a worker does per batch: decode and preprocess each frame, stack, run,
@@ -130,7 +130,8 @@ def main() -> None:
 
     figures: dict[str, float] = {}
     for name, step in (("raw", raw), ("engine", engine_run), ("fresh", fresh), ("host", host)):
-        figures[name] = timed(args.threads, args.seconds, step)
+        callers = len(model.sessions) if name == "raw" else args.threads
+        figures[name] = timed(callers, args.seconds, step)
         print(
             f"  {name:7s} {figures[name]:8.1f} frames/s  {figures[name] / figures['raw']:.2f}x raw"
         )
