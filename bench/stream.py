@@ -389,7 +389,7 @@ def main() -> None:
         )
         t0 = time.monotonic()
         rounds = args.rounds if args.baseline == "raw-batch" else 1
-        runs, raw_between = [], []
+        runs, raw_between, per_round = [], [], []
         for r in range(rounds):
             chunk = args.seconds / rounds
             run = asyncio.run(drive(url, args.model, data, args.streams, args.fps, chunk))
@@ -397,6 +397,7 @@ def main() -> None:
             if rounds > 1:  # the gateway idles meanwhile: the same cores, minutes apart at most
                 raw_between.append(raw.again(min(8.0, chunk / 2)))
                 got = run["counts"]["result"] / run["elapsed"]
+                per_round.append(got)
                 print(f"  round {r + 1}: gateway {got:.1f} results/s, raw {raw_between[-1]:.1f}")
         run = {
             "ages": [a for x in runs for a in x["ages"]],
@@ -425,6 +426,14 @@ def main() -> None:
         print(
             f"  = {fps / mean:.2f}x the best raw configuration re-measured between the "
             f"{len(raw_between)} rounds (mean {mean:.1f}/s: {each})"
+        )
+        # each round against the raw runs just before and just after it: the machine's
+        # speed during that round, as near as it can be had
+        points = [base["fps"], *raw_between]
+        paired = [g / ((points[i] + points[i + 1]) / 2) for i, g in enumerate(per_round)]
+        print(
+            f"  per round, against the raw runs either side of it: "
+            f"{', '.join(f'{v:.2f}x' for v in paired)}; median {statistics.median(paired):.2f}x"
         )
     print(f"  replies: {counts}")
     print(
@@ -455,6 +464,7 @@ def main() -> None:
                     "age": s,
                     "batches": batches,
                     "raw_between_rounds": raw_between,
+                    "gateway_per_round": per_round,
                 },
                 indent=2,
             )

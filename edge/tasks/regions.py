@@ -226,9 +226,12 @@ def expand_rect(corners: np.ndarray, distance: float) -> np.ndarray:
 
 
 def clockwise_from_top_left(corners: np.ndarray) -> np.ndarray:
-    """The same 4 corners, starting nearest the top-left, clockwise on screen (y down)."""
-    centre = corners.mean(axis=0)
-    angle = np.arctan2(corners[:, 1] - centre[1], corners[:, 0] - centre[0])
-    ordered = corners[np.argsort(angle, kind="stable")]
-    first = int(np.argmin(ordered[:, 0] + ordered[:, 1]))
-    return np.roll(ordered, -first, axis=0)
+    """The same 4 corners, starting nearest the top-left, clockwise on screen (y down);
+    `(4, 2)`, or `(n, 4, 2)` for n quadrilaterals at once."""
+    centre = corners.mean(axis=-2, keepdims=True)
+    angle = np.arctan2(corners[..., 1] - centre[..., 1], corners[..., 0] - centre[..., 0])
+    order = np.argsort(angle, axis=-1, kind="stable")
+    ordered = np.take_along_axis(corners, order[..., None], axis=-2)
+    first = np.argmin(ordered[..., 0] + ordered[..., 1], axis=-1)
+    turn = (np.arange(4) + np.expand_dims(first, -1)) % 4
+    return np.take_along_axis(ordered, turn[..., None], axis=-2)

@@ -97,12 +97,13 @@ class DBText(Task):
         candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
         candidates = candidates[: self.options["max_candidates"]]
         outlines = regions.outlines()
-        found = []
+        quads, kept = [], []
         for label in candidates.tolist():
             quad = self._quad(outlines[label])
             if quad is not None:
-                found.append((quad + (x0, y0), float(scores[label])))
-        return {"detections": [self._detection(q, s, box) for q, s in found]}
+                quads.append(quad)
+                kept.append(float(scores[label]))
+        return {"detections": self._detections(quads, kept, box, (x0, y0))}
 
     def _quad(self, outline: np.ndarray) -> np.ndarray | None:
         """The region's unclipped rotated rectangle in (cropped) map pixels, or None if tiny."""
@@ -115,15 +116,21 @@ class DBText(Task):
             return None
         return expand_rect(rect, grow)
 
-    def _detection(self, quad: np.ndarray, score: float, box: Letterbox) -> dict[str, Any]:
-        frame = box.to_frame(quad.reshape(1, 8)).reshape(4, 2).astype(np.float64)
-        np.clip(frame[:, 0], 0.0, box.frame_width, out=frame[:, 0])
-        np.clip(frame[:, 1], 0.0, box.frame_height, out=frame[:, 1])
-        polygon = clockwise_from_top_left(frame)
-        lo, hi = polygon.min(axis=0), polygon.max(axis=0)
-        return {
-            "label": self.label,
-            "score": round(score, 4),
-            "box": np.round([lo[0], lo[1], hi[0], hi[1]], 1).tolist(),
-            "polygon": np.round(polygon, 1).tolist(),
-        }
+    def _detections(
+        self, quads: list[np.ndarray], scores: list[float], box: Letterbox, offset: tuple[int, int]
+    ) -> list[dict[str, Any]]:
+        """Quads in (cropped) map pixels to frame-pixel detections, all at once."""
+        if not quads:
+            return []
+        q = np.stack(quads) + offset  # (n, 4, 2)
+        frame = box.to_frame(q.reshape(-1, 8)).reshape(-1, 4, 2).astype(np.float64)
+        np.clip(frame[..., 0], 0.0, box.frame_width, out=frame[..., 0])
+        np.clip(frame[..., 1], 0.0, box.frame_height, out=frame[..., 1])
+        polygons = clockwise_from_top_left(frame)
+        bounds = np.concatenate([polygons.min(axis=1), polygons.max(axis=1)], axis=1)
+        return [
+            {"label": self.label, "score": round(score, 4), "box": b, "polygon": poly}
+            for score, b, poly in zip(
+                scores, np.round(bounds, 1).tolist(), np.round(polygons, 1).tolist(), strict=True
+            )
+        ]
