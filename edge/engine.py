@@ -113,6 +113,11 @@ class LoadedModel:
             ThreadPoolExecutor(1, thread_name_prefix=f"edge-{self.name}-session{i}")
             for i in range(len(self.sessions) if self.layout.dedicated else 0)
         ]
+        # batches handed to each session thread and not yet back: a batch goes to the least
+        # busy one, so workers whose numbers share a remainder do not queue on one session
+        # while another idles
+        self._pending = [0] * len(self._runners)
+        self._pending_lock = threading.Lock()
         # on a GPU the batch shape is fixed, so there are no sizes to measure
         self.sizer = BatchSizer(
             self.spec.max_batch,
@@ -148,8 +153,17 @@ class LoadedModel:
                 pad = np.zeros((rows - n, *batch.shape[1:]), batch.dtype)
                 batch = np.concatenate([batch, pad])
             feed = {self.input_name: batch}
-            job = self._runners[i].submit(self.sessions[i].run, self.output_names, feed)
-            return [o[:n] for o in job.result()]
+            k = len(self._runners)
+            with self._pending_lock:  # ties go to the worker's own session (warm-up runs each)
+                i = min(range(k), key=lambda j: (self._pending[j], (j - worker) % k))
+                self._pending[i] += 1
+            try:
+                job = self._runners[i].submit(self.sessions[i].run, self.output_names, feed)
+                outputs = job.result()
+            finally:
+                with self._pending_lock:
+                    self._pending[i] -= 1
+            return [o[:n] for o in outputs]
         lock = self._locks[i]
         if lock is None:
             return self.sessions[i].run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]

@@ -7,6 +7,8 @@ import contextlib
 import random
 import shutil
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,46 @@ def test_a_gpu_layout_runs_one_input_shape_on_its_own_threads(
     np.testing.assert_allclose(two[0][1], alone[0][0], atol=1e-4)
     model.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("edge-ppocr_det-session")]
+
+
+@pytest.mark.integration
+def test_a_gpu_layout_hands_each_batch_to_the_least_busy_session(
+    pulled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers 0 and 2 would share session 0 by number; while session 0 is busy with worker
+    0's batch, worker 2's goes to the idle session 1 instead of queueing behind it."""
+    monkeypatch.setattr(providers, "gpu_first", lambda prefs: True)
+    spec = ModelSpec.load(pulled / "ppocr_det")
+    model = engine.load(pulled, spec, pulled / "ppocr_det" / "1", workers=4, preference=("cpu",))
+    seen: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    class Held:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        def run(self, names: list[str], feed: dict[str, np.ndarray]) -> Any:
+            seen.append(threading.current_thread().name.rsplit("_", 1)[0])
+            started.set()
+            release.wait(10)
+            return self.session.run(names, feed)
+
+    model.sessions[:] = [Held(s) for s in model.sessions]
+    x, _ = model.task.preprocess(decode(jpeg("page.png"), model.task.decode_hint(), 1 << 30))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(model.run, x[None], 0)
+            assert started.wait(10)
+            second = pool.submit(model.run, x[None], 2)
+            deadline = time.monotonic() + 5
+            while len(seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            first.result(30), second.result(30)
+    finally:
+        release.set()
+        model.close()
+    assert sorted(seen) == ["edge-ppocr_det-session0", "edge-ppocr_det-session1"]
 
 
 @pytest.mark.integration
