@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,33 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from layout import timed  # noqa: E402
 from stream import frame_bytes, with_max_batch  # noqa: E402
 
 from edge import codec, engine, providers  # noqa: E402
 from edge.decode import decode  # noqa: E402
 from edge.frames import Timing  # noqa: E402
 from edge.modelspec import ModelSpec  # noqa: E402
-
-
-def timed(threads: int, seconds: float, step: Callable[[int], int]) -> float:
-    """Frames per second with `threads` threads each calling `step(index)` (which returns
-    the frames it handled) for `seconds`."""
-    for i in range(threads):  # a first call per thread may set up per-thread state
-        step(i)
-    counts = [0] * threads
-    stop = time.perf_counter() + seconds
-
-    def loop(i: int) -> None:
-        while time.perf_counter() < stop:
-            counts[i] += step(i)
-
-    start = time.perf_counter()
-    ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return sum(counts) / (time.perf_counter() - start)
 
 
 def main() -> None:

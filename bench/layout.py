@@ -15,6 +15,7 @@ import argparse
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +40,36 @@ def feed(sess: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
     return {inp.name: np.random.default_rng(0).random(shape, np.float32)}
 
 
-def run_parallel(sessions: list[ort.InferenceSession], batch: int, seconds: float) -> float:
-    counts = [0] * len(sessions)
+def timed(callers: int, seconds: float, step: Callable[[int], int]) -> float:
+    """Frames per second with `callers` threads each calling `step(index)` (which returns
+    the frames it handled) for `seconds`, after one uncounted call each (a first run may
+    pick kernels)."""
+    for i in range(callers):
+        step(i)
+    counts = [0] * callers
     stop = time.perf_counter() + seconds
 
     def loop(i: int) -> None:
-        s, x = sessions[i], feed(sessions[i], batch)
-        n = x[next(iter(x))].shape[0]
         while time.perf_counter() < stop:
-            s.run(None, x)
-            counts[i] += n
+            counts[i] += step(i)
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(sessions))]
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     return sum(counts) / (time.perf_counter() - t0)
+
+
+def run_parallel(sessions: list[ort.InferenceSession], batch: int, seconds: float) -> float:
+    feeds = [feed(s, batch) for s in sessions]
+
+    def step(i: int) -> int:
+        sessions[i].run(None, feeds[i])
+        return batch
+
+    return timed(len(sessions), seconds, step)
 
 
 def main() -> None:

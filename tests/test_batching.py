@@ -99,6 +99,28 @@ def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+async def flood(
+    http: aiohttp.ClientSession, url: str, streams: int, data: bytes, seconds: float, fps: float
+) -> None:
+    """`streams` streams of the text model each sending `data` at `fps` for `seconds`; then
+    every frame of every stream must have been answered exactly once, some with a result."""
+    opened = [await open_stream(http, url, "ppocr_det") for _ in range(streams)]
+    readers = [asyncio.create_task(read_into(ws, books)) for ws, books in opened]
+    try:
+        await asyncio.gather(*(blast(ws, books, data, seconds, fps) for ws, books in opened))
+        await asyncio.sleep(3.0)
+        for ws, _ in opened:
+            await ws.close()
+    finally:
+        for t in readers:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+    for _, books in opened:
+        assert not books.unanswered() and not books.answered_twice()
+        assert books.kinds().get("result", 0) > 0
+
+
 @pytest.mark.integration
 async def test_text_model_under_load_forms_batches_and_publishes_its_limit(
     text_repo: Path,
@@ -112,20 +134,8 @@ async def test_text_model_under_load_forms_batches_and_publishes_its_limit(
         aiohttp.ClientSession() as http,
     ):
         model = app[SERVICES].repo.resolve(Route("ppocr_det"))
-        streams = [await open_stream(http, url, "ppocr_det") for _ in range(4)]
-        readers = [asyncio.create_task(read_into(ws, books)) for ws, books in streams]
-        await asyncio.gather(*(blast(ws, books, page, 8.0, 12.0) for ws, books in streams))
-        await asyncio.sleep(3.0)
-        for ws, _ in streams:
-            await ws.close()
-        for t in readers:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await flood(http, url, 4, page, 8.0, 12.0)
         m = await scrape(http, url)
-    for _, books in streams:
-        assert not books.unanswered() and not books.answered_twice()
-        assert books.kinds().get("result", 0) > 0
     runs = total(m, "edge_batch_size_count", model="ppocr_det")
     singles = total(m, "edge_batch_size_bucket", model="ppocr_det", le="1.0")
     assert runs > 0 and runs - singles > 0, "no batch larger than one formed"
@@ -255,8 +265,6 @@ async def test_on_a_gpu_the_workers_hold_two_batches_per_session(
     ):
         model = app[SERVICES].repo.resolve(Route("ppocr_det"))
         assert model.layout.max_batches == 4 and model.spec.max_batch == 2
-        streams = [await open_stream(http, url, "ppocr_det") for _ in range(16)]
-        readers = [asyncio.create_task(read_into(ws, books)) for ws, books in streams]
         held: list[float] = []
 
         async def watch() -> None:
@@ -265,19 +273,13 @@ async def test_on_a_gpu_the_workers_hold_two_batches_per_session(
                 await asyncio.sleep(0.05)
 
         watcher = asyncio.create_task(watch())
-        await asyncio.gather(*(blast(ws, books, page, 5.0, 6.0) for ws, books in streams))
-        watcher.cancel()
-        await asyncio.sleep(3.0)
-        for ws, _ in streams:
-            await ws.close()
-        for t in [*readers, watcher]:
-            t.cancel()
+        try:
+            await flood(http, url, 16, page, 5.0, 6.0)
+        finally:
+            watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await t
+                await watcher
         m = await scrape(http, url)
-    for _, books in streams:
-        assert not books.unanswered() and not books.answered_twice()
-        assert books.kinds().get("result", 0) > 0
     assert len(held) > 20 and 0 < max(held) <= 8, held
     runs = total(m, "edge_batch_size_count", model="ppocr_det")
     frames = total(m, "edge_batch_size_sum", model="ppocr_det")
