@@ -239,7 +239,9 @@ async def drive(
 
 
 async def batch_sizes(url: str, model: str) -> dict[str, float]:
-    """Mean batch size and the share of batches over one, from the gateway's /metrics."""
+    """From the gateway's /metrics: the mean batch size, the share of batches over one, the
+    batch limit, and the mean time per stage in milliseconds (decode, preprocess and
+    postprocess per frame; the session call and the whole model run per batch)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as r:
@@ -247,18 +249,29 @@ async def batch_sizes(url: str, model: str) -> dict[str, float]:
     got: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for smp in fam.samples:
-            if smp.name.startswith("edge_batch_size") and smp.labels.get("model") == model:
-                key = smp.name.rsplit("_", 1)[1] + smp.labels.get("le", "")
-                got[key] = smp.value
-        for smp in fam.samples:
-            if smp.name == "edge_batch_limit" and smp.labels.get("model") == model:
+            if smp.labels.get("model") != model:
+                continue
+            kind = smp.name.rsplit("_", 1)[1]
+            if smp.name.startswith("edge_batch_size"):
+                got[kind + smp.labels.get("le", "")] = smp.value
+            elif smp.name == "edge_batch_limit":
                 got["limit"] = smp.value
+            elif smp.name.startswith("edge_stage_seconds_") and kind in ("sum", "count"):
+                got[f"{smp.labels['stage']}_{kind}"] = smp.value
+            elif smp.name.startswith("edge_inference_latency_seconds_") and kind in (
+                "sum",
+                "count",
+            ):
+                got[f"run_{kind}"] = smp.value
     count = got.get("count", 0.0) or 1.0
-    return {
+    out = {
         "mean": got.get("sum", 0.0) / count,
         "over_one": 1 - got.get("bucket1.0", 0.0) / count,
         "limit": got.get("limit", 0.0),
     }
+    for stage in ("decode", "preprocess", "postprocess", "session", "run"):
+        out[f"{stage}_ms"] = 1e3 * got.get(f"{stage}_sum", 0.0) / (got.get(f"{stage}_count") or 1.0)
+    return out
 
 
 def summarize(
@@ -452,6 +465,12 @@ def main() -> None:
     print(
         f"  batches: mean size {batches['mean']:.2f}, {batches['over_one']:.0%} larger than one; "
         f"measured batch limit at the end {batches['limit']:.0f}"
+    )
+    print(
+        f"  stages (mean ms): decode {batches['decode_ms']:.2f}, preprocess "
+        f"{batches['preprocess_ms']:.2f}, postprocess {batches['postprocess_ms']:.2f} per frame; "
+        f"session call {batches['session_ms']:.2f}, model run around it {batches['run_ms']:.2f} "
+        f"per batch"
     )
     if args.json:
         args.json.write_text(

@@ -146,29 +146,38 @@ class LoadedModel:
             runner.shutdown(wait=True)
 
     def run(self, batch: np.ndarray, worker: int) -> Sequence[np.ndarray]:
+        return self.run_timed(batch, worker)[0]
+
+    def run_timed(self, batch: np.ndarray, worker: int) -> tuple[Sequence[np.ndarray], float]:
+        """Run `batch` for worker `worker`; the outputs, and the seconds the session call
+        itself took (without the padding, the wait for a lock or the hand-off to a session
+        thread)."""
         i = worker % len(self.sessions)
         if self._runners:
             n, rows = len(batch), self.spec.max_batch
             if n < rows:
                 pad = np.zeros((rows - n, *batch.shape[1:]), batch.dtype)
                 batch = np.concatenate([batch, pad])
-            feed = {self.input_name: batch}
             k = len(self._runners)
             with self._pending_lock:  # ties go to the worker's own session (warm-up runs each)
                 i = min(range(k), key=lambda j: (self._pending[j], (j - worker) % k))
                 self._pending[i] += 1
             try:
-                job = self._runners[i].submit(self.sessions[i].run, self.output_names, feed)
-                outputs = job.result()
+                outputs, took = self._runners[i].submit(self._call, i, batch).result()
             finally:
                 with self._pending_lock:
                     self._pending[i] -= 1
-            return [o[:n] for o in outputs]
+            return [o[:n] for o in outputs], took
         lock = self._locks[i]
         if lock is None:
-            return self.sessions[i].run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]
+            return self._call(i, batch)
         with lock:
-            return self.sessions[i].run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]
+            return self._call(i, batch)
+
+    def _call(self, i: int, batch: np.ndarray) -> tuple[Sequence[np.ndarray], float]:
+        t0 = time.perf_counter()
+        outputs = self.sessions[i].run(self.output_names, {self.input_name: batch})
+        return outputs, time.perf_counter() - t0
 
     def infer_image(self, image: Image, threshold: float | None = None) -> dict[str, object]:
         """One image through preprocess, run and postprocess (warm-up and tests)."""

@@ -12,6 +12,8 @@ from edge import __version__
 
 TRANSPORTS = ("websocket", "webrtc", "http")
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: the pipeline's stages: a frame's decode, preprocess and postprocess, a batch's session call
+STAGES = ("decode", "preprocess", "session", "postprocess")
 
 
 class Metrics:
@@ -40,6 +42,14 @@ class Metrics:
             "Model run time per batch",
             ["model"],
             buckets=_LATENCY,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "edge_stage_seconds",
+            "Time in one pipeline stage: per frame (decode, preprocess, postprocess), or per "
+            "batch for the session call itself (session)",
+            ["model", "stage"],
+            buckets=(0.0001, 0.00025, 0.0005, *_LATENCY),
             registry=r,
         )
         self.frame_latency = Histogram(

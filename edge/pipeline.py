@@ -67,11 +67,15 @@ class Pipeline:
         taken = time.monotonic()
         task = model.task
         fit = task.decode_hint()
+        stage = self._metrics.stage_latency
+        decoding = stage.labels(model.name, "decode")
+        preprocessing = stage.labels(model.name, "preprocess")
         ready = []
         for stream, frame in jobs:
             t_dec = time.monotonic()
             try:
                 image = decode(frame.data, fit, self._max_pixels, self._max_png_pixels)
+                t_decoded = time.monotonic()
             except FrameError as e:
                 self.error(stream, frame, e.code, e.message, "decode", model.name)
                 continue
@@ -85,13 +89,16 @@ class Pipeline:
                 log.exception("session=%s seq=%d: preprocess failed", stream.id, frame.seq)
                 self.error(stream, frame, "preprocess_failed", str(e), "preprocess", model.name)
                 continue
-            ready.append((stream, frame, image, tensor, ctx, t_dec, time.monotonic()))
+            t_pre = time.monotonic()
+            decoding.observe(t_decoded - t_dec)
+            preprocessing.observe(t_pre - t_decoded)
+            ready.append((stream, frame, image, tensor, ctx, t_dec, t_pre))
         if not ready:
             return
         t0 = time.monotonic()
         try:
             batch = np.stack([r[3] for r in ready]) if len(ready) > 1 else ready[0][3][None]
-            outputs = model.run(batch, index)
+            outputs, session_s = model.run_timed(batch, index)
         except Exception as e:
             log.error("model %s: inference failed on a batch of %d: %s", model.ref, len(ready), e)
             for stream, frame, *_ in ready:
@@ -102,12 +109,15 @@ class Pipeline:
         t1 = time.monotonic()
         m = self._metrics
         m.inference_latency.labels(model.name).observe(t1 - t0)
+        stage.labels(model.name, "session").observe(session_s)
         m.batch_size.labels(model.name).observe(len(ready))
         model.sizer.record(len(ready), t1 - t0)
         m.batch_limit.labels(model.name).set(model.sizer.best)
         qw = m.queue_wait.labels(model.name)
         payloads: list[dict[str, object] | None] = []
+        post = stage.labels(model.name, "postprocess")
         for i, (stream, frame, image, _, ctx, t_dec, t_pre) in enumerate(ready):
+            t_post = time.monotonic()
             threshold = model.spec.threshold if stream.threshold is None else stream.threshold
             try:
                 payload = task.postprocess([o[i] for o in outputs], ctx, image, threshold)
@@ -122,6 +132,7 @@ class Pipeline:
                     frame.seq, model.ref, image.width, image.height, payload, timing
                 )
                 payloads.append(payload)
+                post.observe(time.monotonic() - t_post)
             except Exception as e:
                 payloads.append(None)
                 log.exception("session=%s seq=%d: postprocess failed", stream.id, frame.seq)

@@ -63,6 +63,15 @@ async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) ->
     )
     assert total(after, "edge_queue_wait_seconds_count", model=m) == processed
     assert total(after, "edge_batch_size_count", model=m) > 0
+    # stage timings: one per frame that reached the stage, one session call per batch,
+    # and the session call is part of the model run around it
+    for stage in ("decode", "preprocess", "postprocess"):
+        assert total(after, "edge_stage_seconds_count", model=m, stage=stage) == processed
+    assert total(after, "edge_stage_seconds_count", model=m, stage="session") == total(
+        after, "edge_batch_size_count", model=m
+    )
+    session_s = total(after, "edge_stage_seconds_sum", model=m, stage="session")
+    assert 0 < session_s <= total(after, "edge_inference_latency_seconds_sum", model=m)
     assert total(after, "edge_active_streams", transport="websocket") == 0
     assert total(after, "edge_inflight_frames", model=m) == 0
     assert total(after, "edge_build_info") == 1
