@@ -51,15 +51,15 @@ async def test_inference_failing_mid_batch_fails_that_batch_only(text_repo: Path
     ):
         model = app[SERVICES].repo.resolve(Route("ppocr_det"))
         assert model.spec.max_batch == 2
-        real_run, failed = model.run, []
+        real_run, failed = model.run_timed, []
 
-        def run(batch: np.ndarray, worker: int) -> Any:
+        def run_timed(batch: np.ndarray, worker: int) -> Any:
             if not failed and len(batch) == 2:
                 failed.append(len(batch))
                 raise RuntimeError("injected: session lost its device")
             return real_run(batch, worker)
 
-        model.run = run  # type: ignore[method-assign]
+        model.run_timed = run_timed  # type: ignore[method-assign]
         streams = [await open_stream(http, url, "ppocr_det") for _ in range(4)]
         replies: list[list[dict[str, Any]]] = [[] for _ in streams]
         rounds_after = 0
