@@ -284,6 +284,13 @@ async def test_on_a_gpu_the_workers_hold_two_batches_per_session(
     runs = total(m, "edge_batch_size_count", model="ppocr_det")
     frames = total(m, "edge_batch_size_sum", model="ppocr_det")
     assert runs > 10 and frames / runs > 1.8, f"{frames} frames in {runs} batches"
+    # the session call is timed on the session's own thread: once per batch, inside the run
+    assert total(m, "edge_stage_seconds_count", model="ppocr_det", stage="session") == runs
+    assert (
+        0
+        < total(m, "edge_stage_seconds_sum", model="ppocr_det", stage="session")
+        <= total(m, "edge_inference_latency_seconds_sum", model="ppocr_det")
+    )
 
 
 @pytest.mark.unit
