@@ -131,3 +131,5 @@ class Metrics:
     def model_seen(self, name: str) -> None:
         """Create a model's per-model series at zero as soon as it is known."""
         self.inflight.labels(name)
+        for stage in STAGES:
+            self.stage_latency.labels(name, stage)

@@ -27,6 +27,9 @@ async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) ->
     async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         before = await scrape(http, url)
         assert total(before, "edge_model_ready", model="blazeface", version="1") == 1
+        for stage in ("decode", "preprocess", "session", "postprocess"):  # there at zero
+            key = ("edge_stage_seconds_count", (("model", "blazeface"), ("stage", stage)))
+            assert before.get(key) == 0
         clients = [await open_stream(http, url) for _ in range(3)]
         readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
         during = await scrape(http, url)
