@@ -134,13 +134,20 @@ def normalize(
     h, w = pixels.shape[:2]
     order = (2, 1, 0) if bgr else (0, 1, 2)
     if layout == "nchw":
+        # Two numpy calls over the channel-first view, each walking whole rows: as fast as one
+        # channel at a time, and a third of the GIL releases a worker must take back (each
+        # can cost a switch interval when other threads are busy: bench/gil.py).
+        m = np.array([mean[c] for c in order], dtype=np.float32)[:, None, None]
+        k = np.array([1.0 / std[c] for c in order], dtype=np.float32)[:, None, None]
         out = np.empty((3, h, w), dtype=np.float32)
-        planes = [out[i] for i in range(3)]
-    else:
-        out = np.empty((h, w, 3), dtype=np.float32)
-        planes = [out[..., i] for i in range(3)]
+        src = pixels[..., ::-1] if bgr else pixels  # (2, 1, 0): a view, not a copy
+        np.subtract(src.transpose(2, 0, 1), m, out=out, dtype=np.float32)
+        out *= k
+        return out
+    out = np.empty((h, w, 3), dtype=np.float32)
     # One channel at a time: about twice as fast as broadcasting over the last axis.
-    for plane, c in zip(planes, order, strict=True):
+    for i, c in enumerate(order):
+        plane = out[..., i]
         np.subtract(pixels[..., c], np.float32(mean[c]), out=plane, dtype=np.float32)
         plane *= np.float32(1.0 / std[c])
     return out
