@@ -1,5 +1,5 @@
-"""What the GIL costs the workers: how long taking it back takes, and how often each stage
-gives it up.
+"""What the GIL costs the workers: how long taking it back takes, and how long each host
+stage waits for it beside a busy thread.
 
 Every numpy call on a large array, every decoder call and every session run lets go of the
 GIL; the worker must take it back afterwards. On this machine, in this run:

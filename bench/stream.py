@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge.decode import decode  # noqa: E402
+from edge.metrics import STAGES  # noqa: E402
 from edge.modelspec import ModelSpec  # noqa: E402
 from edge.tasks import get_task  # noqa: E402
 from tests.imagedata import sample_image  # noqa: E402
@@ -269,7 +270,7 @@ async def batch_sizes(url: str, model: str) -> dict[str, float]:
         "over_one": 1 - got.get("bucket1.0", 0.0) / count,
         "limit": got.get("limit", 0.0),
     }
-    for stage in ("decode", "preprocess", "postprocess", "session", "run"):
+    for stage in (*STAGES, "run"):  # run: edge_inference_latency_seconds
         out[f"{stage}_ms"] = 1e3 * got.get(f"{stage}_sum", 0.0) / (got.get(f"{stage}_count") or 1.0)
     return out
 
