@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 from edge.frames import Image
 from edge.modelspec import ModelSpec
 from edge.tasks.regions import (
+    Polygons,
+    Regions,
     clockwise_from_top_left,
-    convex_hull,
     expand_rect,
     label_regions,
-    min_area_rect,
+    min_area_rects,
 )
 from edge.tasks.textdet import DBText
 from tests.imagedata import load_rgb
@@ -101,7 +102,9 @@ def test_region_sums_are_over_its_own_pixels() -> None:
     r = label_regions(mask)
     sums, pixels = r.sums(values)
     got = sorted(zip((sums / pixels).round(6).tolist(), pixels.tolist(), strict=True))
-    assert got == [(0.3, 2.0), (0.6, 2.0)]
+    assert got == [(0.3, 2.0), (0.6, 2.0)]  # the last run ends with the array
+    sums, pixels = label_regions(np.array([[0, 1, 1, 0]], bool)).sums(np.array([[9, 1, 2, 9.0]]))
+    assert (sums.tolist(), pixels.tolist()) == ([3.0], [2.0])  # the last run ends before it
 
 
 def assert_is_hull(hull: np.ndarray, points: np.ndarray) -> None:
@@ -123,46 +126,68 @@ def assert_is_hull(hull: np.ndarray, points: np.ndarray) -> None:
     assert (side >= 0).all()
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=1, max_size=80),
-    st.booleans(),
+def region_corners(regions: Regions, label: int) -> np.ndarray:
+    """Every corner of every pixel of one region, `(k, 2)` as (x, y)."""
+    rows_, xs = [], []
+    for row, start, end, run_label in zip(
+        regions.row, regions.start, regions.end, regions.label, strict=True
+    ):
+        if run_label == label:
+            rows_ += [row] * (end - start)
+            xs += list(range(start, end))
+    y, x = np.array(rows_, np.float64), np.array(xs, np.float64)
+    return np.concatenate([np.stack([x + dx, y + dy], axis=1) for dx in (0, 1) for dy in (0, 1)])
+
+
+masks = st.integers(1, 14).flatmap(
+    lambda h: st.lists(st.lists(st.booleans(), min_size=12, max_size=12), min_size=h, max_size=h)
 )
-def test_convex_hull_holds_every_point(xy: list[tuple[int, int]], on_a_line: bool) -> None:
-    """Guards against the octagon shortcut setting aside a hull vertex, and against
-    collinear or repeated points in the hull."""
-    points = np.array([(x, 2 * x + 1) if on_a_line else (x, y) for x, y in xy], np.float64)
-    assert_is_hull(convex_hull(points), points)
+
+
+@settings(max_examples=200, deadline=None)
+@given(masks, st.randoms(use_true_random=False))
+def test_region_hulls_are_exact(rows: list[list[bool]], rng: Any) -> None:
+    """Guards against the row-end shortcut leaving out a corner the hull needs, against the
+    corner removal taking a hull vertex or keeping one in line, and against hulls assigned to
+    the wrong region when only some regions are asked for, in any order."""
+    mask = np.array(rows, dtype=bool)
+    regions = label_regions(mask)
+    if not regions.count:
+        return
+    labels = list(range(regions.count))
+    rng.shuffle(labels)
+    labels = labels[: rng.randint(1, regions.count)]
+    hulls = regions.hulls(np.array(labels))
+    assert hulls.count == len(labels)
+    for j, label in enumerate(labels):
+        assert_is_hull(hulls[j], region_corners(regions, label))
 
 
 @settings(max_examples=150, deadline=None)
-@given(
-    st.integers(1, 14).flatmap(
-        lambda h: st.lists(
-            st.lists(st.booleans(), min_size=12, max_size=12), min_size=h, max_size=h
-        )
-    )
-)
-def test_outline_points_keep_each_regions_hull(rows: list[list[bool]]) -> None:
-    """Guards against the outline leaving out a corner that the region's hull needs."""
+@given(masks)
+def test_min_area_rects_hold_each_region_and_are_smallest(rows: list[list[bool]]) -> None:
+    """Guards against a rectangle that cuts a region off, one that is not the smallest (checked
+    against 720 rotations tried by brute force), or one computed from another region's hull."""
     mask = np.array(rows, dtype=bool)
     regions = label_regions(mask)
-    outlines = regions.outlines() if regions.count else []
-    assert len(outlines) == regions.count
-    for label, outline in enumerate(outlines):
-        rows_, xs = [], []
-        for row, start, end, run_label in zip(
-            regions.row, regions.start, regions.end, regions.label, strict=True
-        ):
-            if run_label == label:
-                rows_ += [row] * (end - start)
-                xs += list(range(start, end))
-        y, x = np.array(rows_, np.float64), np.array(xs, np.float64)
-        corners = np.concatenate(
-            [np.stack([x + dx, y + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]
-        )
-        hull = convex_hull(outline)
-        assert_is_hull(hull, corners)
+    if not regions.count:
+        return
+    corners, along, across = min_area_rects(regions.hulls(np.arange(regions.count)))
+    angles = np.linspace(0, np.pi / 2, 720, endpoint=False)
+    turns = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    normals = np.stack([-turns[:, 1], turns[:, 0]], axis=1)
+    for label in range(regions.count):
+        points = region_corners(regions, label)
+        rect = corners[label]
+        u, v = rect[1] - rect[0], rect[3] - rect[0]
+        assert np.hypot(*u) == pytest.approx(along[label])
+        assert np.hypot(*v) == pytest.approx(across[label])
+        assert abs(float(u @ v)) < 1e-9  # a rectangle
+        for axis, length in ((u, along[label]), (v, across[label])):
+            reach = (points - rect[0]) @ (axis / length)
+            assert reach.min() >= -1e-9 and reach.max() <= length + 1e-9
+        tried = np.ptp(points @ turns.T, axis=0) * np.ptp(points @ normals.T, axis=0)
+        assert along[label] * across[label] <= tried.min() + 1e-9
 
 
 def test_min_area_rect_of_a_rotated_rectangle() -> None:
@@ -170,20 +195,28 @@ def test_min_area_rect_of_a_rotated_rectangle() -> None:
     angle = math.radians(20)
     u = np.array([math.cos(angle), math.sin(angle)])
     v = np.array([-math.sin(angle), math.cos(angle)])
-    grid = [u * a + v * b for a in np.linspace(0, 40, 21) for b in np.linspace(0, 10, 6)]
-    corners, along, across = min_area_rect(np.array(grid) + (100, 50))
-    assert sorted([along, across]) == pytest.approx([10, 40])
-    expected = [(100, 50), (100, 50) + 40 * u, (100, 50) + 40 * u + 10 * v, (100, 50) + 10 * v]
-    ordered = clockwise_from_top_left(corners)
-    assert ordered == pytest.approx(clockwise_from_top_left(np.array(expected)))
+    rect = np.array(
+        [(100, 50), (100, 50) + 40 * u, (100, 50) + 40 * u + 10 * v, (100, 50) + 10 * v]
+    )
+    square = np.array([[0, 0], [3, 0], [3, 3], [0, 3]], np.float64)
+    both = Polygons(np.concatenate([rect, square]), np.repeat([0, 1], 4), 2)
+    corners, along, across = min_area_rects(both)
+    assert sorted([along[0], across[0]]) == pytest.approx([10, 40])
+    assert clockwise_from_top_left(corners[0]) == pytest.approx(clockwise_from_top_left(rect))
+    assert [along[1], across[1]] == pytest.approx([3, 3])
+    assert clockwise_from_top_left(corners[1]) == pytest.approx(square)
 
 
 def test_expand_rect_moves_every_side_out() -> None:
-    """Guards against unclipping that grows the box on one side only or shrinks it."""
-    corners, _, _ = min_area_rect(np.array([[0, 0], [10, 0], [10, 4], [0, 4], [5, 2]], float))
-    grown = expand_rect(corners, 1.5)
+    """Guards against unclipping that grows the box on one side only or shrinks it, or that
+    mixes up the distances of rectangles grown together."""
+    box = np.array([[0, 0], [10, 0], [10, 4], [0, 4]], np.float64)
+    grown = expand_rect(box, 1.5)
     assert grown.min(axis=0) == pytest.approx([-1.5, -1.5])
     assert grown.max(axis=0) == pytest.approx([11.5, 5.5])
+    two = expand_rect(np.stack([box, box + 20]), np.array([1.0, 2.0]))
+    assert two[0].min(axis=0) == pytest.approx([-1, -1])
+    assert two[1].max(axis=0) == pytest.approx([32, 26])
 
 
 def test_clockwise_from_top_left() -> None:

@@ -31,55 +31,113 @@ class Regions:
         """Per region: the sum of `values` (same shape as the mask) over its pixels, and its
         pixel count."""
         w = values.shape[1]
-        flat = np.append(values.ravel(), 0)  # reduceat needs every index in range
-        bounds = np.stack([self.row * w + self.start, self.row * w + self.end], axis=1)
-        run_sums = np.add.reduceat(flat, bounds.ravel(), dtype=np.float64)[::2]
+        flat = values.ravel()
+        # reduceat sums from each index to the next: run starts and ends interleaved give the
+        # runs and the gaps between them. Every index must be in range, so a last run that
+        # ends with the array goes without its end (its sum then runs to the end anyway).
+        bounds = np.stack([self.row * w + self.start, self.row * w + self.end], axis=1).ravel()
+        if bounds[-1] == flat.size:
+            bounds = bounds[:-1]
+        run_sums = np.add.reduceat(flat, bounds, dtype=np.float64)[::2]
         total = np.bincount(self.label, weights=run_sums, minlength=self.count)
         pixels = np.bincount(self.label, weights=self.end - self.start, minlength=self.count)
         return total, pixels
 
-    def outlines(self) -> list[np.ndarray]:
-        """Per region, the pixel corners `(k, 2)` of its leftmost and rightmost pixel in each
-        row (except along straight sides): the region's convex hull is the hull of these."""
-        order = np.lexsort((self.row, self.label))
-        label, row = self.label[order], self.row[order]
+    def hulls(self, labels: np.ndarray) -> Polygons:
+        """The convex hull of each region in `labels`, in that order, all found at once.
+
+        Only the two ends of a region's rows can be hull corners, and of those only the ones
+        that reach further out than every row above or every row below (a region's rows are
+        contiguous). Per region they form a chain from the right end of its top row down its
+        right side and back up its left side to the left end of its top row: a polygon whose
+        corners are the region's, monotone in y. Removing every corner where that polygon does
+        not turn clockwise (on screen) leaves its hull unchanged, since such a corner is no
+        hull vertex; repeating until none is left leaves the hull. The chain's two ends, the
+        top row's corners, are hull vertices and stay. Each pass is one set of numpy calls over
+        every region's chain (a handful of passes for text lines), so no Python loop runs per
+        point or per region."""
+        k = labels.size
+        slot = np.full(self.count, -1)
+        slot[labels] = np.arange(k)
+        owner = slot[self.label]
+        picked = np.flatnonzero(owner >= 0)
+        owner, row = owner[picked], self.row[picked]
+        order = np.lexsort((row, owner))
+        owner, row = owner[order], row[order]
         # One group per (region, row): runs of one region in one row collapse to their extent.
         new = np.empty(order.size, dtype=bool)
         new[:1] = True
-        new[1:] = (label[1:] != label[:-1]) | (row[1:] != row[:-1])
+        new[1:] = (owner[1:] != owner[:-1]) | (row[1:] != row[:-1])
         heads = np.flatnonzero(new)
-        left = np.minimum.reduceat(self.start[order], heads).astype(np.float64)
-        right = np.maximum.reduceat(self.end[order], heads).astype(np.float64)
-        top = row[heads].astype(np.float64)
-        points = np.stack(
+        left = np.minimum.reduceat(self.start[picked][order], heads).astype(np.float64)
+        right = np.maximum.reduceat(self.end[picked][order], heads).astype(np.float64)
+        top, g = row[heads], owner[heads]
+        on_left, on_right = _may_be_corners(g, left, right)
+        # Each kept row end gives two corners, (x, top) and (x, top + 1); the sort key lays
+        # them out region by region, down the right side, then up the left side.
+        span = 4 * (int(top.max()) + 1)
+        key = np.concatenate(
             [
-                np.stack([left, top], axis=1),
-                np.stack([left, top + 1], axis=1),
-                np.stack([right, top], axis=1),
-                np.stack([right, top + 1], axis=1),
-            ],
-            axis=1,
-        ).reshape(-1, 2)  # 4 per group
-        # Leave out the points that cannot be hull vertices, so the hull's Python loop stays
-        # short. A region's rows are contiguous, so a row's left end lies inside the hull when
-        # rows both above and below reach further left (and likewise on the right), and where
-        # a side runs straight down, the rows between its first and last add only points on
-        # that edge.
-        g = label[heads]
-        inner = np.zeros(g.size, dtype=bool)
-        inner[1:-1] = (g[:-2] == g[1:-1]) & (g[1:-1] == g[2:])
-        keep = np.empty((g.size, 4), dtype=bool)
-        for col, side, sign in ((0, left, 1.0), (2, right, -1.0)):
-            out = sign * side  # smaller is further out
-            shift = g * (2.0 * float(np.abs(out).max()) + 2.0)  # segments: one region each
-            from_top = np.minimum.accumulate(out - shift) + shift
-            from_bottom = np.minimum.accumulate((out + shift)[::-1])[::-1] - shift
-            straight = inner.copy()
-            straight[1:-1] &= (side[:-2] == side[1:-1]) & (side[1:-1] == side[2:])
-            keep[:, col] = keep[:, col + 1] = ((out <= from_top) | (out <= from_bottom)) & ~straight
-        kept = keep.reshape(-1)
-        counts = np.bincount(np.repeat(g, 4)[kept], minlength=self.count)
-        return np.split(points[kept], np.cumsum(counts)[:-1])
+                ((g * span + 2 * top)[on_right, None] + (0, 1)).ravel(),
+                ((g * span + span - 2 - 2 * top)[on_left, None] + (0, 1)).ravel(),
+            ]
+        )
+        y = top.astype(np.float64)
+        x = np.concatenate([np.repeat(right[on_right], 2), np.repeat(left[on_left], 2)])
+        y = np.concatenate(
+            [(y[on_right, None] + (0.0, 1.0)).ravel(), (y[on_left, None] + (1.0, 0.0)).ravel()]
+        )
+        owner = np.concatenate([np.repeat(g[on_right], 2), np.repeat(g[on_left], 2)])
+        order = np.argsort(key, kind="stable")
+        points, owner = np.stack([x[order], y[order]], axis=1), owner[order]
+        ends = np.empty(owner.size, dtype=bool)  # each chain's first and last corner
+        ends[0] = ends[-1] = True
+        ends[1:-1] = (owner[1:-1] != owner[:-2]) | (owner[1:-1] != owner[2:])
+        repeat = np.zeros(owner.size, dtype=bool)  # a corner equal to the next one
+        repeat[:-1] = np.all(points[:-1] == points[1:], axis=1) & ~ends[:-1]
+        points, owner, ends = points[~repeat], owner[~repeat], ends[~repeat]
+        while True:
+            before = points[1:-1] - points[:-2]
+            after = points[2:] - points[1:-1]
+            keep = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] > 0
+            keep |= ends[1:-1]
+            if keep.all():
+                break
+            keep = np.concatenate(([True], keep, [True]))
+            points, owner, ends = points[keep], owner[keep], ends[keep]
+        return Polygons(points, owner, k)
+
+
+@dataclass(frozen=True, slots=True)
+class Polygons:
+    """Convex polygons as one array: vertices `(n, 2)` grouped by polygon, each polygon's
+    clockwise on screen (y down) with no three in line; `owner[i]` is the polygon (0..count-1,
+    ascending) vertex i belongs to."""
+
+    points: np.ndarray
+    owner: np.ndarray
+    count: int
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        return self.points[self.owner == j]
+
+
+def _may_be_corners(g: np.ndarray, left: np.ndarray, right: np.ndarray) -> list[np.ndarray]:
+    """For rows grouped by region `g` (rows in order within each), whether each row's left and
+    right end can be a corner of the region's hull: it reaches at least as far out as every
+    row above it or every row below it, and it is not in the middle of a straight side."""
+    inner = np.zeros(g.size, dtype=bool)
+    inner[1:-1] = (g[:-2] == g[1:-1]) & (g[1:-1] == g[2:])
+    flags = []
+    for side, sign in ((left, 1.0), (right, -1.0)):
+        out = sign * side  # smaller is further out
+        shift = g * (2.0 * float(np.abs(out).max()) + 2.0)  # segments: one region each
+        from_top = np.minimum.accumulate(out - shift) + shift
+        from_bottom = np.minimum.accumulate((out + shift)[::-1])[::-1] - shift
+        straight = inner.copy()
+        straight[1:-1] &= (side[:-2] == side[1:-1]) & (side[1:-1] == side[2:])
+        flags.append(((out <= from_top) | (out <= from_bottom)) & ~straight)
+    return flags
 
 
 def label_regions(mask: np.ndarray) -> Regions:
@@ -135,94 +193,56 @@ def _union(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return label.reshape(-1)
 
 
-# Eight directions in order of angle: the points furthest along each bound an octagon inside the
-# hull, and no point strictly inside it can be a hull vertex.
-_OCTAGON = np.array(
-    [[-1, 0], [-1, -1], [0, -1], [1, -1], [1, 0], [1, 1], [0, 1], [-1, 1]], dtype=np.float64
-)
+def min_area_rects(polygons: Polygons) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each convex polygon, the smallest-area rectangle around it: corners `(count, 4, 2)`
+    in order around it, and side lengths `(count,)` along its first edge and across it.
 
-
-def convex_hull(points: np.ndarray) -> np.ndarray:
-    """Convex hull `(m, 2)` of `(k, 2)` points, counter-clockwise (Andrew's monotone chain).
-
-    The points strictly inside the octagon of extremes are set aside first, in one vectorised
-    test (Akl and Toussaint's heuristic): for a region's outline that leaves a few dozen of
-    hundreds, so the Python loop below, which holds the GIL, stays short."""
-    pts = np.asarray(points, dtype=np.float64)
-    if len(pts) > 16:
-        reach = _OCTAGON @ pts.T  # (8, k)
-        ring = pts[np.argmax(reach, axis=1)]  # (8, 2) in angular order
-        side = np.roll(ring, -1, axis=0) - ring
-        keep_edge = np.any(side != 0, axis=1)
-        ring, side = ring[keep_edge], side[keep_edge]
-        if len(ring) >= 3:
-            dx, dy = pts[:, 0] - ring[:, :1], pts[:, 1] - ring[:, 1:]  # (corners, k)
-            cross = side[:, :1] * dy - side[:, 1:] * dx
-            pts = pts[~np.all(cross > 0, axis=0)]
-    order = np.lexsort((pts[:, 1], pts[:, 0]))  # by x, then y
-    pts = pts[order]
-    if len(pts) > 1:
-        pts = pts[np.concatenate(([True], np.any(pts[1:] != pts[:-1], axis=1)))]
-    if len(pts) <= 2:
-        return pts
-    xy = pts.tolist()
-
-    def half(seq: list[list[float]]) -> list[list[float]]:
-        chain: list[list[float]] = []
-        for p in seq:
-            while len(chain) >= 2:
-                (ox, oy), (ax, ay) = chain[-2], chain[-1]
-                if (ax - ox) * (p[1] - oy) - (ay - oy) * (p[0] - ox) > 0:
-                    break
-                chain.pop()
-            chain.append(p)
-        return chain
-
-    lower, upper = half(xy), half(xy[::-1])
-    return np.asarray(lower[:-1] + upper[:-1], dtype=np.float64)
-
-
-def min_area_rect(points: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """The smallest-area rectangle around `(k, 2)` points: its corners `(4, 2)` in order
-    around it, and its side lengths (along the first edge, across it)."""
-    hull = convex_hull(points)
-    if len(hull) < 3:
-        lo, hi = points.min(axis=0), points.max(axis=0)
-        corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
-        return corners, float(hi[0] - lo[0]), float(hi[1] - lo[1])
-    # One side of the minimum rectangle lies along an edge of the hull: try every edge.
-    edges = np.roll(hull, -1, axis=0) - hull
-    lengths = np.hypot(edges[:, 0], edges[:, 1])
-    keep = lengths > 0
-    along = edges[keep] / lengths[keep, None]  # (e, 2) unit directions
-    across = np.stack([-along[:, 1], along[:, 0]], axis=1)
-    pa = along @ hull.T  # (e, m) projections
-    pc = across @ hull.T
-    a0, a1 = pa.min(axis=1), pa.max(axis=1)
-    c0, c1 = pc.min(axis=1), pc.max(axis=1)
-    best = int(np.argmin((a1 - a0) * (c1 - c0)))
-    u, v = along[best], across[best]
-    corners = np.array(
+    One side of the smallest rectangle lies along an edge of the polygon, so every edge is
+    tried: every vertex of the polygon is projected on the edge's direction and its normal
+    (polygons are padded to the longest with copies of their first vertex, which changes no
+    extent), all polygons at once."""
+    points, owner, k = polygons.points, polygons.owner, polygons.count
+    n = owner.size
+    counts = np.bincount(owner, minlength=k)
+    first = np.cumsum(counts) - counts
+    following = np.arange(1, n + 1)
+    following[first + counts - 1] = first
+    padded = np.empty((k, int(counts.max()), 2))
+    padded[:] = points[first, None, :]
+    padded[owner, np.arange(n) - first[owner]] = points
+    edge = points[following] - points
+    edge /= np.hypot(edge[:, 0], edge[:, 1])[:, None]
+    axes = np.stack([edge, np.stack([-edge[:, 1], edge[:, 0]], axis=1)], axis=1)  # (n, 2, 2)
+    reach = axes @ padded[owner].transpose(0, 2, 1)  # (n, 2, m): along, across
+    low, high = reach.min(axis=2), reach.max(axis=2)
+    size = high - low
+    best = np.lexsort((size[:, 0] * size[:, 1], owner))[first]
+    u, v = axes[best, 0], axes[best, 1]
+    low, high = low[best], high[best]
+    corners = np.stack(
         [
-            u * a0[best] + v * c0[best],
-            u * a1[best] + v * c0[best],
-            u * a1[best] + v * c1[best],
-            u * a0[best] + v * c1[best],
-        ]
+            u * low[:, :1] + v * low[:, 1:],
+            u * high[:, :1] + v * low[:, 1:],
+            u * high[:, :1] + v * high[:, 1:],
+            u * low[:, :1] + v * high[:, 1:],
+        ],
+        axis=1,
     )
-    return corners, float(a1[best] - a0[best]), float(c1[best] - c0[best])
+    return corners, size[best, 0], size[best, 1]
 
 
-def expand_rect(corners: np.ndarray, distance: float) -> np.ndarray:
-    """Grow a rectangle by `distance` on every side; corners `(4, 2)` in order around it,
-    as `min_area_rect` returns them (corner 1 along the first side, corner 3 across it)."""
-    u = corners[1] - corners[0]
-    v = corners[3] - corners[0]
-    u = u / max(float(np.hypot(*u)), 1e-12)
-    v = v / max(float(np.hypot(*v)), 1e-12)
+def expand_rect(corners: np.ndarray, distance: np.ndarray | float) -> np.ndarray:
+    """Grow rectangles by `distance` on every side; corners `(4, 2)`, or `(n, 4, 2)` with a
+    distance each, in order around each, as `min_area_rects` returns them (corner 1 along the
+    first side, corner 3 across it)."""
+    u = corners[..., 1, :] - corners[..., 0, :]
+    v = corners[..., 3, :] - corners[..., 0, :]
+    u = u / np.maximum(np.hypot(u[..., :1], u[..., 1:]), 1e-12)
+    v = v / np.maximum(np.hypot(v[..., :1], v[..., 1:]), 1e-12)
     # Each corner moves outwards along both sides that meet at it.
     signs = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
-    return corners + distance * (signs[:, :1] * u + signs[:, 1:] * v)
+    step = signs[:, :1] * u[..., None, :] + signs[:, 1:] * v[..., None, :]
+    return corners + np.asarray(distance)[..., None, None] * step
 
 
 def clockwise_from_top_left(corners: np.ndarray) -> np.ndarray:

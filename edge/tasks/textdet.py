@@ -32,12 +32,7 @@ from edge.modelspec import ModelSpec
 from edge.tasks.base import Task
 from edge.tasks.imaging import Letterbox, letterbox, normalize
 from edge.tasks.options import need_fraction, read_options
-from edge.tasks.regions import (
-    clockwise_from_top_left,
-    expand_rect,
-    label_regions,
-    min_area_rect,
-)
+from edge.tasks.regions import clockwise_from_top_left, expand_rect, label_regions, min_area_rects
 
 _DEFAULTS: dict[str, Any] = {
     "bin_thresh": 0.3,
@@ -96,33 +91,24 @@ class DBText(Task):
         candidates = np.flatnonzero(scores >= threshold)
         candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
         candidates = candidates[: self.options["max_candidates"]]
-        outlines = regions.outlines()
-        quads, kept = [], []
-        for label in candidates.tolist():
-            quad = self._quad(outlines[label])
-            if quad is not None:
-                quads.append(quad)
-                kept.append(float(scores[label]))
-        return {"detections": self._detections(quads, kept, box, (x0, y0))}
-
-    def _quad(self, outline: np.ndarray) -> np.ndarray | None:
-        """The region's unclipped rotated rectangle in (cropped) map pixels, or None if tiny."""
-        rect, a, b = min_area_rect(outline)
+        if candidates.size == 0:
+            return {"detections": []}
+        # Every candidate's rotated rectangle, then the tiny ones left out, then the rest grown.
+        rects, a, b = min_area_rects(regions.hulls(candidates))
         min_size = self.options["min_size"]
-        if min(a, b) < min_size:
-            return None
         grow = a * b * self.options["unclip_ratio"] / (2 * (a + b))
-        if min(a, b) + 2 * grow < min_size + 2:
-            return None
-        return expand_rect(rect, grow)
+        short = np.minimum(a, b)
+        kept = (short >= min_size) & (short + 2 * grow >= min_size + 2)
+        quads = expand_rect(rects[kept], grow[kept])
+        return {"detections": self._detections(quads, scores[candidates[kept]], box, (x0, y0))}
 
     def _detections(
-        self, quads: list[np.ndarray], scores: list[float], box: Letterbox, offset: tuple[int, int]
+        self, quads: np.ndarray, scores: np.ndarray, box: Letterbox, offset: tuple[int, int]
     ) -> list[dict[str, Any]]:
-        """Quads in (cropped) map pixels to frame-pixel detections, all at once."""
-        if not quads:
+        """Quads `(n, 4, 2)` in (cropped) map pixels to frame-pixel detections, all at once."""
+        if not len(quads):
             return []
-        q = np.stack(quads) + offset  # (n, 4, 2)
+        q = quads + offset
         frame = box.to_frame(q.reshape(-1, 8)).reshape(-1, 4, 2).astype(np.float64)
         np.clip(frame[..., 0], 0.0, box.frame_width, out=frame[..., 0])
         np.clip(frame[..., 1], 0.0, box.frame_height, out=frame[..., 1])
@@ -131,6 +117,9 @@ class DBText(Task):
         return [
             {"label": self.label, "score": round(score, 4), "box": b, "polygon": poly}
             for score, b, poly in zip(
-                scores, np.round(bounds, 1).tolist(), np.round(polygons, 1).tolist(), strict=True
+                scores.tolist(),
+                np.round(bounds, 1).tolist(),
+                np.round(polygons, 1).tolist(),
+                strict=True,
             )
         ]
