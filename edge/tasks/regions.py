@@ -193,17 +193,44 @@ def _union(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return label.reshape(-1)
 
 
-def min_area_rects(polygons: Polygons) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# Vertex-by-vertex projections computed at once, at most (about 6.4 MB of float64 for the
+# projections and the padded polygons together); past it, polygons go in groups of like size.
+PROJECTION_BUDGET = 200_000
+
+
+def min_area_rects(
+    polygons: Polygons, budget: int = PROJECTION_BUDGET
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each convex polygon, the smallest-area rectangle around it: corners `(count, 4, 2)`
     in order around it, and side lengths `(count,)` along its first edge and across it.
 
     One side of the smallest rectangle lies along an edge of the polygon, so every edge is
-    tried: every vertex of the polygon is projected on the edge's direction and its normal
-    (polygons are padded to the longest with copies of their first vertex, which changes no
-    extent), all polygons at once."""
+    tried: every vertex of the polygon is projected on the edge's direction and its normal,
+    all polygons at once, each padded to the longest with copies of its first vertex (which
+    changes no extent). That costs (vertices x longest polygon) projections: when it would
+    pass `budget`, polygons go in groups by size (up to 2^k vertices), so one large region
+    among many small ones does not pad them all to its size."""
     points, owner, k = polygons.points, polygons.owner, polygons.count
-    n = owner.size
     counts = np.bincount(owner, minlength=k)
+    if owner.size * int(counts.max()) <= budget:
+        return _smallest_rects(points, owner, counts)
+    corners, along, across = np.empty((k, 4, 2)), np.empty(k), np.empty(k)
+    size_class = np.ceil(np.log2(counts)).astype(np.intp)
+    for c in np.unique(size_class).tolist():
+        group = np.flatnonzero(size_class == c)
+        mine = np.isin(owner, group)  # vertices are grouped by polygon: order is kept
+        local = np.searchsorted(group, owner[mine])
+        corners[group], along[group], across[group] = _smallest_rects(
+            points[mine], local, counts[group]
+        )
+    return corners, along, across
+
+
+def _smallest_rects(
+    points: np.ndarray, owner: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`min_area_rects` for polygons 0..len(counts)-1 in one pass."""
+    n, k = owner.size, counts.size
     first = np.cumsum(counts) - counts
     following = np.arange(1, n + 1)
     following[first + counts - 1] = first
