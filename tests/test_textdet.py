@@ -57,8 +57,8 @@ def flood_fill_labels(mask: np.ndarray) -> set[frozenset[tuple[int, int]]]:
     return regions
 
 
-def regions_as_pixel_sets(mask: np.ndarray) -> set[frozenset[tuple[int, int]]]:
-    r = label_regions(mask)
+def regions_as_pixel_sets(mask: np.ndarray, grow: bool = False) -> set[frozenset[tuple[int, int]]]:
+    r = label_regions(mask, grow)
     pixels: dict[int, set[tuple[int, int]]] = {}
     for row, start, end, label in zip(r.row, r.start, r.end, r.label, strict=True):
         pixels.setdefault(int(label), set()).update((int(row), x) for x in range(start, end))
@@ -91,9 +91,14 @@ def test_regions_join_diagonals_and_u_shapes() -> None:
     )
 )
 def test_regions_match_a_flood_fill(rows: list[list[bool]]) -> None:
-    """Guards against the vectorised run union missing or inventing a connection."""
+    """Guards against the vectorised run union missing or inventing a connection, and against
+    growing the mask other than one pixel right and down, or across the edge of a row."""
     mask = np.array(rows, dtype=bool)
     assert regions_as_pixel_sets(mask) == flood_fill_labels(mask)
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    assert regions_as_pixel_sets(mask, grow=True) == flood_fill_labels(grown)
 
 
 def test_region_sums_are_over_its_own_pixels() -> None:

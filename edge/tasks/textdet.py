@@ -79,11 +79,7 @@ class DBText(Task):
             )
         x0, y0, x1, y1 = box.content
         prob = prob[y0:y1, x0:x1]  # the padding holds no text: skip it
-        mask = prob > self.options["bin_thresh"]
-        if self.options["dilate"]:
-            mask[1:] |= mask[:-1]
-            mask[:, 1:] |= mask[:, :-1]
-        regions = label_regions(mask)
+        regions = label_regions(prob > self.options["bin_thresh"], grow=self.options["dilate"])
         if regions.count == 0:
             return {"detections": []}
         sums, pixels = regions.sums(prob)
