@@ -47,8 +47,8 @@ class Regions:
         """The convex hull of each region in `labels`, in that order, all found at once.
 
         Only the two ends of a region's rows can be hull corners, and of those only the ones
-        that reach further out than every row above or every row below (a region's rows are
-        contiguous). Per region they form a chain from the right end of its top row down its
+        that reach at least as far out as every row above or every row below (a region's rows
+        are contiguous). Per region they form a chain from the right end of its top row down its
         right side and back up its left side to the left end of its top row: a polygon whose
         corners are the region's, monotone in y. Removing every corner where that polygon does
         not turn clockwise (on screen) leaves its hull unchanged, since such a corner is no
@@ -82,10 +82,13 @@ class Regions:
                 ((g * span + span - 2 - 2 * top)[on_left, None] + (0, 1)).ravel(),
             ]
         )
-        y = top.astype(np.float64)
+        row_y = top.astype(np.float64)
         x = np.concatenate([np.repeat(right[on_right], 2), np.repeat(left[on_left], 2)])
         y = np.concatenate(
-            [(y[on_right, None] + (0.0, 1.0)).ravel(), (y[on_left, None] + (1.0, 0.0)).ravel()]
+            [
+                (row_y[on_right, None] + (0.0, 1.0)).ravel(),
+                (row_y[on_left, None] + (1.0, 0.0)).ravel(),
+            ]
         )
         owner = np.concatenate([np.repeat(g[on_right], 2), np.repeat(g[on_left], 2)])
         order = np.argsort(key, kind="stable")
