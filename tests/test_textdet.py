@@ -181,9 +181,10 @@ def test_min_area_rects_hold_each_region_and_are_smallest(rows: list[list[bool]]
         return
     hulls = regions.hulls(np.arange(regions.count))
     corners, along, across = min_area_rects(hulls)
-    grouped = min_area_rects(hulls, budget=0)  # polygons in groups by size: the same answers
-    for got, want in zip(grouped, (corners, along, across), strict=True):
-        assert np.array_equal(got, want)
+    for budget in (0, 64):  # one polygon per chunk; several, from sizes taken apart
+        grouped = min_area_rects(hulls, budget=budget)
+        for got, want in zip(grouped, (corners, along, across), strict=True):
+            assert np.array_equal(got, want)
     angles = np.linspace(0, np.pi / 2, 720, endpoint=False)
     turns = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     normals = np.stack([-turns[:, 1], turns[:, 0]], axis=1)
@@ -240,6 +241,8 @@ def test_min_area_rect_of_a_rotated_rectangle() -> None:
     assert clockwise_from_top_left(corners[0]) == pytest.approx(clockwise_from_top_left(rect))
     assert [along[1], across[1]] == pytest.approx([3, 3])
     assert clockwise_from_top_left(corners[1]) == pytest.approx(square)
+    none = min_area_rects(Polygons(np.empty((0, 2)), np.empty(0, np.intp), 0))
+    assert [a.shape for a in none] == [(0, 4, 2), (0,), (0,)]
 
 
 def test_expand_rect_moves_every_side_out() -> None:

@@ -224,8 +224,11 @@ def min_area_rects(
     all polygons at once, each padded to the longest with copies of its first vertex (which
     changes no extent). That costs (vertices x longest polygon) projections: when it would
     pass `budget`, polygons go in groups by size (up to 2^k vertices), so one large region
-    among many small ones does not pad them all to its size."""
+    among many small ones does not pad them all to its size, and each group in chunks of at
+    most `budget` projections (a chunk holds one polygon at least)."""
     points, owner, k = polygons.points, polygons.owner, polygons.count
+    if k == 0:
+        return np.empty((0, 4, 2)), np.empty(0), np.empty(0)
     counts = np.bincount(owner, minlength=k)
     if owner.size * int(counts.max()) <= budget:
         return _smallest_rects(points, owner, counts)
@@ -233,11 +236,13 @@ def min_area_rects(
     size_class = np.ceil(np.log2(counts)).astype(np.intp)
     for c in np.unique(size_class).tolist():
         group = np.flatnonzero(size_class == c)
-        mine = np.isin(owner, group)  # vertices are grouped by polygon: order is kept
-        local = np.searchsorted(group, owner[mine])
-        corners[group], along[group], across[group] = _smallest_rects(
-            points[mine], local, counts[group]
-        )
+        per_chunk = max(1, budget // 4**c)  # a polygon here costs at most (2^c)^2
+        for chunk in np.array_split(group, -(-group.size // per_chunk)):
+            mine = np.isin(owner, chunk)  # vertices are grouped by polygon: order is kept
+            local = np.searchsorted(chunk, owner[mine])
+            corners[chunk], along[chunk], across[chunk] = _smallest_rects(
+                points[mine], local, counts[chunk]
+            )
     return corners, along, across
 
 
