@@ -16,22 +16,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from edge import auth, http, ratelimit, tracing
+from edge import auth, http, pulse, ratelimit, tracing
 from edge.appkeys import SERVICES, Services
 from edge.metrics import Metrics
+from edge.ratelimit import StreamQuota
 from edge.repository import Repository
 from edge.scheduler import Scheduler
 from edge.settings import Settings
+from edge.shared import Cluster
 from edge.tracing import FrameTracer
 from edge.transports import websocket
 
 log = logging.getLogger("edge.app")
 
 
-def create_app(settings: Settings, tracer: FrameTracer | None = None) -> web.Application:
-    """The gateway app; `tracer` overrides the one the settings would set up (tests)."""
+def create_app(
+    settings: Settings, tracer: FrameTracer | None = None, cluster: Cluster | None = None
+) -> web.Application:
+    """The gateway app; `tracer` overrides the one the settings would set up (tests);
+    `cluster` places it among several serving processes (edge.serving), else it is alone."""
     app = web.Application(client_max_size=settings.max_frame_bytes + 1024)
-    metrics = Metrics()
+    cluster = cluster or Cluster.alone(settings.max_streams)
+    metrics = Metrics(cluster.metrics_dir)
     repo = Repository(
         settings,
         on_change=lambda: _publish_models(app),
@@ -51,16 +57,19 @@ def create_app(settings: Settings, tracer: FrameTracer | None = None) -> web.App
             tracer=tracer or tracing.from_settings(settings.tracing),
         ),
         background=ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-background"),
+        cluster=cluster,
+        streams=StreamQuota(settings.max_streams, cluster.shared, "streams"),
     )
     app[SERVICES] = services
-    auth.setup(app, settings)  # origin, token and stream-quota checks on /v1/
-    ratelimit.setup(app, settings)  # per-client frame-rate buckets
+    auth.setup(app, settings, cluster.shared)  # origin, token and stream-quota checks on /v1/
+    ratelimit.setup(app, settings, cluster.shared)  # per-client frame-rate buckets
     app.add_routes(http.routes)
     app.router.add_get("/v1/stream", websocket.handle)
     _add_web(app, settings)
     app.cleanup_ctx.append(_executor)
     app.cleanup_ctx.append(_workers)
     app.cleanup_ctx.append(_models)
+    app.cleanup_ctx.append(pulse.pulse)
     _add_webrtc(app)  # after _models: its peer connections close before the workers stop
     app.on_shutdown.append(drain)
     return app
@@ -125,11 +134,14 @@ async def _watch(services: Services) -> None:
     """Scan the repository now, then every `watch_models_s` (0: never) and on request
     (SIGHUP, POST /v1/models/{name}/load)."""
     interval = services.settings.watch_models_s
+    shared = services.cluster.shared
     while True:
+        asked = int(shared.header["reload_gen"])  # the reloads this scan answers
         try:
             await services.repo.refresh(services.background)
         except Exception:
             log.exception("model repository scan failed")
+        shared.me["reload_done"] = max(int(shared.me["reload_done"]), asked)
         try:
             async with asyncio.timeout(interval if interval > 0 else None):
                 await services.reload.wait()

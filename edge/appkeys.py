@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from edge.metrics import Metrics
+from edge.ratelimit import StreamQuota
 from edge.repository import Repository
 from edge.scheduler import Scheduler
 from edge.settings import Settings
+from edge.shared import Cluster
 
 if TYPE_CHECKING:
     from edge.transports.session import StreamSession
@@ -27,8 +29,14 @@ class Services:
     scheduler: Scheduler
     #: model loading and other slow one-off work, never the frame workers
     background: ThreadPoolExecutor
+    #: this serving process's place among the others, and the state they share
+    cluster: Cluster
+    #: streams open in the whole gateway, at most max_streams
+    streams: StreamQuota
     sessions: weakref.WeakSet[StreamSession] = field(default_factory=weakref.WeakSet)
     draining: bool = False
+    #: the event loop lags behind (edge.pulse): new streams are refused until it catches up
+    saturated: bool = False
     #: set to rescan the model repository now (SIGHUP)
     reload: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -24,6 +24,7 @@ from yarl import URL
 from edge.appkeys import SERVICES
 from edge.ratelimit import Slot, StreamQuota
 from edge.settings import Settings
+from edge.shared import Shared
 from edge.tokens import Authenticator, Principal, Refused, unauthorized
 
 log = logging.getLogger("edge.auth")
@@ -88,15 +89,16 @@ GUARD = web.AppKey("guard", Guard)
 REQUEST_AUTH = web.RequestKey("edge_auth", RequestAuth)
 
 
-def setup(app: web.Application, settings: Settings) -> None:
-    """Install the guard; refuses to start with a bad token file or JWT key (SettingsError)."""
+def setup(app: web.Application, settings: Settings, shared: Shared) -> None:
+    """Install the guard; refuses to start with a bad token file or JWT key (SettingsError).
+    The quotas count across every serving process (`shared`)."""
     origins = frozenset(o for o in map(parse_origin, settings.allowed_origins) if o)
     auth = Authenticator(settings)
     app[GUARD] = Guard(
         auth,
         origins,
-        StreamQuota(settings.max_streams_per_token),
-        StreamQuota(settings.max_streams),
+        StreamQuota(settings.max_streams_per_token, shared, "token"),
+        StreamQuota(settings.max_streams, shared, "pending"),
     )
     app.middlewares.append(middleware)
     if not auth.enabled and settings.host not in ("127.0.0.1", "localhost", "::1"):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
-import signal
-import ssl
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from edge import __version__
@@ -25,7 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (EDGE_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (EDGE_PORT, default 8080)")
     serve.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
-    serve.add_argument("--workers", type=int, help="inference threads (EDGE_WORKERS, 0: cores)")
+    serve.add_argument(
+        "--processes",
+        type=_processes,
+        help="serving processes behind the port (EDGE_PROCESSES, default auto; 1: no supervisor)",
+    )
+    serve.add_argument(
+        "--workers", type=int, help="inference threads per process (EDGE_WORKERS, 0: auto)"
+    )
     serve.add_argument("--max-streams", type=int, dest="max_streams", help="EDGE_MAX_STREAMS")
     serve.add_argument("--max-inflight", type=int, dest="max_inflight", help="EDGE_MAX_INFLIGHT")
     serve.add_argument("--log-level", dest="log_level", help="EDGE_LOG_LEVEL")
@@ -39,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     ls = msub.add_parser("list", help="show the models in the repository")
     ls.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
     return p
+
+
+def _processes(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of processes, or auto") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,75 +102,45 @@ def _serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    n = process_count(settings)
+    settings = replace(settings, processes=n)
+    if n > 1:
+        from edge.supervisor import Supervisor
+
+        return Supervisor(settings, n).run()
+    from edge.serving import serve
+
     try:
-        asyncio.run(_run(settings))
+        asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _run(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT; then drain (readiness off at once, streams answered and
-    told goaway) within the grace period; a second signal exits at once."""
-    from aiohttp import web
+def process_count(settings: Settings) -> int:
+    """`processes = auto`: one per core on a CPU; on a GPU machine (a GPU provider installed
+    and a device present, and the provider setting allowing it) as many as keep the GPU fed,
+    4 by the figures in docs/benchmarks.md, never more than the cores."""
+    if settings.processes:
+        return settings.processes
+    cores = os.cpu_count() or 1
+    return min(cores, GPU_PROCESSES) if gpu_machine(settings.providers) else cores
 
-    from edge.app import create_app, drain
-    from edge.appkeys import SERVICES
 
-    app = create_app(settings)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=1.0,
-        # aiohttp arms keepalive_timeout when a connection opens and after each response, and
-        # partial data does not reset it: a client gets this long to send a complete request
-        # head (slow loris). A request being served, and so an open WebSocket, is never cut.
-        keepalive_timeout=settings.request_timeout_s,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))
-    await site.start()
-    log.info(
-        "edge-gateway %s listening on %s:%d, models in %s, %d worker(s)",
-        __version__,
-        settings.host,
-        settings.port,
-        settings.models,
-        settings.worker_count,
-    )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = 0
+#: serving processes that kept one H200 fed from 16 cores (docs/benchmarks.md)
+GPU_PROCESSES = 4
 
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.warning("second signal: exiting now")
-            os._exit(1)
-        stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    services = app[SERVICES]
-    loop.add_signal_handler(signal.SIGHUP, services.reload.set)
-    await stop.wait()
-    log.info("signal received: draining for at most %g s", settings.drain_seconds)
+def gpu_machine(preference: tuple[str, ...]) -> bool:
+    """Whether models here may run on a GPU; decided without loading onnxruntime in the
+    supervisor: a GPU build is installed and an NVIDIA device (or a Jetson's) is present."""
+    if not {"auto", "cuda", "tensorrt"} & set(preference):
+        return False
     try:
-        async with asyncio.timeout(settings.drain_seconds):
-            await drain(app)
-            await runner.cleanup()
-    except TimeoutError:
-        log.warning("drain did not finish within %g s; exiting", settings.drain_seconds)
-
-
-def _tls(settings: Settings) -> ssl.SSLContext | None:
-    if settings.tls_cert is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return ctx
+        importlib.metadata.distribution("onnxruntime-gpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge import providers
+from edge import autoprovider, providers
 from edge.batching import BatchSizer
 from edge.frames import Image
 from edge.modelspec import ModelSpec
@@ -207,6 +207,9 @@ def load(
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{path}: {e}") from e
     prefs = spec.providers or preference
+    auto = ""
+    if prefs == ("auto",):
+        prefs, auto = _auto(data, spec, task, path, trt_cache, trt_fp16, trt_workspace_mb)
     layout = choose_layout(spec, workers, gpu=providers.gpu_first(prefs))
     chosen, why = providers.choose(
         prefs,
@@ -220,6 +223,7 @@ def load(
     for _ in range(layout.sessions):
         sessions.append(_session(data, chosen, layout.threads, path))
     used = sessions[0].get_providers()
+    why = f"{auto}; {why}" if auto else why
     log.info(
         "model %s@%s: providers %s (%s); %d session(s) x %d thread(s) (%s)",
         spec.name,
@@ -277,16 +281,49 @@ def _session(
             raise ModelLoadError(f"{path}: onnxruntime cannot load it: {e}") from e
 
 
-def warm_up(model: LoadedModel) -> None:
-    """Run every session once on a blank frame at each batch size the batcher may try, so no
-    client frame is the slow first one (a GPU picks its kernels per input shape)."""
-    spec = model.spec
+def _auto(
+    data: bytes,
+    spec: ModelSpec,
+    task: Task,
+    path: Path,
+    trt_cache: Path | None,
+    trt_fp16: bool,
+    trt_workspace_mb: int,
+) -> tuple[tuple[str, ...], str]:
+    """`providers = auto`: the preference measured fastest here (edge/autoprovider.py)."""
+
+    def make(short: str, threads: int) -> Callable[[np.ndarray], object]:
+        chosen, _ = providers.choose(
+            (short,),
+            model_path=path,
+            threads=threads,
+            trt_cache=trt_cache,
+            trt_fp16=trt_fp16,
+            trt_workspace_mb=trt_workspace_mb,
+        )
+        session = _session(data, chosen[:1], threads, path)
+        if session.get_providers()[0] != chosen[0][0]:
+            raise ModelLoadError(f"{short} did not start")
+        name = session.get_inputs()[0].name
+        return lambda batch: session.run(None, {name: batch})
+
+    return autoprovider.choose(_blank_tensor(spec, task), spec.max_batch, make)
+
+
+def _blank_tensor(spec: ModelSpec, task: Task) -> np.ndarray:
     blank = Image(
         pixels=np.full((spec.input_height, spec.input_width, 3), 127, np.uint8),
         width=spec.input_width,
         height=spec.input_height,
     )
-    tensor, _ = model.task.preprocess(blank)
+    tensor, _ = task.preprocess(blank)
+    return tensor
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Run every session once on a blank frame at each batch size the batcher may try, so no
+    client frame is the slow first one (a GPU picks its kernels per input shape)."""
+    tensor = _blank_tensor(model.spec, model.task)
     t0 = time.monotonic()
     for i in range(len(model.sessions)):
         try:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from edge.appkeys import SERVICES
+from edge.appkeys import SERVICES, Services
 from edge.repository import Route, UnknownModel
 from edge.transports import common
 
@@ -29,8 +32,9 @@ async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     if services.draining:
         return web.json_response({"ready": False, "reasons": ["draining"]}, status=503)
-    if not services.repo.ready:
-        reasons = services.repo.not_ready_reasons()
+    reasons = [] if services.repo.ready else services.repo.not_ready_reasons()
+    reasons += services.cluster.not_ready()  # the other serving processes, if any
+    if reasons:
         return web.json_response({"ready": False, "reasons": reasons}, status=503)
     return web.json_response({"ready": True})
 
@@ -46,9 +50,36 @@ async def load_model(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in services.repo.names():
         return web.json_response({"error": "unknown_model", "message": name}, status=404)
-    await services.repo.refresh(services.background, [name])
+    reloaded = await reload_everywhere(services, name)
     rows = [r for r in services.repo.describe() if r["name"] == name]
-    return web.json_response({"models": rows})
+    return web.json_response(
+        {"models": rows, "processes": {"rescanned": reloaded, "of": services.cluster.size}}
+    )
+
+
+async def reload_everywhere(services: Services, name: str) -> int:
+    """Rescan `name` here and have every other serving process rescan too (through the
+    supervisor); wait, bounded by request_timeout_s, until each has. Returns how many did."""
+    cluster = services.cluster
+    shared = cluster.shared
+    with shared.locked():
+        shared.header["reload_gen"] += 1
+        asked = int(shared.header["reload_gen"])
+    if cluster.supervisor_pid:
+        os.kill(cluster.supervisor_pid, signal.SIGUSR1)  # it sends every process SIGHUP
+    await services.repo.refresh(services.background, [name])
+    shared.me["reload_done"] = max(int(shared.me["reload_done"]), asked)
+
+    def done() -> int:
+        members = shared.members
+        return int(((members["reload_done"] >= asked) & (members["pid"] != 0)).sum())
+
+    deadline = time.monotonic() + services.settings.request_timeout_s
+    for _ in range(100_000):  # polls shared memory: nothing here could set an Event
+        if done() >= int((shared.members["pid"] != 0).sum()) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    return done()
 
 
 @routes.post("/v1/models/{name}/infer")
@@ -94,7 +125,7 @@ async def infer(request: web.Request) -> web.Response:
     except TimeoutError:
         return _bad("no result in time", 503, "timeout")
     finally:
-        services.scheduler.withdraw(stream)
+        common.close_stream(services, stream)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
@@ -130,7 +161,7 @@ async def read_body(request: web.Request, within: float) -> bytes:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[SERVICES].metrics.registry)
+    data = request.app[SERVICES].metrics.exposition()
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

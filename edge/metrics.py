@@ -1,12 +1,21 @@
 """Prometheus metrics: the names are a public contract (docs/metrics.md, the autoscaler).
 
 One registry per app, so several apps in one process (the tests) do not collide. Label values
-are bounded: transports, model names, reasons and stages, never session ids or addresses.
+are bounded: transports, model names, reasons, stages and process numbers, never session ids or
+addresses.
+
+With several serving processes, prometheus_client's multiprocess mode keeps each process's
+values in a file of the supervisor's directory, and any process's `/metrics` reads them all:
+counters and histograms are summed, each gauge is combined as its `multiprocess_mode` says
+(values of processes that died are dropped from the live modes; counters keep them).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from edge import __version__
 
@@ -17,7 +26,8 @@ STAGES = ("decode", "preprocess", "session", "postprocess")
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         r = self.registry = CollectorRegistry()
         self.received = Counter(
             "edge_frames_received", "Frames taken off the wire", ["transport", "model"], registry=r
@@ -78,18 +88,54 @@ class Metrics:
             "Frames a batch may gather now: the measured best size up to max_batch",
             ["model"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.active_streams = Gauge(
-            "edge_active_streams", "Open streams", ["transport"], registry=r
+            "edge_active_streams",
+            "Open streams",
+            ["transport"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.inflight = Gauge(
             "edge_inflight_frames",
             "Frames taken by workers, not yet answered",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_ready = Gauge(
-            "edge_model_ready", "1 while a model version serves", ["model", "version"], registry=r
+            "edge_model_ready",
+            "1 while a model version serves (in every serving process)",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.process_restarts = Counter(
+            "edge_process_restarts",
+            "Serving processes replaced after they died (counted by the supervisor)",
+            registry=r,
+        )
+        self.resident_bytes = Gauge(
+            "edge_process_resident_bytes",
+            "Resident memory of each serving process",
+            ["process"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.loop_lag = Gauge(
+            "edge_event_loop_lag_seconds",
+            "How far each serving process's event loop fell behind, worst of the last second",
+            ["process"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.saturated = Gauge(
+            "edge_process_saturated",
+            "1 while a serving process refuses new streams because its event loop lags",
+            ["process"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_load_failures = Counter(
             "edge_model_load_failures", "Failed model loads", ["model"], registry=r
@@ -123,10 +169,20 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
             registry=r,
         )
-        Info("edge_build", "Build information", registry=r).info({"version": __version__})
+        # Info has no multiprocess form: it lives in a registry of its own, added at scrape time
+        self._build = r if multiprocess_dir is None else CollectorRegistry()
+        Info("edge_build", "Build information", registry=self._build).info({"version": __version__})
         # series an autoscaler reads exist from the start, at zero, not after first use
         for transport in TRANSPORTS:
             self.active_streams.labels(transport)
+
+    def exposition(self) -> bytes:
+        """The text for /metrics: this process's registry, or every serving process's."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        return generate_latest(merged) + generate_latest(self._build)
 
     def model_seen(self, name: str) -> None:
         """Create a model's per-model series at zero as soon as it is known."""

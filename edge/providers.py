@@ -127,3 +127,28 @@ def engine_cached(cache: Path) -> bool:
     """Whether a built TensorRT engine is already in `cache` (else the first load builds it,
     which can take minutes)."""
     return cache.is_dir() and any(cache.glob("*.engine"))
+
+
+#: the providers `auto` may time, in the order ties go
+AUTO_ORDER = ("tensorrt", "cuda", "xnnpack", "cpu")
+#: a GPU provider must beat the CPU's estimate by this much to be chosen: near a tie the CPU
+#: leaves the GPU to other work and keeps every process's answer the same
+GPU_MARGIN = 1.1
+
+
+def auto_candidates() -> list[str]:
+    """The providers that can start here, as `auto` times them."""
+    have = usable()
+    return [s for s in AUTO_ORDER if _ORT_NAMES[s] in have]
+
+
+def pick_fastest(rates: dict[str, float]) -> str:
+    """The provider with the most frames a second (the machine's estimate, not one call's
+    latency): the CPU's figure counts every core, a GPU's its best batch."""
+    if not rates:
+        return "cpu"
+    cpu = rates.get("cpu", 0.0)
+    best = max(rates, key=lambda s: (rates[s], -AUTO_ORDER.index(s)))
+    if best in ("tensorrt", "cuda") and rates[best] < GPU_MARGIN * cpu:
+        return "cpu"
+    return best

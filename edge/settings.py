@@ -30,10 +30,16 @@ class Settings:
     port: int = 8080
     models: Path = DEFAULT_MODELS
     default_model: str = "blazeface"
-    #: worker threads that decode and run models; 0 means one per CPU core
+    #: serving processes behind the one port; 0 (`auto`): one per CPU core, or on a GPU
+    #: machine enough to keep the GPU fed (edge.supervisor.process_count); 1: no supervisor
+    processes: int = 0
+    #: worker threads per serving process that decode and run models; 0: the CPU cores
+    #: shared out among the processes
     workers: int = 0
-    #: ONNX Runtime execution provider preference, filtered by what is installed
-    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    #: ONNX Runtime execution providers: `auto` times each model on every provider that can
+    #: start here and keeps the faster; an explicit list is a preference, filtered by what
+    #: is installed
+    providers: tuple[str, ...] = ("auto",)
     trt_cache: Path | None = None
     trt_fp16: bool = True
     trt_workspace_mb: int = 1024
@@ -58,6 +64,9 @@ class Settings:
     #: body within this again; also the idle time allowed between HTTP requests
     request_timeout_s: float = 15.0
     heartbeat_s: float = 20.0
+    #: a serving process whose event loop falls this far behind refuses new streams (they go
+    #: to the other processes) until it catches up; 0 turns the check off
+    max_loop_lag_ms: int = 250
     idle_timeout_s: float = 120.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | text
@@ -96,6 +105,10 @@ class Settings:
             raise SettingsError(f"port must be 0..65535, got {self.port}")
         if self.workers < 0:
             raise SettingsError("workers must be >= 0 (0: one per CPU core)")
+        if not 0 <= self.processes <= 256:
+            raise SettingsError("processes must be auto (0) or 1..256")
+        if self.max_loop_lag_ms < 0:
+            raise SettingsError("max_loop_lag_ms must be >= 0 (0 turns the check off)")
         for name in (
             "max_frame_bytes",
             "max_pixels",
@@ -143,11 +156,14 @@ class Settings:
                     f"allowed_origins: {origin!r} is not an origin; write scheme://host[:port] "
                     "with no path, e.g. https://edge.example.com (no wildcards)"
                 )
-        unknown = set(self.providers) - {"tensorrt", "cuda", "xnnpack", "cpu"}
+        unknown = set(self.providers) - {"auto", "tensorrt", "cuda", "xnnpack", "cpu"}
         if unknown:
             raise SettingsError(
-                f"providers: unknown {sorted(unknown)}; use tensorrt, cuda, xnnpack, cpu"
+                f"providers: unknown {sorted(unknown)}; use auto, or a list of tensorrt, "
+                "cuda, xnnpack, cpu"
             )
+        if "auto" in self.providers and len(self.providers) > 1:
+            raise SettingsError("providers: `auto` stands alone; or list the providers to use")
 
     @property
     def auth_enabled(self) -> bool:
@@ -158,7 +174,8 @@ class Settings:
 
     @property
     def worker_count(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        """Worker threads of one serving process: the cores shared out among the processes."""
+        return self.workers or max(1, (os.cpu_count() or 1) // max(1, self.processes))
 
     @classmethod
     def from_sources(
@@ -216,6 +233,8 @@ def _parse(name: str, typ: str, raw: str, key: str) -> Any:
                 return False
             raise ValueError("expected 1/0, true/false, yes/no or on/off")
         if typ == "int":
+            if name == "processes" and raw.strip().lower() == "auto":
+                return 0
             return int(raw)
         if typ == "float":
             return float(raw)

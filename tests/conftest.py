@@ -120,20 +120,36 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    """`edge serve` as a separate process, as an operator runs it."""
+    """`edge serve` as a separate process, as an operator runs it: one process, or a
+    supervisor and its serving processes (`serving()`), counted together."""
 
     def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
         self.proc, self.url, self.log = proc, url, log
 
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *self.serving().values()]
+
+    def serving(self) -> dict[int, int]:
+        """The supervisor's serving processes, index -> pid (none when there is one process)."""
+        out = {}
+        pid = self.proc.pid
+        with contextlib.suppress(FileNotFoundError):
+            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                with contextlib.suppress(FileNotFoundError):
+                    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                    if b"edge.serving" in argv:
+                        out[int(argv[argv.index(b"edge.serving") + 2])] = int(child)
+        return out
+
     def rss_mb(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
+        total = 0.0
+        for pid in self.pids():
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+        return total
 
     def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in self.pids())
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -141,7 +157,7 @@ class GatewayProcess:
 
 @pytest.fixture
 def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    procs: list[subprocess.Popen[bytes]] = []
+    gateways: list[GatewayProcess] = []
 
     def spawn(
         repo: Path, env: dict[str, str] | None = None, port: int | None = None
@@ -171,11 +187,13 @@ def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-        procs.append(proc)
-        return GatewayProcess(proc, f"http://127.0.0.1:{port}", log)
+        gateway = GatewayProcess(proc, f"http://127.0.0.1:{port}", log)
+        gateways.append(gateway)
+        return gateway
 
     yield spawn
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-        p.wait(timeout=10)
+    for gw in gateways:
+        for pid in gw.pids() if gw.proc.poll() is None else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        gw.proc.wait(timeout=10)

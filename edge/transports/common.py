@@ -93,6 +93,13 @@ def take_frame(
         stream.outbox.drop(old.seq, "stale")
 
 
+def close_stream(services: Services, stream: Stream) -> Frame | None:
+    """The stream has ended: no new work for it, and it no longer counts against its client.
+    Returns the frame still waiting in its slot, if any."""
+    ratelimit.forget(stream)
+    return services.scheduler.withdraw(stream)
+
+
 def apply_control(
     services: Services, stream: Stream, text: str, on_model: Callable[[Stream], None] | None = None
 ) -> None:

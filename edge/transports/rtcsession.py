@@ -89,7 +89,8 @@ class WebRTCSession(StreamSession):
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_channel)
         self.pc.on("connectionstatechange", self._on_state)
-        self.slot: Slot | None = None  # the auth stream-quota slot, given back on close
+        #: the auth stream-quota slot and the gateway's max_streams slot, given back on close
+        self.slots: list[Slot] = []
         self.annotated: AnnotatedTrack | None = None
         self._video: MediaStreamTrack | None = None
         self._writer = ChannelWriter()
@@ -158,7 +159,7 @@ class WebRTCSession(StreamSession):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.services.scheduler.withdraw(self._stream)
+            common.close_stream(self.services, self._stream)
             if self.annotated is not None:
                 self.annotated.stop()
             try:
@@ -170,8 +171,8 @@ class WebRTCSession(StreamSession):
             self.services.sessions.discard(self)
             self._forget(self)
             self.services.metrics.active_streams.labels(TRANSPORT).dec()
-            if self.slot is not None:
-                self.slot.release()
+            for slot in self.slots:
+                slot.release()
             self._closed.set()
             stats = self._stream.stats.as_dict()
             log.info("session=%s stream closed (%s) %s", self.id, self._reason, stats)
@@ -283,7 +284,12 @@ class WebRTCSession(StreamSession):
     def _on_open(self) -> None:
         assert self._writer.channel is not None
         settings = self.services.settings
-        hello = codec.hello(self.id, self._model_ref(), settings.max_frame_bytes)
+        hello = codec.hello(
+            self.id,
+            self._model_ref(),
+            settings.max_frame_bytes,
+            process=self.services.cluster.index,
+        )
         self._writer.channel.send(hello)  # first, before anything the outbox holds
         self._writer.ready.set()
 

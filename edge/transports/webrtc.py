@@ -127,11 +127,17 @@ async def handle(request: web.Request) -> web.Response:
         return web.json_response({"error": "unknown_model", "message": str(e)}, status=404)
     if services.draining or peers.closed:
         return _refuse(services, 503, "draining", "the gateway is shutting down; reconnect")
-    if len(services.sessions) >= settings.max_streams:
+    if services.saturated:
+        return _refuse(services, 503, "busy", "this gateway process is behind; retry")
+    streams = services.streams.acquire("*")  # the whole gateway's, not this process's
+    if streams is None:
         message = f"the gateway serves at most {settings.max_streams} streams"
         return _refuse(services, 503, "max_streams", message)
     session = peers.open(services, route, offer)
-    session.slot = auth.keep_stream_slot(request)
+    session.slots.append(streams)
+    token = auth.keep_stream_slot(request)
+    if token is not None:
+        session.slots.append(token)
     try:
         answer = await session.negotiate()
     except Exception as e:  # aiortc raises many kinds for an offer it cannot use

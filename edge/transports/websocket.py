@@ -65,7 +65,14 @@ class WebSocketSession(StreamSession):
             model.ref,
             extra={"session": stream.id, "model": model.ref, "transport": TRANSPORT},
         )
-        await ws.send_str(codec.hello(stream.id, model.ref, services.settings.max_frame_bytes))
+        await ws.send_str(
+            codec.hello(
+                stream.id,
+                model.ref,
+                services.settings.max_frame_bytes,
+                process=services.cluster.index,
+            )
+        )
         close_code, close_msg, reason = WSCloseCode.OK, b"", "closed"
         goaway = asyncio.create_task(self._goaway.wait())
         try:
@@ -98,7 +105,7 @@ class WebSocketSession(StreamSession):
             for t in (reader, sender, goaway, ticker):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            services.scheduler.withdraw(stream)
+            common.close_stream(services, stream)
             gauge.dec()
             with contextlib.suppress(Exception):
                 await ws.close(code=close_code, message=close_msg)
@@ -162,13 +169,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return _refuse(services, 503, "draining", "the gateway is shutting down; reconnect")
     if not services.repo.ready:
         return _refuse(services, 503, "not_ready", "models are still loading")
-    if len(services.sessions) >= settings.max_streams:
-        return _refuse(
-            services,
-            503,
-            "max_streams",
-            f"the gateway serves at most {settings.max_streams} streams",
-        )
+    if services.saturated:
+        return _refuse(services, 503, "busy", "this gateway process is behind; retry")
     try:
         route = Route.parse(request.query.get("model", settings.default_model))
         services.repo.assign(route, "probe")
@@ -183,22 +185,33 @@ async def handle(request: web.Request) -> web.StreamResponse:
         receive_timeout=settings.idle_timeout_s or None,
         protocols=(auth.SUBPROTOCOL,),  # chosen when offered; a bearer.<token> never is
     )
-    await ws.prepare(request)
-    if auth.pending(request) and not await _authenticate(request, ws, settings):
-        return ws
-    if services.draining:  # it drained while this socket was logging in
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"going away")
-        return ws
-    session = WebSocketSession(services, ws)
-    services.sessions.add(session)
+    slot = services.streams.acquire("*")  # the whole gateway's, not this process's
+    if slot is None:
+        return _refuse(
+            services,
+            503,
+            "max_streams",
+            f"the gateway serves at most {settings.max_streams} streams",
+        )
     try:
-        await session.run(route)
-    except UnknownModel as e:  # the model went away between the check and the upgrade
-        await ws.send_str(codec.error(None, "unknown_model", str(e)))
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+        await ws.prepare(request)
+        if auth.pending(request) and not await _authenticate(request, ws, settings):
+            return ws
+        if services.draining:  # it drained while this socket was logging in
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"going away")
+            return ws
+        session = WebSocketSession(services, ws)
+        services.sessions.add(session)
+        try:
+            await session.run(route)
+        except UnknownModel as e:  # the model went away between the check and the upgrade
+            await ws.send_str(codec.error(None, "unknown_model", str(e)))
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+        finally:
+            services.sessions.discard(session)
+        return ws
     finally:
-        services.sessions.discard(session)
-    return ws
+        slot.release()
 
 
 async def _authenticate(

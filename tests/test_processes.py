@@ -1,0 +1,258 @@
+"""Several serving processes behind one port, as clients and operators see the gateway: one
+address, one /metrics, gateway-wide limits, a supervisor that replaces a dead process, drain
+and reload that reach every process (docs/architecture.md, "Several processes")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import GatewayProcess, wait_ready
+from tests.operations_util import scrape, total
+from tests.overload_util import blast
+from tests.test_models import add_version, face_repo_copy
+from tests.test_overload import NO_RATE_LIMITS
+from tests.wsclient import Books, open_stream, read_into
+
+pytestmark = pytest.mark.integration
+
+TWO = {"EDGE_PROCESSES": "2", **NO_RATE_LIMITS}
+Spawn = Callable[..., GatewayProcess]
+
+
+def fresh() -> aiohttp.ClientSession:
+    """A client that opens a new connection per request, so requests reach either process."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def until(cond: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    """Wait for `cond`; the deadline is a safety net sized by the caller, not a speed check."""
+    deadline = time.monotonic() + within
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {within:g} s for: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def streams_on_both(
+    http: aiohttp.ClientSession, url: str, n: int = 4
+) -> list[tuple[aiohttp.ClientWebSocketResponse, Books]]:
+    clients = [await open_stream(http, url) for _ in range(n)]
+    spread = sorted(b.hello["process"] for _, b in clients)
+    assert set(spread) == {0, 1}, f"streams not spread over the processes: {spread}"
+    return clients
+
+
+async def start(spawn: Spawn, repo: Path, **env: str) -> GatewayProcess:
+    gw = spawn(repo, {**TWO, **env})
+    await wait_ready(gw.url)
+    assert sorted(gw.serving()) == [0, 1], gw.log.read_text()[-2000:]
+    return gw
+
+
+async def test_streams_spread_and_one_metrics_endpoint_adds_them_up(
+    spawn_gateway: Spawn, face_repo: Path, face_jpeg: bytes
+) -> None:
+    """Guards against per-process metrics (a scrape that sees only the process it reached),
+    and against streams piling onto one process."""
+    gw = await start(spawn_gateway, face_repo)
+    async with aiohttp.ClientSession() as http:
+        clients = await streams_on_both(http, gw.url)
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
+        async with fresh() as probe:
+            during = await scrape(probe, gw.url)
+        assert total(during, "edge_active_streams", transport="websocket") == 4
+        await asyncio.gather(*(blast(ws, b, face_jpeg, 2.0, 40.0) for ws, b in clients))
+        for ws, b in clients:  # every frame answered before we close
+            await until(lambda b=b: asyncio.sleep(0, not b.unanswered()), 120, "replies")
+            await ws.close()
+        await asyncio.gather(*readers)
+    sent = sum(len(b.sent_at) for _, b in clients)
+    results = sum(b.kinds().get("result", 0) for _, b in clients)
+    async with fresh() as probe:
+        scrapes = [await scrape(probe, gw.url) for _ in range(4)]
+    m = "blazeface"
+    for after in scrapes:  # whichever process answered the scrape
+        received = total(after, "edge_frames_received_total", transport="websocket", model=m)
+        processed = total(after, "edge_frames_processed_total", transport="websocket", model=m)
+        dropped = total(after, "edge_frames_dropped_total", transport="websocket", model=m)
+        assert received == sent and processed == results
+        assert received == processed + dropped
+        assert total(after, "edge_active_streams", transport="websocket") == 0
+        assert total(after, "edge_model_ready", model=m, version="1") == 1
+        assert total(after, "edge_process_restarts_total") == 0
+        assert total(after, "edge_build_info") == 1
+        assert {ls for n, ls in after if n == "edge_process_resident_bytes"} == {
+            (("process", "0"),),
+            (("process", "1"),),
+        }
+
+
+async def test_max_streams_holds_for_the_whole_gateway(
+    spawn_gateway: Spawn, face_repo: Path
+) -> None:
+    """Guards against a limit counted per process (N processes x max_streams streams)."""
+    gw = await start(spawn_gateway, face_repo, EDGE_MAX_STREAMS="3")
+    async with aiohttp.ClientSession() as http:
+        held = [await open_stream(http, gw.url) for _ in range(3)]
+        assert {b.hello["process"] for _, b in held} == {0, 1}
+        for _ in range(4):  # new connections go to either process; each refuses
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await http.ws_connect(gw.url.replace("http", "ws") + "/v1/stream")
+            assert e.value.status == 503
+        await held[0][0].close()
+
+        async def reopened() -> bool:
+            try:
+                ws, _ = await open_stream(http, gw.url)
+            except aiohttp.WSServerHandshakeError:
+                return False
+            held.append((ws, Books()))
+            return True
+
+        await until(reopened, 30, "a slot freed by a closed stream")
+        for ws, _ in held:
+            await ws.close()
+
+
+async def test_a_killed_process_is_replaced_and_the_others_never_notice(
+    spawn_gateway: Spawn, face_repo: Path, face_jpeg: bytes
+) -> None:
+    """kill -9 one serving process mid-stream: its clients are closed, the other process's
+    streams keep every frame answered exactly once, readiness says a process is missing until
+    the replacement is warm, and the restart is counted."""
+    gw = await start(spawn_gateway, face_repo)
+    victim = 0
+    old_pid = gw.serving()[victim]
+    async with aiohttp.ClientSession() as http, fresh() as probe:
+        clients = await streams_on_both(http, gw.url)
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
+        senders = [asyncio.create_task(blast(ws, b, face_jpeg, 600.0, 20.0)) for ws, b in clients]
+        hit = [i for i, (_, b) in enumerate(clients) if b.hello["process"] == victim]
+        kept = [i for i in range(len(clients)) if i not in hit]
+
+        def results(i: int) -> int:
+            return clients[i][1].kinds().get("result", 0)
+
+        await until(lambda: asyncio.sleep(0, min(map(results, range(4))) >= 3), 60, "results")
+        os.kill(old_pid, signal.SIGKILL)
+        await asyncio.wait_for(asyncio.gather(*(readers[i] for i in hit)), 30)
+        for i in hit:
+            assert clients[i][0].closed
+            senders[i].cancel()
+
+        statuses: list[int] = []
+
+        async def ready() -> bool:
+            async with probe.get(gw.url + "/readyz") as r:
+                statuses.append(r.status)
+                return r.status == 200 and 503 in statuses
+
+        await until(ready, 120, "readiness to go 503 while the process is missing, then 200")
+        at_restart = {i: results(i) for i in kept}
+        await until(
+            lambda: asyncio.sleep(0, all(results(i) >= at_restart[i] + 5 for i in kept)),
+            60,
+            "the other process's streams to keep getting results",
+        )
+        for i in kept:
+            senders[i].cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        for i in kept:
+            ws, b = clients[i]
+            await until(lambda b=b: asyncio.sleep(0, not b.unanswered()), 60, "replies")
+            await ws.close()
+            assert b.answered_twice() == []
+        await asyncio.gather(*(readers[i] for i in kept))
+        new_pid = gw.serving().get(victim)
+        assert new_pid is not None and new_pid != old_pid
+        again = [await open_stream(http, gw.url) for _ in range(2)]
+        assert victim in {b.hello["process"] for _, b in again}  # the new process serves
+        for ws, _ in again:
+            await ws.send_bytes(face_jpeg)
+            assert (await asyncio.wait_for(ws.receive_json(), 60))["type"] == "result"
+            await ws.close()
+        metrics = await scrape(probe, gw.url)
+    assert total(metrics, "edge_process_restarts_total") == 1
+    events = [json.loads(line) for line in gw.log.read_text().splitlines() if line.startswith("{")]
+    assert any("died" in e["msg"] and e["level"] == "warning" for e in events)
+
+
+async def test_sigterm_drains_every_process(
+    spawn_gateway: Spawn, face_repo: Path, face_jpeg: bytes
+) -> None:
+    """SIGTERM to the supervisor: every stream on every process is answered, told goaway and
+    closed with 1001, and the supervisor and its processes exit cleanly."""
+    gw = await start(spawn_gateway, face_repo, EDGE_DRAIN_SECONDS="10")
+    pids = gw.pids()
+    async with aiohttp.ClientSession() as http:
+        clients = await streams_on_both(http, gw.url)
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
+        senders = [asyncio.create_task(blast(ws, b, face_jpeg, 600.0, 50.0)) for ws, b in clients]
+        await until(
+            lambda: asyncio.sleep(0, all(b.kinds().get("result") for _, b in clients)),
+            60,
+            "results on every stream",
+        )
+        gw.signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*readers), 60)
+        for s in senders:
+            s.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+    assert await asyncio.to_thread(gw.proc.wait, 60) == 0
+    for ws, books in clients:
+        assert ws.close_code == 1001
+        assert books.other[-1]["type"] == "goaway"
+        answered = set(books.replies)
+        assert books.answered_twice() == []
+        assert answered == set(range(len(answered))), "a frame the server took has no reply"
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"pid {pid} outlived the drain"
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_reload_and_load_reach_every_process(
+    spawn_gateway: Spawn, pulled: Path, tmp_path: Path
+) -> None:
+    """Guards against a hot reload seen by the one process that got the request: after
+    `POST .../load` returns, and after SIGHUP, every process serves the new version."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    gw = await start(spawn_gateway, repo)
+
+    async def versions_served() -> set[str]:
+        async with aiohttp.ClientSession() as http:
+            clients = await streams_on_both(http, gw.url)
+            for ws, _ in clients:
+                await ws.close()
+        return {b.hello["model"] for _, b in clients}
+
+    assert await versions_served() == {"blazeface@1"}
+    add_version(pulled, repo, "2")
+    async with fresh() as probe:
+        async with probe.post(gw.url + "/v1/models/blazeface/load") as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["processes"] == {"rescanned": 2, "of": 2}, body
+        assert await versions_served() == {"blazeface@2"}
+
+    add_version(pulled, repo, "3")
+    gw.signal(signal.SIGHUP)
+
+    async def everywhere() -> bool:
+        return await versions_served() == {"blazeface@3"}
+
+    await until(everywhere, 120, "version 3 served by every process after SIGHUP")
+    shutil.rmtree(repo)
