@@ -187,5 +187,6 @@ class Metrics:
     def model_seen(self, name: str) -> None:
         """Create a model's per-model series at zero as soon as it is known."""
         self.inflight.labels(name)
+        self.batch_limit.labels(name)  # also opens its multiprocess file now, not mid-run
         for stage in STAGES:
             self.stage_latency.labels(name, stage)

@@ -2,9 +2,11 @@
 
 Every `PERIOD_S` it sleeps and measures how late it woke: that lag is the time every socket
 of this process waited unread, and frames sitting unread in kernel buffers are where
-latest-frame-wins cannot see them. Over `max_loop_lag_ms` (the worst of the last second) the
-process counts as saturated: it refuses new streams with `503 busy` and the supervisor hands
-new connections to the other processes, until the lag falls under half the limit. It also
+latest-frame-wins cannot see them. When the median lag of the last second passes
+`max_loop_lag_ms` (a loop behind all the time, not one slow moment such as a collection or a
+model loading), the process counts as saturated: it refuses new streams with `503 busy` and
+the supervisor hands new connections to the other processes, until the median falls under
+half the limit. It also
 writes this process's row of the shared state (ready, saturated) and its memory gauges.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import statistics
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -48,24 +51,25 @@ async def beat(services: Services) -> None:
         t0 = loop.time()
         await asyncio.sleep(PERIOD_S)
         lags.append(max(0.0, loop.time() - t0 - PERIOD_S))
-        worst = max(lags)
+        typical = statistics.median(lags)
         if limit > 0:
-            if not services.saturated and worst > limit:
+            if not services.saturated and typical > limit:
                 services.saturated = True
                 log.warning(
                     "event loop %.0f ms behind (limit %.0f ms): refusing new streams",
-                    worst * 1e3,
+                    typical * 1e3,
                     limit * 1e3,
                 )
-            elif services.saturated and worst < limit / 2:
+            elif services.saturated and typical < limit / 2:
                 services.saturated = False
-                log.info("event loop caught up (%.0f ms behind): taking streams", worst * 1e3)
+                log.info("event loop caught up (%.0f ms behind): taking streams", typical * 1e3)
         me = cluster.shared.me
         me["ready"] = int(services.repo.ready and not services.draining)
         me["saturated"] = int(services.saturated)
+        me["streams"] = len(services.sessions)
         n += 1
         if n % WINDOW == 1:
-            m.loop_lag.labels(process).set(worst)
+            m.loop_lag.labels(process).set(max(lags))
             m.saturated.labels(process).set(int(services.saturated))
             rss = resident_bytes()
             me["rss"] = rss

@@ -293,6 +293,8 @@ class Repository:
     def _loading_reason(self, spec: ModelSpec, vdir: Path) -> str:
         """Say so when this load will build a TensorRT engine: that can take minutes."""
         prefs = spec.providers or self.settings.providers
+        if prefs == ("auto",):  # auto times TensorRT too when it can start
+            prefs = tuple(providers.auto_candidates())
         if "tensorrt" not in prefs or "TensorrtExecutionProvider" not in providers.usable():
             return ""
         cache = self.settings.trt_cache

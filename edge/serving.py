@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import pickle
@@ -195,6 +196,21 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
+def _die_with(supervisor: int) -> None:
+    """If the supervisor is killed, so is this process, at once, as if the gateway had been one
+    process (a container's or a unit's whole group goes the same way). An orderly supervisor
+    exit drains its processes first; this is for a supervisor that could not."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor:  # it died before the line above
+        raise SystemExit("edge.serving: the supervisor is gone")
+
+
+#: prctl(2): the signal this process gets when its parent dies (Linux)
+PR_SET_PDEATHSIG = 1
+
+
 def main(argv: list[str]) -> int:
     fd = int(argv[1])
     boot = _read_boot(fd)
@@ -211,6 +227,7 @@ def main(argv: list[str]) -> int:
         supervisor_pid=boot["supervisor"],
         metrics_dir=Path(boot["metrics_dir"]),
     )
+    _die_with(boot["supervisor"])
     shared.me["pid"] = os.getpid()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings, cluster, fd))

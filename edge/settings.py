@@ -64,9 +64,9 @@ class Settings:
     #: body within this again; also the idle time allowed between HTTP requests
     request_timeout_s: float = 15.0
     heartbeat_s: float = 20.0
-    #: a serving process whose event loop falls this far behind refuses new streams (they go
-    #: to the other processes) until it catches up; 0 turns the check off
-    max_loop_lag_ms: int = 250
+    #: a serving process whose event loop stays this far behind (the median of a second)
+    #: refuses new streams (they go to the other processes) until it catches up; 0: off
+    max_loop_lag_ms: int = 500
     idle_timeout_s: float = 120.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | text

@@ -39,6 +39,7 @@ MEMBER = np.dtype(
         ("ready", "<i8"),
         ("saturated", "<i8"),
         ("conns", "<i8"),
+        ("streams", "<i8"),
         ("received", "<i8"),
         ("reload_done", "<i8"),
         ("rss", "<i8"),

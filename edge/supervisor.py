@@ -255,7 +255,8 @@ class Supervisor:
 
     def _by_load(self) -> list[Child]:
         """Alive processes, best first: ready and keeping up, then ready, then starting;
-        within a class, fewest connections (held, plus handed but not yet taken)."""
+        within a class, the least load: connections held, plus handed but not yet taken,
+        plus streams (a WebRTC session holds no connection once negotiated)."""
         members = self.shared.members
         ranked = []
         for child in self.children:
@@ -263,7 +264,8 @@ class Supervisor:
                 continue
             row = members[child.index]
             state = 0 if row["ready"] and not row["saturated"] else 1 if row["ready"] else 2
-            load = int(row["conns"]) + max(0, child.handed - int(row["received"]))
+            load = int(row["conns"]) + int(row["streams"])
+            load += max(0, child.handed - int(row["received"]))
             ranked.append(((state, load, (child.index - self._next) % self.n), child))
         ranked.sort(key=lambda r: r[0])
         return [c for _, c in ranked]

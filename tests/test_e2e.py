@@ -14,7 +14,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, Route
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from tests.conftest import free_port, running, settings_for
+from tests.conftest import free_port, running, settings_for, wait_ready
 from tests.e2e_browser import (
     CAMERA_H,
     CAMERA_W,
@@ -267,4 +267,21 @@ async def test_reconnects_after_the_gateway_restarts(face_repo: Path, browser: B
         snap = await shows_face(page, "websocket")
         check_face(snap)
         assert snap["state"] == "open"
+    assert errors == []
+
+
+async def test_dashboard_on_a_multi_process_gateway(
+    spawn_gateway: Any, face_repo: Path, browser: Browser
+) -> None:
+    """Guards against a dashboard that works against one process only: its page, scripts,
+    WebSocket and WebRTC offer each reach whichever serving process takes the connection."""
+    gw = spawn_gateway(face_repo, {"EDGE_PROCESSES": "2"})
+    await wait_ready(gw.url)
+    errors: list[str] = []
+    for transport in ("websocket", "webrtc"):
+        page = await open_page(browser, f"{gw.url}/?transport={transport}", errors)
+        snap = await shows_face(page, transport)
+        check_face(snap)
+        assert snap["fallback"] == "false", snap["notice"]
+        await page.context.close()
     assert errors == []

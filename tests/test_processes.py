@@ -260,3 +260,122 @@ async def test_reload_and_load_reach_every_process(
 
     await until(everywhere, 120, "version 3 served by every process after SIGHUP")
     shutil.rmtree(repo)
+
+
+# -- the pieces ------------------------------------------------------------------------------
+@pytest.mark.unit
+def test_shared_counts_hold_across_processes_and_die_with_one(tmp_path: Path) -> None:
+    """Two processes' views of one file: a limit counts both; when one dies, the supervisor's
+    `forget` gives back every slot it held, and only those."""
+    from edge.shared import Shared
+
+    made = Shared.create(tmp_path / "shared", 2, 64)
+    a, b = made.attach(0), Shared(2, 64, 1, tmp_path / "shared")
+    assert a.acquire("streams:*", 3) and b.acquire("streams:*", 3) and b.acquire("streams:*", 3)
+    assert not a.acquire("streams:*", 3) and a.count("streams:*") == 3
+    assert b.acquire("token:x", 0) and a.count("token:x") == 1
+    made.forget(1)  # process 1 died
+    assert a.count("streams:*") == 1 and a.count("token:x") == 0
+    assert a.acquire("streams:*", 3) and a.acquire("streams:*", 3)
+    a.release("streams:*")
+    a.release("nobody")  # releasing what is not held changes nothing
+    assert b.count("streams:*") == 2
+    for s in (a, b, made):
+        s.close()
+
+
+@pytest.mark.unit
+def test_a_clients_frame_budget_is_shared_fairly_among_its_streams() -> None:
+    """Guards against first-come-first-served: one client's 4 streams, one sending 4x as fast
+    as the others, each get about a quarter of max_fps_per_client, not what they grab."""
+    from edge import ratelimit
+    from edge.outbox import Outbox
+    from edge.repository import Route
+    from edge.settings import Settings
+    from edge.shared import Shared
+    from edge.stream import Stream
+
+    async def send(_text: str) -> None:
+        pass
+
+    settings = Settings(max_fps_per_stream=0, max_fps_per_client=40)
+    client = ratelimit.Client("client:10.0.0.7", 40, Shared(1, 64))
+    token = ratelimit._CLIENT.set(client)
+    try:
+        streams = [
+            Stream(f"s{i}", "test", Route("m"), Outbox(send, max_pending=1, send_timeout=1.0))
+            for i in range(4)
+        ]
+        for s in streams:  # every stream has counted itself before the clock starts
+            ratelimit.allow_frame(settings, s, 0.0)
+        passed = [0] * 4
+        # 5 s; stream 0 sends 400 frames/s, the others 100. Counted after the first second:
+        # until a stream re-reads how many siblings it has, it may take more.
+        for tick in range(1, 5001):
+            now = tick / 1000
+            for i, s in enumerate(streams):
+                if i == 0 or tick % 4 == 0:
+                    ok = ratelimit.allow_frame(settings, s, now) is None
+                    passed[i] += ok and tick > 1000
+    finally:
+        ratelimit._CLIENT.reset(token)
+    rates = [p / 4 for p in passed]
+    assert 36 <= sum(rates) <= 41, rates  # the client's rate, used
+    assert max(rates) - min(rates) <= 1, rates
+    for s in streams:
+        ratelimit.forget(s)
+    assert client.shared.count(client.key) == 0
+
+
+@pytest.mark.integration
+async def test_a_lagging_event_loop_refuses_new_streams_until_it_catches_up(
+    face_repo: Path,
+) -> None:
+    """Guards against frames ageing unseen in socket buffers: while this process's loop runs
+    far behind, a new stream is refused 503 `busy` (the supervisor sends it elsewhere); once
+    the loop catches up, streams are taken again."""
+    from tests.conftest import running, settings_for
+
+    settings = settings_for(face_repo, max_loop_lag_ms=100)
+    async with running(settings) as (url, app), aiohttp.ClientSession() as http:
+        stop = asyncio.Event()
+
+        async def hog() -> None:  # holds the loop 3x the limit at a time
+            while not stop.is_set():
+                _block(0.3)
+                await asyncio.sleep(0)
+
+        hogging = asyncio.create_task(hog())
+        try:
+
+            async def refused() -> bool:
+                try:
+                    ws = await http.ws_connect(url.replace("http", "ws") + "/v1/stream")
+                except aiohttp.WSServerHandshakeError as e:
+                    assert e.status == 503
+                    return True
+                await ws.close()
+                return False
+
+            await until(refused, 60, "a new stream refused while the loop lags")
+            async with http.get(url + "/metrics") as r:
+                assert 'edge_streams_refused_total{reason="busy",transport="websocket"}' in (
+                    await r.text()
+                )
+        finally:
+            stop.set()
+            await hogging
+
+        async def taken() -> bool:
+            try:
+                ws, _ = await open_stream(http, url)
+            except aiohttp.WSServerHandshakeError:
+                return False
+            await ws.close()
+            return True
+
+        await until(taken, 60, "a new stream taken once the loop caught up")
+
+
+def _block(seconds: float) -> None:
+    time.sleep(seconds)  # on purpose: stands in for an event loop too busy to read sockets

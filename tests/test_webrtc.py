@@ -46,7 +46,7 @@ from edge.settings import Settings, SettingsError
 from edge.transports.annotate import BOX_YUV, boxes, draw_box
 from edge.transports.rtcmedia import ChannelWriter
 from edge.transports.webrtc import PEERS, ice_configuration
-from tests.conftest import running, settings_for
+from tests.conftest import running, settings_for, wait_ready
 from tests.imagedata import load_rgb
 from tests.test_stream import ASTRONAUT_FACE, iou
 from tests.wsclient import Books
@@ -498,3 +498,28 @@ def test_ice_servers_from_settings() -> None:
     with pytest.raises(SettingsError) as e:
         ice_configuration(Settings(turn_servers=("http://u:secret@x",)))
     assert "secret" not in str(e.value)
+
+
+@pytest.mark.integration
+async def test_a_session_on_a_multi_process_gateway(
+    spawn_gateway: Any, face_repo: Path, face_pixels: np.ndarray
+) -> None:
+    """Guards against a WebRTC session split across serving processes (the offer answered by
+    one, the media or the channel left with another): several sessions against two processes
+    each get a face result for every frame's turn, every frame answered once."""
+    gw = spawn_gateway(face_repo, {"EDGE_PROCESSES": "2"})
+    await wait_ready(gw.url)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                rtc_client(gw.url, PhotoTrack(face_pixels, fps=15, frames=30))
+            )
+            for _ in range(3)
+        ]
+        for c in clients:
+            first = await c.wait_for(lambda m: m["type"] == "result", within=60)
+            assert iou(first["detections"][0]["box"], ASTRONAUT_FACE) > 0.6, first
+        assert {c.inbox[0]["process"] for c in clients} == {0, 1}
+        for c in clients:
+            assert await c.settle(within=60) == 29
+            assert c.books.unanswered() == [] and c.books.answered_twice() == []
