@@ -4,12 +4,16 @@ fake what onnxruntime reports as installed; the CPU path runs for real everywher
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
 from edge import engine, providers
+from edge.modelspec import ModelSpec
 from edge.repository import Repository
 from edge.settings import Settings
 
@@ -150,3 +154,60 @@ def test_tensorrt_without_libnvinfer_is_skipped_with_a_reason(monkeypatch, tmp_p
     assert "libnvinfer" in why and "not installed here: ['tensorrt']" in why
     assert providers.gpu_first(("tensorrt", "cuda", "cpu"))
     assert not (tmp_path / "trt").exists()  # no engine cache for a provider that cannot start
+
+
+# -- providers = auto, and the process count -------------------------------------------------
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("cpu_ms", "gpu_batch_ms", "chosen"),
+    [
+        (3.6, 1.8, "cpu"),  # a light model: 16 cores beat the GPU (the H200 box's BlazeFace)
+        (50.0, 3.0, "cuda"),  # a heavy one: the GPU wins by far (the text detector)
+        (4.0, 1.1, "cpu"),  # near a tie the CPU keeps it (the GPU must win by 10%)
+    ],
+)
+def test_auto_keeps_the_provider_that_serves_more_frames(
+    monkeypatch: pytest.MonkeyPatch, cpu_ms: float, gpu_batch_ms: float, chosen: str
+) -> None:
+    """Guards against `auto` comparing one call's latency (a GPU always wins that) instead of
+    what the machine serves: every core's single-threaded session against the GPU's batch.
+    The GPU cannot exist here, so the timings are given."""
+    from edge import autoprovider
+
+    monkeypatch.setattr(providers, "auto_candidates", lambda: ["cuda", "cpu"])
+    made: list[tuple[str, int]] = []
+
+    def make(short: str, threads: int) -> Any:
+        made.append((short, threads))
+        return lambda batch: (short, len(batch))
+
+    per_call = {("cpu", 1): cpu_ms / 1e3, ("cuda", 4): gpu_batch_ms / 1e3}
+    monkeypatch.setattr(autoprovider, "_time", lambda run, batch: per_call[run(batch)])
+    prefs, why = autoprovider.choose(np.zeros((3, 8, 8), np.float32), 4, make, cores=16)
+    assert made == [("cuda", 1), ("cpu", 1)]
+    assert prefs == ((chosen, "cpu") if chosen != "cpu" else ("cpu",))
+    assert f"chose {chosen}" in why and "cuda" in why and "cpu" in why
+
+
+@pytest.mark.unit
+def test_auto_on_a_cpu_only_machine_loads_the_model_on_the_cpu(pulled: Path) -> None:
+    """This machine: only the CPU provider can start, and a real model loads on it."""
+    spec = ModelSpec.load(pulled / "blazeface")
+    model = engine.load(pulled, spec, pulled / "blazeface" / "1", workers=1, preference=("auto",))
+    assert model.providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.unit
+def test_process_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`processes = auto` is one per core without a GPU; an explicit count wins."""
+    from dataclasses import replace
+
+    from edge import cli
+    from edge.settings import Settings
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert cli.process_count(Settings()) == 16  # no GPU build of onnxruntime here
+    assert cli.process_count(replace(Settings(), processes=3)) == 3
+    assert not cli.gpu_machine(("cpu",))  # the CPU asked for: no GPU count whatever is here
+    monkeypatch.setattr(cli, "gpu_machine", lambda prefs: True)
+    assert cli.process_count(Settings()) == cli.GPU_PROCESSES
