@@ -40,5 +40,13 @@ class Services:
     #: set to rescan the model repository now (SIGHUP)
     reload: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def session_opened(self, session: StreamSession) -> None:
+        self.sessions.add(session)
+        self.cluster.shared.me["streams"] = len(self.sessions)  # the supervisor's load figure
+
+    def session_closed(self, session: StreamSession) -> None:
+        self.sessions.discard(session)
+        self.cluster.shared.me["streams"] = len(self.sessions)
+
 
 SERVICES = web.AppKey("services", Services)

@@ -66,7 +66,6 @@ async def beat(services: Services) -> None:
         me = cluster.shared.me
         me["ready"] = int(services.repo.ready and not services.draining)
         me["saturated"] = int(services.saturated)
-        me["streams"] = len(services.sessions)
         n += 1
         if n % WINDOW == 1:
             m.loop_lag.labels(process).set(max(lags))

@@ -129,7 +129,7 @@ class Intake:
         assert server is not None
         while True:
             self._cluster.shared.me["conns"] = len(server.connections)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.02)
 
     def _readable(self) -> None:
         try:

@@ -255,8 +255,10 @@ class Supervisor:
 
     def _by_load(self) -> list[Child]:
         """Alive processes, best first: ready and keeping up, then ready, then starting;
-        within a class, the least load: connections held, plus handed but not yet taken,
-        plus streams (a WebRTC session holds no connection once negotiated)."""
+        within a class, the least load: the streams or the connections it holds, whichever
+        is more (a WebRTC session holds no connection; a WebSocket still upgrading is not yet
+        a stream), plus connections handed but not yet taken (so a burst is spread before
+        any is taken); then round-robin."""
         members = self.shared.members
         ranked = []
         for child in self.children:
@@ -264,7 +266,7 @@ class Supervisor:
                 continue
             row = members[child.index]
             state = 0 if row["ready"] and not row["saturated"] else 1 if row["ready"] else 2
-            load = int(row["conns"]) + int(row["streams"])
+            load = max(int(row["streams"]), int(row["conns"]))
             load += max(0, child.handed - int(row["received"]))
             ranked.append(((state, load, (child.index - self._next) % self.n), child))
         ranked.sort(key=lambda r: r[0])

@@ -168,7 +168,7 @@ class WebRTCSession(StreamSession):
             except Exception as e:
                 log.warning("session=%s peer connection did not close cleanly: %r", self.id, e)
         finally:
-            self.services.sessions.discard(self)
+            self.services.session_closed(self)
             self._forget(self)
             self.services.metrics.active_streams.labels(TRANSPORT).dec()
             for slot in self.slots:

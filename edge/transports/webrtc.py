@@ -53,7 +53,7 @@ class Peers:
             services, route, offer, self.configuration, self.draw, self.sessions.discard
         )
         self.sessions.add(session)
-        services.sessions.add(session)
+        services.session_opened(session)
         return session
 
     def start(self, session: WebRTCSession) -> None:

@@ -201,14 +201,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"going away")
             return ws
         session = WebSocketSession(services, ws)
-        services.sessions.add(session)
+        services.session_opened(session)
         try:
             await session.run(route)
         except UnknownModel as e:  # the model went away between the check and the upgrade
             await ws.send_str(codec.error(None, "unknown_model", str(e)))
             await ws.close(code=WSCloseCode.POLICY_VIOLATION)
         finally:
-            services.sessions.discard(session)
+            services.session_closed(session)
         return ws
     finally:
         slot.release()
