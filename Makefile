@@ -42,7 +42,7 @@ test: setup-test models browser lint
 	$(BIN)/pytest
 
 bench: models
-	$(BIN)/python bench/stream.py
+	$(BIN)/python bench/stream.py --overload 1.5
 
 clean:
 	rm -rf $(VENV) .cache artifacts
