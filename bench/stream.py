@@ -243,6 +243,7 @@ async def drive(
     url: str, model: str, data: bytes, streams: int, fps: float, seconds: float
 ) -> dict[str, Any]:
     ages: list[tuple[float, float]] = []  # (arrival, age)
+    per_stream = [0] * streams  # results each stream got, for fairness
     counts = {"result": 0, "dropped": 0, "error": 0, "sent": 0, "unanswered": 0, "twice": 0}
     ws_url = url.replace("http", "ws", 1) + f"/v1/stream?model={model}"
 
@@ -264,6 +265,7 @@ async def drive(
                     answered.add(s)
                 if m["type"] == "result":
                     counts["result"] += 1
+                    per_stream[k] += 1
                     ages.append((now, now - sent[m["seq"]]))
                 elif m["type"] in counts:
                     counts[m["type"]] += len(seqs)
@@ -295,7 +297,12 @@ async def drive(
         t0 = time.monotonic()
         await asyncio.gather(*(one(http, k) for k in range(streams)))
         elapsed = time.monotonic() - t0
-    return {"ages": ages, "counts": counts, "elapsed": min(elapsed, seconds)}
+    return {
+        "ages": ages,
+        "counts": counts,
+        "elapsed": min(elapsed, seconds),
+        "per_stream": per_stream,
+    }
 
 
 def _drive_in_process(
@@ -327,6 +334,7 @@ def drive_from(
         runs = [f.result() for f in futures]
     return {
         "ages": sorted(a for r in runs for a in r["ages"]),
+        "per_stream": [n for r in runs for n in r["per_stream"]],
         "counts": {k: sum(r["counts"][k] for r in runs) for k in runs[0]["counts"]},
         "elapsed": max(r["elapsed"] for r in runs),
     }
@@ -438,6 +446,12 @@ def main() -> None:
         help="offer this many times the baseline's frames/s in all (sets --fps per stream)",
     )
     ap.add_argument("--clients", type=int, default=1, help="client processes driving the streams")
+    ap.add_argument(
+        "--max-fps-per-client",
+        type=int,
+        default=0,
+        help="the gateway's per-client frame limit (0: off; every stream here is one client)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument(
         "--baseline",
@@ -491,7 +505,7 @@ def main() -> None:
         **os.environ,
         "EDGE_LOG_LEVEL": "warning",
         "EDGE_WATCH_MODELS_S": "0",
-        "EDGE_MAX_FPS_PER_CLIENT": "0",
+        "EDGE_MAX_FPS_PER_CLIENT": str(args.max_fps_per_client),
         "EDGE_MAX_FPS_PER_STREAM": "0",
         "EDGE_PROVIDERS": args.providers,
     }
@@ -531,6 +545,7 @@ def main() -> None:
             "ages": [a for x in runs for a in x["ages"]],
             "counts": {k: sum(x["counts"][k] for x in runs) for k in runs[0]["counts"]},
             "elapsed": sum(x["elapsed"] for x in runs),
+            "per_stream": [sum(col) for col in zip(*(x["per_stream"] for x in runs), strict=True)],
         }
         batches = asyncio.run(batch_sizes(url, args.model))
     finally:
@@ -563,6 +578,10 @@ def main() -> None:
             f"{', '.join(f'{v:.2f}x' for v in paired)}; median {statistics.median(paired):.2f}x"
         )
     print(f"  replies: {counts}")
+    shares = run["per_stream"]
+    assert isinstance(shares, list)
+    jain = sum(shares) ** 2 / (len(shares) * sum(x * x for x in shares) or 1)
+    print(f"  fairness over streams (Jain): {jain:.3f}, results {min(shares)}..{max(shares)} each")
     print(
         f"  frame age at result (client-measured): p50 {s['p50_ms']:.1f} ms, "
         f"p95 {s['p95_ms']:.1f}, p99 {s['p99_ms']:.1f}, max {s['max_ms']:.1f}"
@@ -599,6 +618,7 @@ def main() -> None:
                     "batches": batches,
                     "raw_around_rounds": raw_around,
                     "gateway_per_round": per_round,
+                    "fairness": jain,
                 },
                 indent=2,
             )
