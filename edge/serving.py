@@ -54,7 +54,12 @@ async def serve(settings: Settings, cluster: Cluster | None = None, channel: int
     intake: Intake | None = None
     if channel < 0:
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls(settings))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            where = f"{settings.host}:{settings.port}"
+            raise SystemExit(f"edge: cannot listen on {where}: {e.strerror or e}") from None
         where = f"{settings.host}:{settings.port}"
     else:
         assert cluster is not None

@@ -21,7 +21,6 @@ import logging
 import os
 import pickle
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 
 from edge.settings import Settings
+from edge.shared import Shared, capacity_for
 
 log = logging.getLogger("edge.supervisor")
 
@@ -68,61 +68,75 @@ class Supervisor:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
-        self.dir = Path(tempfile.mkdtemp(prefix="edge-gateway-"))
-        metrics_dir = self.metrics_dir = self.dir / "metrics"
-        metrics_dir.mkdir()
-        # prometheus_client picks its multiprocess mode when it is imported: set it first
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        from prometheus_client import Counter, multiprocess
+        """Listen, start the processes, serve until drained; every step undone in reverse."""
+        try:
+            self.listener = self._listen()
+        except OSError as e:
+            where = f"{self.settings.host}:{self.settings.port}"
+            print(f"edge: cannot listen on {where}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.listener.close)
+            self.dir = Path(undo.enter_context(tempfile.TemporaryDirectory(prefix="edge-gateway-")))
+            self._metrics()
+            self.shared = Shared.create(
+                self.dir / "shared", self.n, capacity_for(self.settings.max_streams)
+            )
+            undo.callback(self.shared.close)
+            sel = undo.enter_context(selectors.DefaultSelector())
+            sel.register(self.listener, selectors.EVENT_READ, "accept")
+            wake = self._wake_on_signals(undo)
+            sel.register(wake, selectors.EVENT_READ, "wake")
+            host, port = self.listener.getsockname()[:2]
+            log.info(
+                "supervisor pid %d: %d serving processes on %s:%d", os.getpid(), self.n, host, port
+            )
+            undo.callback(self._kill_all, "supervisor exiting")
+            for i in range(self.n):
+                self._spawn(i)
+            self._loop(sel, wake)
+        return 0
 
-        from edge.shared import Shared, capacity_for
+    def _loop(self, sel: selectors.BaseSelector, wake: int) -> None:
+        while not (self.stopping and not any(self.children)):
+            for key, _ in sel.select(timeout=0.25):
+                if key.data == "accept":
+                    self._accept()
+                else:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(wake, 512):
+                            pass
+            self._handle_signals()
+            self._reap()
+            self._respawn_due()
+            if self.stopping and time.monotonic() > self._deadline:
+                self._kill_all("the drain took longer than its grace period")
+
+    def _metrics(self) -> None:
+        """The processes' metrics files go to our directory; the restart counter is ours."""
+        self.metrics_dir = self.dir / "metrics"
+        self.metrics_dir.mkdir()
+        # prometheus_client picks its multiprocess mode when it is imported: set it first
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        from prometheus_client import Counter, multiprocess
 
         self._mark_dead = multiprocess.mark_process_dead
         self.restarts = Counter(
             "edge_process_restarts", "Serving processes replaced after they died"
         )
-        capacity = capacity_for(self.settings.max_streams)
-        self.shared = Shared.create(self.dir / "shared", self.n, capacity)
-        self.listener = self._listen()
+
+    def _wake_on_signals(self, undo: contextlib.ExitStack) -> int:
+        """Signals are queued by their handlers and acted on by the loop, which a self-pipe
+        wakes (gunicorn's arbiter does the same)."""
         wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+            undo.callback(os.close, fd)
         signal.set_wakeup_fd(wake_w)
+        undo.callback(signal.set_wakeup_fd, -1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ, "accept")
-        sel.register(wake_r, selectors.EVENT_READ, "wake")
-        host, port = self.listener.getsockname()[:2]
-        log.info(
-            "supervisor pid %d: %d serving processes on %s:%d", os.getpid(), self.n, host, port
-        )
-        try:
-            for i in range(self.n):
-                self._spawn(i)
-            while not (self.stopping and not any(self.children)):
-                for key, _ in sel.select(timeout=0.25):
-                    if key.data == "accept":
-                        self._accept()
-                    else:
-                        with contextlib.suppress(BlockingIOError):
-                            while os.read(wake_r, 512):
-                                pass
-                self._handle_signals()
-                self._reap()
-                self._respawn_due()
-                if self.stopping and time.monotonic() > self._deadline:
-                    self._kill_all("the drain took longer than its grace period")
-            return 0
-        finally:
-            signal.set_wakeup_fd(-1)
-            self._kill_all("supervisor exiting")
-            sel.close()
-            self.listener.close()
-            os.close(wake_r)
-            os.close(wake_w)
-            self.shared.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+        return wake_r
 
     def _listen(self) -> socket.socket:
         host, port = self.settings.host, self.settings.port
