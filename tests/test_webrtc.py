@@ -501,15 +501,19 @@ async def test_a_full_channel_holds_the_sender_and_the_outbox_stays_bounded() ->
         await asyncio.sleep(0.05)
         assert channel.sent == []  # no channel ready yet: the writer waits for one
         writer.ready.set()
-        await asyncio.sleep(0.05)
+        await until(lambda: len(channel.sent) >= 4, what=lambda: f"4 sent: {len(channel.sent)}")
+        await asyncio.sleep(0.05)  # and no more: the writer holds
         assert len(channel.sent) == 4 and channel.bufferedAmount == 1200
         assert outbox.congested
-        while len(channel.sent) < 12:
+
+        def drained() -> bool:
             channel.drain()
-            await asyncio.sleep(0.01)
+            return len(channel.sent) >= 12
+
+        await until(drained, what=lambda: f"12 sent once the peer reads: {len(channel.sent)}")
         assert [t[:3] for t in channel.sent] == [f"{i:03d}" for i in range(12)]
         outbox.put("y" * 2000)
-        await asyncio.sleep(0.05)
+        await until(lambda: channel.sent[-1][0] == "y", what="the large message handed over")
         channel.readyState = "closed"
         writer.wake()
         await asyncio.wait_for(sender, deadline())
