@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: setup setup-test models serve test lint bench browser clean
+.PHONY: setup setup-test models serve test test-busy lint bench browser clean
 
 # The gateway's own packages (with WebRTC and OpenTelemetry support).
 setup: $(VENV)/.installed
@@ -40,6 +40,12 @@ lint: setup-test
 
 test: setup-test models browser lint
 	$(BIN)/pytest
+
+# The same suite while every core is kept busy by other processes (BURNERS CPU burners per
+# core, started and stopped by tests/busy.py): no test may depend on how fast the machine is.
+BURNERS ?= 1
+test-busy: setup-test models browser lint
+	$(BIN)/python tests/busy.py --per-core $(BURNERS) -- $(BIN)/pytest
 
 bench: models
 	$(BIN)/python bench/stream.py --overload 1.5

@@ -10,6 +10,8 @@ import socket
 import struct
 from urllib.parse import urlsplit
 
+from tests.pace import deadline
+
 
 def upgrade_request(url: str, path: str = "/v1/stream") -> bytes:
     host = urlsplit(url).netloc
@@ -29,7 +31,7 @@ async def open_ws(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]
     """A WebSocket upgraded by hand; the server's hello is left unread."""
     reader, writer = await connect(url)
     writer.write(upgrade_request(url))
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), deadline())
     assert head.startswith(b"HTTP/1.1 101"), head
     return reader, writer
 

@@ -27,6 +27,7 @@ from edge.auth import parse_origin
 from edge.settings import Settings, SettingsError
 from edge.tokens import Authenticator, Refused
 from tests.conftest import GatewayProcess, running, settings_for, wait_ready
+from tests.pace import deadline
 from tests.wsclient import next_reply
 
 GOOD = "good-token-0123456789abcdef"
@@ -150,7 +151,8 @@ async def test_wrong_token_by_subprotocol_query_or_message_is_refused(guarded: s
             await (ws.send_bytes(first) if isinstance(first, bytes) else ws.send_str(first))
             reply = await next_reply(ws)
             assert reply["type"] == "error" and reply["code"] == "unauthorized", reply
-            assert (await asyncio.wait_for(ws.receive(), 5)).type == aiohttp.WSMsgType.CLOSE
+            closing = await asyncio.wait_for(ws.receive(), deadline())
+            assert closing.type == aiohttp.WSMsgType.CLOSE
             assert ws.close_code == 1008, first
 
 
@@ -162,9 +164,9 @@ async def test_silent_socket_is_closed_after_the_auth_timeout(
     settings = guarded_settings(face_repo, rsa_key[1], auth_timeout_s=0.3)
     async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         ws = await http.ws_connect(ws_url(url), protocols=("edge.v1",))
-        reply = await next_reply(ws, 5)
+        reply = await next_reply(ws, settings.auth_timeout_s + deadline())
         assert reply["code"] == "unauthorized" and "auth message" in reply["message"]
-        assert (await asyncio.wait_for(ws.receive(), 5)).type == aiohttp.WSMsgType.CLOSE
+        assert (await asyncio.wait_for(ws.receive(), deadline())).type == aiohttp.WSMsgType.CLOSE
         assert ws.close_code == 1008
 
 
@@ -313,7 +315,7 @@ async def test_tokens_never_reach_the_log(
         async with http.get(gw.url + "/v1/models", params={"token": wrong}) as r:
             assert r.status == 401
     gw.signal(signal.SIGTERM)
-    await asyncio.to_thread(gw.proc.wait, 30)
+    await asyncio.to_thread(gw.proc.wait, Settings().drain_seconds + deadline())
     text = gw.log.read_text()
     assert "stream opened" in text and "refused" in text, text[-2000:]
     for secret in (GOOD, wrong, jwt_token, SECRET):
@@ -384,7 +386,7 @@ async def test_edge_serve_speaks_tls(
     url = gw.url.replace("http://", "https://")
     ctx = ssl.create_default_context(cafile=str(cert))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
-        deadline = time.monotonic() + 60
+        ends = time.monotonic() + 60  # as long as tests.conftest.wait_ready gives a server
         while True:
             try:
                 async with http.get(url + "/readyz") as r:
@@ -392,7 +394,7 @@ async def test_edge_serve_speaks_tls(
                         break
             except aiohttp.ClientConnectorError:
                 pass
-            assert time.monotonic() < deadline and gw.proc.poll() is None, gw.log.read_text()
+            assert time.monotonic() < ends and gw.proc.poll() is None, gw.log.read_text()
             await asyncio.sleep(0.1)
         async with http.get(url + "/v1/models", headers=bearer(GOOD)) as r:
             assert r.status == 200

@@ -7,7 +7,7 @@ import contextlib
 import random
 import shutil
 import threading
-import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from edge.repository import Route
 from tests.conftest import jpeg, running, settings_for
 from tests.operations_util import scrape, total
 from tests.overload_util import blast
-from tests.wsclient import open_stream, read_into
+from tests.pace import deadline, outpacing_fps, poll, wait_until
+from tests.wsclient import next_reply, open_stream, read_into
 
 
 def drive(sizer: BatchSizer, ms_per_frame: dict[int, float], gathers: int) -> list[int]:
@@ -92,6 +93,10 @@ def test_batching_max_always_fills_and_is_validated() -> None:
         ModelSpec.from_dict("m", {"task": "classification", "input": [8, 8], "batching": "x"})
 
 
+#: the floods below outpace the model on purpose; the frame-rate limits stay out of it
+UNLIMITED = {"max_fps_per_stream": 0, "max_fps_per_client": 0}
+
+
 @pytest.fixture(scope="module")
 def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("text-repo")
@@ -100,19 +105,42 @@ def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def flood(
-    http: aiohttp.ClientSession, url: str, streams: int, data: bytes, seconds: float, fps: float
+    http: aiohttp.ClientSession,
+    url: str,
+    streams: int,
+    data: bytes,
+    seconds: float,
+    fps: float,
+    enough: Callable[[], bool] = lambda: True,
+    enough_frames: int = 0,
 ) -> None:
-    """`streams` streams of the text model each sending `data` at `fps` for `seconds`; then
-    every frame of every stream must have been answered exactly once, some with a result."""
+    """`streams` streams of the text model each sending `data` at `fps` for `seconds`, and on
+    until each has had a result and `enough()` holds (allowed: `enough_frames` frames more at
+    the text model's cost measured here); then every frame of every stream must be answered
+    exactly once. Once the streams stop, each has at most a frame running and one waiting:
+    the wait for the last answers is sized from that work."""
     opened = [await open_stream(http, url, "ppocr_det") for _ in range(streams)]
     readers = [asyncio.create_task(read_into(ws, books)) for ws, books in opened]
+    senders = [asyncio.create_task(blast(ws, b, data, 3600, fps)) for ws, b in opened]
     try:
-        await asyncio.gather(*(blast(ws, books, data, seconds, fps) for ws, books in opened))
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(seconds)
+        await wait_until(
+            lambda: enough() and all(b.kinds().get("result", 0) > 0 for _, b in opened),
+            deadline(frames=enough_frames + streams, model="ppocr_det"),
+            lambda: f"enough() is {enough()}; results {[b.kinds() for _, b in opened]}",
+        )
+        for t in senders:
+            t.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        await wait_until(
+            lambda: all(not books.unanswered() for _, books in opened),
+            deadline(frames=2, streams=streams, model="ppocr_det"),
+            lambda: {i: books.unanswered() for i, (_, books) in enumerate(opened)},
+        )
         for ws, _ in opened:
             await ws.close()
     finally:
-        for t in readers:
+        for t in [*senders, *readers]:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
@@ -129,12 +157,10 @@ async def test_text_model_under_load_forms_batches_and_publishes_its_limit(
     every frame is answered once, and `edge_batch_limit` shows the size the gateway measured
     fastest, which is what it then runs most."""
     page = jpeg("page.png", (640, 480))
-    async with (
-        running(settings_for(text_repo, default_model="ppocr_det", workers=2)) as (url, app),
-        aiohttp.ClientSession() as http,
-    ):
+    settings = settings_for(text_repo, default_model="ppocr_det", workers=2, **UNLIMITED)
+    async with running(settings) as (url, app), aiohttp.ClientSession() as http:
         model = app[SERVICES].repo.resolve(Route("ppocr_det"))
-        await flood(http, url, 4, page, 8.0, 12.0)
+        await flood(http, url, 4, page, 8.0, max(12.0, outpacing_fps(4, "ppocr_det", 2)))
         m = await scrape(http, url)
     runs = total(m, "edge_batch_size_count", model="ppocr_det")
     singles = total(m, "edge_batch_size_bucket", model="ppocr_det", le="1.0")
@@ -205,21 +231,20 @@ def test_a_gpu_layout_hands_each_batch_to_the_least_busy_session(
         def run(self, names: list[str], feed: dict[str, np.ndarray]) -> Any:
             seen.append(threading.current_thread().name.rsplit("_", 1)[0])
             started.set()
-            release.wait(10)
+            release.wait(within)
             return self.session.run(names, feed)
 
+    within = deadline(frames=2, model="ppocr_det")
     model.sessions[:] = [Held(s) for s in model.sessions]
     x, _ = model.task.preprocess(decode(jpeg("page.png"), model.task.decode_hint(), 1 << 30))
     try:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(model.run, x[None], 0)
-            assert started.wait(10)
+            assert started.wait(within), "worker 0's batch never reached a session"
             second = pool.submit(model.run, x[None], 2)
-            deadline = time.monotonic() + 5
-            while len(seen) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            poll(lambda: len(seen) == 2, deadline(), f"worker 2's batch to reach a session: {seen}")
             release.set()
-            first.result(30), second.result(30)
+            first.result(within), second.result(within)
     finally:
         release.set()
         model.close()
@@ -242,7 +267,7 @@ async def test_the_gateway_with_a_gpu_layout_answers_and_stops_its_session_threa
         streams = [await open_stream(http, url, "ppocr_det") for _ in range(2)]
         await asyncio.gather(*(ws.send_bytes(page) for ws, _ in streams))
         for ws, _ in streams:
-            reply = await asyncio.wait_for(ws.receive_json(), 30)
+            reply = await next_reply(ws, deadline(frames=2, model="ppocr_det"))
             assert reply["type"] == "result" and len(reply["detections"]) >= 5, reply
             await ws.close()
         assert [t for t in threading.enumerate() if t.name.startswith("edge-ppocr_det-session")]
@@ -259,22 +284,27 @@ async def test_on_a_gpu_the_workers_hold_two_batches_per_session(
     gather into full batches; every frame is still answered once."""
     monkeypatch.setattr(providers, "gpu_first", lambda prefs: True)
     page = jpeg("page.png", (640, 480))
-    async with (
-        running(settings_for(text_repo, default_model="ppocr_det", workers=8)) as (url, app),
-        aiohttp.ClientSession() as http,
-    ):
+    settings = settings_for(text_repo, default_model="ppocr_det", workers=8, **UNLIMITED)
+    async with running(settings) as (url, app), aiohttp.ClientSession() as http:
         model = app[SERVICES].repo.resolve(Route("ppocr_det"))
         assert model.layout.max_batches == 4 and model.spec.max_batch == 2
+        fps = max(6.0, outpacing_fps(16, "ppocr_det", 2))  # two sessions, on the cores here
         held: list[float] = []
+        batches = [0.0]
 
         async def watch() -> None:
             while True:
-                held.append(total(await scrape(http, url), "edge_inflight_frames"))
+                m = await scrape(http, url)
+                held.append(total(m, "edge_inflight_frames"))
+                batches[0] = total(m, "edge_batch_size_count", model="ppocr_det")
                 await asyncio.sleep(0.05)
+
+        def enough() -> bool:  # seen often enough, over enough batches
+            return len(held) > 20 and batches[0] > 10
 
         watcher = asyncio.create_task(watch())
         try:
-            await flood(http, url, 16, page, 5.0, 6.0)
+            await flood(http, url, 16, page, 5.0, fps, enough, enough_frames=2 * 11)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

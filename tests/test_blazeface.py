@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
 import time
+from collections import Counter
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -184,16 +188,42 @@ def test_letterbox_padding_is_undone(canvas: tuple[int, int], at: tuple[int, int
     assert face["box"] == pytest.approx([79 + dx, 82 + dy, 173 + dx, 176 + dy], abs=8)
 
 
-def test_pre_and_post_processing_stay_fast() -> None:
-    """Guards against losing vectorisation: both steps for a 240x180 frame well under 1 ms."""
+def test_pre_and_post_processing_stay_vectorised() -> None:
+    """Guards against losing vectorisation. Counted, whatever the machine: both steps for a
+    240x180 frame run fewer lines of the gateway's Python than BlazeFace has anchors (896),
+    so no step loops over the anchors in Python. Timed, turn about with the session run on
+    this machine in this test (a busy or slow machine slows both alike): both steps together
+    cost less than the network run they surround (about half of it on the 2-core box)."""
     task, session = loaded("blazeface")
     with_face = as_image(np.ascontiguousarray(load_rgb("astronaut.png")[::2, ::2][:180, :240]))
     tensor, ctx = task.preprocess(with_face)
-    outputs = [o[0] for o in session.run(None, {"input:0": tensor[None]})]
-    times = []
-    for _ in range(60):
-        t0 = time.perf_counter()
+    feed = {"input:0": tensor[None]}
+    outputs = [o[0] for o in session.run(None, feed)]
+
+    lines = Counter[str]()
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and f"{os.sep}edge{os.sep}" in frame.f_code.co_filename:
+            lines[frame.f_code.co_name] += 1
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
         _, ctx = task.preprocess(with_face)
         task.postprocess(outputs, ctx, with_face, 0.5)
-        times.append(time.perf_counter() - t0)
-    assert statistics.median(times) < 1e-3
+    finally:
+        sys.settrace(previous)
+    assert 0 < lines.total() < 896, f"lines run, by function: {lines.most_common()}"
+
+    steps, runs = [], []
+    for _ in range(60):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        t1 = time.perf_counter()
+        _, ctx = task.preprocess(with_face)
+        task.postprocess(outputs, ctx, with_face, 0.5)
+        steps.append(time.perf_counter() - t1)
+        runs.append(t1 - t0)
+    step, run = statistics.median(steps), statistics.median(runs)
+    assert step < run, f"pre- and postprocess {step * 1e3:.2f} ms, session run {run * 1e3:.2f} ms"

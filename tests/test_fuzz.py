@@ -15,7 +15,7 @@ import json
 import time
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -51,6 +51,7 @@ from tests.fuzz_util import (
     png_with_size,
     seed_images,
 )
+from tests.pace import deadline, wait_until
 from tests.wsclient import open_stream, read_into
 
 SEEDS = seed_images()
@@ -412,13 +413,6 @@ def expected_control(app: web.Application, text: str) -> tuple[str, bool]:
     return "config", bool(ctl.config.stats_every_s)
 
 
-async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, "no reply in time"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.integration
 @settings(fuzz, max_examples=250)
 @given(messages=stream_messages)
@@ -453,18 +447,26 @@ async def test_a_stream_survives_any_sequence_of_messages(
                 books.sent_at[len(kinds)] = time.monotonic()
                 kinds.append(kind)
                 await ws.send_bytes(payload)
-        await until(lambda: set(books.replies) >= set(books.sent_at))
+        await wait_until(
+            lambda: set(books.replies) >= set(books.sent_at),
+            deadline(frames=len(kinds)),
+            lambda: f"replies to frames {books.unanswered()}",
+        )
         # and every control message answered: replies the client has not read yet count
         # against max_pending_results, and past it a frame is dropped as `overload`
         skip = {"credit", "stats"} if periodic else {"credit"}
         answers = len([w for w in want if w not in skip])
-        await until(lambda: len([m for m in books.other if m["type"] not in skip]) >= answers)
+        await wait_until(
+            lambda: len([m for m in books.other if m["type"] not in skip]) >= answers,
+            deadline(),
+            lambda: f"{answers} answers to control messages, got {books.other}",
+        )
         last = len(kinds)
         books.sent_at[last] = time.monotonic()
         await ws.send_bytes(GOOD)
-        await until(lambda: last in books.replies)
+        await wait_until(lambda: last in books.replies, deadline(), f"a reply to frame {last}")
         await ws.close()
-        await asyncio.wait_for(reader, 10)
+        await asyncio.wait_for(reader, deadline())
     assert ws.close_code == 1000
     assert books.answered_twice() == [] and books.unanswered() == []
     assert books.replies[last][0]["type"] == "result", books.replies[last]

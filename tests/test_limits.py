@@ -16,6 +16,7 @@ from edge.settings import Settings
 from edge.stream import Stream
 from tests.conftest import jpeg, running, settings_for
 from tests.operations_util import scrape, total
+from tests.pace import deadline
 from tests.wsclient import Books, next_reply, open_stream
 
 TOKEN_A = "token-a-0123456789abcdef"
@@ -34,10 +35,14 @@ async def send_all(ws: aiohttp.ClientWebSocketResponse, books: Books, frame: byt
 
 
 async def read_answers(ws: aiohttp.ClientWebSocketResponse, books: Books) -> None:
-    """Read until every frame sent has its reply (bounded)."""
-    async with asyncio.timeout(10):
-        while books.unanswered():
-            books.record(await next_reply(ws))
+    """Read until every frame sent has its reply, allowing each outstanding frame its cost."""
+    within = deadline(frames=len(books.unanswered()))
+    try:
+        async with asyncio.timeout(within):
+            while books.unanswered():
+                books.record(await next_reply(ws))
+    except TimeoutError:
+        raise AssertionError(f"after {within:.1f} s no reply to {books.unanswered()}") from None
 
 
 # -- frame rates -------------------------------------------------------------------------------
@@ -145,7 +150,7 @@ async def test_streams_per_token_are_limited_with_429(face_repo: Path) -> None:
         ws = await http.ws_connect(url.replace("http", "ws") + "/v1/stream", protocols=("edge.v1",))
         await ws.send_str(json.dumps({"type": "auth", "token": TOKEN_A}))
         assert (await next_reply(ws))["code"] == "too_many_streams"
-        assert (await asyncio.wait_for(ws.receive(), 5)).type == aiohttp.WSMsgType.CLOSE
+        assert (await asyncio.wait_for(ws.receive(), deadline())).type == aiohttp.WSMsgType.CLOSE
         assert ws.close_code == 1008
         await held[0][0].close()  # the slot comes back when the stream ends
         again, _ = await open_stream(http, url, headers=a)
@@ -172,5 +177,5 @@ async def test_oversize_frames_close_with_1009_only_when_repeated(
         for _ in range(3):
             await ws.send_bytes(big)
             assert (await next_reply(ws))["code"] == "bad_frame"
-        msg = await asyncio.wait_for(ws.receive(), 5)
+        msg = await asyncio.wait_for(ws.receive(), deadline())
         assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1009

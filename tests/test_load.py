@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import GatewayProcess, jpeg, wait_ready
 from tests.operations_util import scrape, total
+from tests.pace import deadline, measure_frame_cost, wait_until
 
 SECONDS = float(os.environ.get("EDGE_LOAD_SECONDS", "120"))
 STREAMS = int(os.environ.get("EDGE_LOAD_STREAMS", "24"))
@@ -34,6 +35,8 @@ FPS = float(os.environ.get("EDGE_LOAD_FPS", "30"))
 WINDOW = min(600.0, SECONDS / 3)
 #: memory is compared after a warm-up, while allocator pools and buffers reach their size
 WARMUP = min(120.0, SECONDS / 4)
+#: rounds over the streams (measured in the run) the median latency may span
+MEDIAN_ROUNDS = 5
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SECONDS + 120)]
 
@@ -63,7 +66,7 @@ async def drive(http: aiohttp.ClientSession, url: str, stop: asyncio.Event) -> T
     """One stream at FPS until `stop`; then every reply collected and the socket closed."""
     frame = jpeg("astronaut.png", (256, 256))
     ws = await http.ws_connect(url.replace("http", "ws", 1) + "/v1/stream")
-    assert (await ws.receive_json(timeout=10))["type"] == "hello"
+    assert (await ws.receive_json(timeout=deadline()))["type"] == "hello"
     tally = Tally()
 
     async def read() -> None:
@@ -80,9 +83,14 @@ async def drive(http: aiohttp.ClientSession, url: str, stop: asyncio.Event) -> T
         tally.sent_at.append(time.monotonic())
         tally.replies.append(0)
         await ws.send_bytes(frame)
-    await asyncio.sleep(1.5)  # every frame is answered within a second of the last
+    # each stream has a frame running and one waiting at most (docs/protocol.md, rule 5)
+    await wait_until(
+        lambda: 0 not in tally.replies,
+        deadline(frames=2, streams=STREAMS),
+        lambda: f"replies to {[s for s, n in enumerate(tally.replies) if n == 0]}",
+    )
     await ws.close()
-    await asyncio.wait_for(reader, 10)
+    await asyncio.wait_for(reader, deadline())
     return tally
 
 
@@ -101,6 +109,7 @@ async def test_many_streams_at_full_rate_for_a_bounded_time(spawn_gateway, face_
     # loopback: every stream comes from one address, so the per-address rate limit is off
     gw: GatewayProcess = spawn_gateway(face_repo, {"EDGE_MAX_FPS_PER_CLIENT": "0"})
     await wait_ready(gw.url)
+    frame_s = measure_frame_cost()  # one frame through the stages, on one thread, here
     fds_idle = gw.fds()
     samples: list[tuple[float, float, int]] = []  # time, rss MB, fds
     stop = asyncio.Event()
@@ -116,9 +125,8 @@ async def test_many_streams_at_full_rate_for_a_bounded_time(spawn_gateway, face_
         sampler = asyncio.create_task(sample())
         await asyncio.sleep(SECONDS)
         stop.set()
-        tallies = await asyncio.wait_for(asyncio.gather(*streams), 60)
+        tallies = await asyncio.wait_for(asyncio.gather(*streams), 2 * deadline(2, STREAMS))
         await sampler
-        await asyncio.sleep(0.5)
         server = await scrape(http, gw.url)
     fds_after = gw.fds()
 
@@ -138,10 +146,14 @@ async def test_many_streams_at_full_rate_for_a_bounded_time(spawn_gateway, face_
     rss_b = statistics.median(r for _, r, _ in steady[half:])
     fds_a = max(f for _, _, f in steady[:half])
     fds_b = max(f for _, _, f in steady[half:])
+    served = kinds.get("result", 0)
+    round_s = STREAMS * SECONDS / served if served else float("inf")  # one result per stream
     ms = 1e3
     print(
         f"\nload: {STREAMS} streams x {FPS:g} fps for {SECONDS:g} s: {sent} frames sent, "
-        f"{kinds.get('result', 0) / SECONDS:.0f} results/s, replies {kinds}\n"
+        f"{served / SECONDS:.0f} results/s (one thread runs the stages alone at "
+        f"{1 / frame_s:.0f} frames/s), a round over the streams {round_s * ms:.0f} ms, "
+        f"replies {kinds}\n"
         f"latency p50/p95 first {WINDOW:.0f} s {pct(first, 0.5) * ms:.0f}/"
         f"{pct(first, 0.95) * ms:.0f} ms, last {WINDOW:.0f} s {pct(last, 0.5) * ms:.0f}/"
         f"{pct(last, 0.95) * ms:.0f} ms, overall p99 "
@@ -155,8 +167,10 @@ async def test_many_streams_at_full_rate_for_a_bounded_time(spawn_gateway, face_
     assert once == sent, f"{sent - once} frames without exactly one reply"
     assert total(server, "edge_frames_received_total") == sent
     assert total(server, "edge_frames_processed_total") == kinds.get("result", 0)
-    assert kinds.get("result", 0) > 10 * SECONDS, "the gateway hardly served anything"
+    assert served > SECONDS / frame_s / 10, "served under a tenth of what one thread runs"
     assert rss_b - rss_a < 5.0, f"server memory grew {rss_b - rss_a:.1f} MB"
     assert fds_b <= fds_a + 2 and fds_after <= fds_idle + 2, "descriptors leak"
-    assert pct(first, 0.5) < 0.5 and pct(last, 0.5) < 0.5, "latency is not bounded"
-    assert pct(last, 0.95) < 2 * pct(first, 0.95) + 0.1, "latency grows over the run"
+    # a queueing server's latency grows by a second a second: thousands of rounds in a run
+    assert pct(first, 0.5) < MEDIAN_ROUNDS * round_s, "latency is not bounded"
+    assert pct(last, 0.5) < MEDIAN_ROUNDS * round_s, "latency is not bounded"
+    assert pct(last, 0.95) < 2 * pct(first, 0.95) + round_s, "latency grows over the run"

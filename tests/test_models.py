@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 from tests.conftest import GatewayProcess, png, running, settings_for, wait_ready
 from tests.operations_util import scrape, total
 from tests.overload_util import blast
+from tests.pace import deadline, wait_until
 from tests.wsclient import next_reply, open_stream, read_into
 
 pytestmark = pytest.mark.integration
@@ -50,17 +51,18 @@ async def models_rows(http: aiohttp.ClientSession, url: str) -> list[dict[str, o
 
 
 async def loaded_versions(
-    http: aiohttp.ClientSession, url: str, within: float = 20.0
+    http: aiohttp.ClientSession, url: str, within: float
 ) -> dict[str, dict[str, object]]:
     """The rows by version once none is loading: /readyz turns 200 as soon as one version of
     each model serves, and the others may still be loading then."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        rows = {str(r["version"]): r for r in await models_rows(http, url)}
-        if all(r["state"] != "loading" for r in rows.values()):
-            return rows
-        assert asyncio.get_running_loop().time() < deadline, rows
-        await asyncio.sleep(0.05)
+    rows: dict[str, dict[str, object]] = {}
+
+    async def none_loading() -> bool:
+        rows.update({str(r["version"]): r for r in await models_rows(http, url)})
+        return all(r["state"] != "loading" for r in rows.values())
+
+    await wait_until(none_loading, within, lambda: f"every version loaded: {rows}")
+    return rows
 
 
 async def test_two_real_models_at_once(pulled: Path, face_jpeg: bytes) -> None:
@@ -77,7 +79,7 @@ async def test_two_real_models_at_once(pulled: Path, face_jpeg: bytes) -> None:
         await faces.send_bytes(face_jpeg)
         await text.send_bytes(png("page.png"))
         f = await next_reply(faces)
-        t = await next_reply(text, 30)
+        t = await next_reply(text, deadline(model="ppocr_det"))
         assert f["model"] == "blazeface@1" and len(f["detections"]) == 1
         assert t["model"] == "ppocr_det@1" and len(t["detections"]) >= 5
         assert all(d["label"] == "text" for d in t["detections"])
@@ -85,7 +87,7 @@ async def test_two_real_models_at_once(pulled: Path, face_jpeg: bytes) -> None:
         await faces.send_str(json.dumps({"type": "config", "model": "ppocr_det"}))
         assert (await next_reply(faces))["model"] == "ppocr_det@1"
         await faces.send_bytes(png("text.png"))
-        r = await next_reply(faces, 30)
+        r = await next_reply(faces, deadline(model="ppocr_det"))
         assert r["model"] == "ppocr_det@1" and r["detections"]
         for ws in (faces, text):
             await ws.close()
@@ -101,18 +103,46 @@ async def test_hot_reload_switches_versions_and_survives_a_corrupt_one(
     async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         clients = [await open_stream(http, url) for _ in range(4)]
         readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
-        senders = [asyncio.create_task(blast(ws, b, face_jpeg, 4.0, 40.0)) for ws, b in clients]
-        await asyncio.sleep(1.0)
+        # each stream at 40 frames a second until the versions have come and gone
+        senders = [asyncio.create_task(blast(ws, b, face_jpeg, 3600, 40.0)) for ws, b in clients]
+        load = deadline(frames=50)  # a version loads and warms up: a few runs, a session made
+
+        def results_from(version: str) -> list[int]:
+            return [
+                sum(m[0].get("model") == f"blazeface@{version}" for m in b.replies.values())
+                for _, b in clients
+            ]
+
+        await wait_until(lambda: min(results_from("1")) > 0, load, lambda: results_from("1"))
         add_version(pulled, repo, "2")
-        await asyncio.sleep(1.5)
+        await wait_until(lambda: min(results_from("2")) > 0, load, lambda: results_from("2"))
         add_version(pulled, repo, "3", b"this is not an onnx model")
-        await asyncio.gather(*senders)
-        await asyncio.sleep(1.0)
+        rows: dict[str, dict[str, object]] = {}
+
+        async def version_3_failed() -> bool:
+            rows.update({str(r["version"]): r for r in await models_rows(http, url)})
+            return rows.get("3", {}).get("state") == "failed"
+
+        await wait_until(version_3_failed, load, lambda: f"version 3 refused: {rows}")
+        after_3 = results_from("2")
+        await wait_until(
+            lambda: all(n > m + 5 for n, m in zip(results_from("2"), after_3, strict=True)),
+            deadline(frames=6, streams=len(clients)),
+            lambda: f"results from version 2 after version 3 failed: {results_from('2')}",
+        )
+        for s in senders:
+            s.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        await wait_until(
+            lambda: all(not b.unanswered() for _, b in clients),
+            deadline(frames=2, streams=len(clients)),
+            lambda: [b.unanswered() for _, b in clients],
+        )
         rows = {r["version"]: r for r in await models_rows(http, url)}
         metrics = await scrape(http, url)
         for ws, _ in clients:
             await ws.close()
-        await asyncio.gather(*readers)
+        await asyncio.wait_for(asyncio.gather(*readers), deadline())
     assert rows["2"]["serving"] and rows["2"]["state"] == "ready"
     assert rows["3"]["state"] == "failed" and "onnx" in str(rows["3"]["reason"]).lower()
     assert rows["1"]["state"] == "retired"
@@ -138,13 +168,15 @@ async def test_sighup_and_load_endpoint_reload(spawn_gateway, pulled: Path, tmp_
         await asyncio.sleep(0.5)
         assert not any(r["version"] == "2" for r in await models_rows(http, gw.url))
         gw.signal(signal.SIGHUP)
-        for _ in range(100):
-            rows = await models_rows(http, gw.url)
-            if any(r["version"] == "2" and r["serving"] for r in rows):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail(f"SIGHUP did not load version 2: {rows}")
+        rows: list[dict[str, object]] = []
+
+        async def version_2_serves() -> bool:
+            rows[:] = await models_rows(http, gw.url)
+            return any(r["version"] == "2" and r["serving"] for r in rows)
+
+        await wait_until(
+            version_2_serves, deadline(frames=50), lambda: f"SIGHUP to load version 2: {rows}"
+        )
         add_version(pulled, repo, "3")
         async with http.post(gw.url + "/v1/models/blazeface/load") as r:
             assert r.status == 200
@@ -163,7 +195,7 @@ async def test_ab_split_is_sticky_per_stream(
     toml = repo / "blazeface" / "model.toml"
     toml.write_text(toml.read_text() + '\n[versions]\n"1" = 0.5\n"2" = 0.5\n')
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
-        rows = await loaded_versions(http, url)
+        rows = await loaded_versions(http, url, deadline(frames=50))
         assert rows["1"]["state"] == rows["2"]["state"] == "ready", rows
         seen: dict[str, int] = {}
         for _ in range(16):
@@ -211,7 +243,7 @@ async def test_model_files_reaching_outside_are_refused(pulled: Path, tmp_path: 
     toml = repo / "blazeface" / "model.toml"
     toml.write_text(toml.read_text() + '\n[versions]\n"1" = 1.0\n"2" = 0.0\n"3" = 0.0\n')
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
-        rows = {r["version"]: r for r in await models_rows(http, url)}
+        rows = await loaded_versions(http, url, deadline(frames=50))
     assert rows["1"]["state"] == "ready" and rows["1"]["serving"]
     assert rows["2"]["state"] == "failed" and "symlink" in str(rows["2"]["reason"])
     assert rows["3"]["state"] == "failed" and "external" in str(rows["3"]["reason"]).lower()
@@ -226,7 +258,7 @@ async def test_shadow_version_is_measured_but_never_answers(
     toml = repo / "blazeface" / "model.toml"
     toml.write_text(toml.read_text() + '\n[shadow]\nversion = "2"\nsample = 1.0\n')
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
-        rows = await loaded_versions(http, url)
+        rows = await loaded_versions(http, url, deadline(frames=50))
         assert rows["1"]["serving"] and not rows["2"]["serving"]
         assert rows["2"]["state"] == "ready"
         ws, books = await open_stream(http, url)
@@ -236,11 +268,17 @@ async def test_shadow_version_is_measured_but_never_answers(
             assert (await next_reply(ws))["model"] == "blazeface@1"
         await ws.close()
         labels = {"model": "blazeface", "version": "2"}
-        for _ in range(100):  # the shadow runs after the client's result is on its way
-            metrics = await scrape(http, url)
-            if total(metrics, "edge_shadow_agreement_count", **labels) >= 5:
-                break
-            await asyncio.sleep(0.02)
+        metrics: dict[tuple[str, tuple], float] = {}
+
+        async def shadow_ran() -> bool:  # after the client's result is on its way
+            metrics.update(await scrape(http, url))
+            return total(metrics, "edge_shadow_agreement_count", **labels) >= 5
+
+        await wait_until(
+            shadow_ran,
+            deadline(frames=5),
+            lambda: f"5 shadow runs: {total(metrics, 'edge_shadow_agreement_count', **labels)}",
+        )
     assert total(metrics, "edge_shadow_agreement_count", **labels) == 5
     assert total(metrics, "edge_shadow_agreement_sum", **labels) == 5.0  # same weights agree
     assert total(metrics, "edge_shadow_latency_seconds_count", **labels) == 5

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from edge.outbox import Outbox, SlowConsumer
+from tests.pace import deadline
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +53,7 @@ async def test_backlog_is_bounded_and_a_stuck_socket_is_cut_off() -> None:
     await blocked.wait()
     assert box.congested  # 3 still queued behind the stuck one
     with pytest.raises(SlowConsumer):
-        await asyncio.wait_for(task, 2)
+        await asyncio.wait_for(task, 0.2 + deadline())
     assert box.failed is not None
     box.put("after")  # ignored once failed: nothing accumulates for a dead client
     assert len(box._messages) == 3  # noqa: SLF001

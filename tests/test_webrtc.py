@@ -48,10 +48,13 @@ from edge.transports.rtcmedia import ChannelWriter
 from edge.transports.webrtc import PEERS, ice_configuration
 from tests.conftest import running, settings_for, wait_ready
 from tests.imagedata import load_rgb
+from tests.pace import deadline, outpacing_fps, wait_until
 from tests.test_stream import ASTRONAUT_FACE, iou
 from tests.wsclient import Books
 
 SOAK_S = float(os.environ.get("EDGE_WEBRTC_SOAK_S", "12"))
+#: rounds the 95th percentile of the ages may span, and the median may grow by over the run
+P95_ROUNDS, GROWTH_ROUNDS = 10, 3
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -113,36 +116,53 @@ class Client:
         self.arrived.set()
 
     async def wait_for(
-        self, pred: Callable[[dict[str, Any]], bool], within: float = 15.0, start: int = 0
+        self, pred: Callable[[dict[str, Any]], bool], within: float | None = None, start: int = 0
     ) -> dict[str, Any]:
-        """The first message from index `start` on that satisfies `pred`, waiting for it."""
-        async with asyncio.timeout(within):
-            seen = start
-            while True:
-                for msg in self.inbox[seen:]:
-                    if pred(msg):
-                        return msg
-                seen = len(self.inbox)
-                self.arrived.clear()
-                await self.arrived.wait()
+        """The first message from index `start` on that satisfies `pred`, waiting for it (by
+        default as long as a BlazeFace frame may take here, tests/pace.py)."""
+        within = deadline() if within is None else within
+        try:
+            async with asyncio.timeout(within):
+                seen = start
+                while True:
+                    for msg in self.inbox[seen:]:
+                        if pred(msg):
+                            return msg
+                    seen = len(self.inbox)
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            last = self.inbox[-3:]
+            raise AssertionError(f"no such message within {within:.1f} s; last: {last}") from None
 
-    async def settle(self, within: float = 15.0) -> int:
+    async def settle(self, model: str = "blazeface") -> int:
         """Once the camera has sent its frames (held now if it had no count), the server's
-        count of frames taken has stayed put and every one of them is answered: that count."""
+        count of frames taken has stayed put and every one of them is answered: that count.
+        Allowed: the frames still in the decoder and the pipeline, at `model`'s cost here."""
         assert self.track is not None and self.channel is not None
         if self.track.frames is None:
             self.track.hold()
-        async with asyncio.timeout(within):
-            last = -1
-            while True:
-                await asyncio.sleep(0.5)
-                start = len(self.inbox)
-                self.channel.send(json.dumps({"type": "stats"}))
-                n = (await self.wait_for(lambda m: m["type"] == "stats", start=start))["received"]
-                if n == last and all(s in self.books.replies for s in range(n)):
-                    self.books.sent_at = dict(enumerate(self.track.produced[:n]))
-                    return int(n)
-                last = n
+        last, n = -1, 0
+
+        async def settled() -> bool:
+            nonlocal last, n
+            assert self.channel is not None
+            await asyncio.sleep(0.5)
+            start = len(self.inbox)
+            self.channel.send(json.dumps({"type": "stats"}))
+            n = (await self.wait_for(lambda m: m["type"] == "stats", start=start))["received"]
+            done = n == last and all(s in self.books.replies for s in range(n))
+            last = n
+            return done
+
+        await wait_until(
+            settled,
+            deadline(frames=3, model=model),
+            lambda: f"{n} frames taken, unanswered: {set(range(n)) - set(self.books.replies)}",
+        )
+        assert self.track is not None
+        self.books.sent_at = dict(enumerate(self.track.produced[:n]))
+        return int(n)
 
 
 @contextlib.asynccontextmanager
@@ -205,12 +225,10 @@ async def offer_sdp() -> str:
         await pc.close()
 
 
-async def until(cond: Callable[[], bool], within: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.05)
+async def until(
+    cond: Callable[[], bool], within: float | None = None, what: str | Callable[[], str] = ""
+) -> None:
+    await wait_until(cond, deadline() if within is None else within, what)
 
 
 def server_tasks() -> list[str]:
@@ -269,14 +287,16 @@ async def test_age_stays_bounded_when_the_client_outpaces_the_model(
     text_repo: Path, face_pixels: np.ndarray
 ) -> None:
     """Latest frame wins on WebRTC too: a client sending 30 frames a second to a model that
-    serves far fewer gets results for recent frames, and their age does not grow over the run
-    (it would if frames queued anywhere: in aiortc's track, our reader or the outbox)."""
+    serves far fewer gets results for recent frames, within a few rounds (one run of the model
+    and a frame interval, measured in this run), and their age does not grow over the run (it
+    would if frames queued anywhere: in aiortc's track, our reader or the outbox)."""
     settings = settings_for(text_repo, workers=1, default_model="ppocr_det")
     pixels = np.asarray(Image.fromarray(face_pixels).resize((640, 480)))
-    async with running(settings) as (url, _), rtc_client(url, PhotoTrack(pixels, fps=30)) as c:
-        await c.wait_for(lambda m: m["type"] == "result", within=30)
+    fps = max(30.0, outpacing_fps(1, "ppocr_det", workers=1))  # a camera, or faster
+    async with running(settings) as (url, _), rtc_client(url, PhotoTrack(pixels, fps)) as c:
+        await c.wait_for(lambda m: m["type"] == "result", within=deadline(model="ppocr_det"))
         await asyncio.sleep(SOAK_S)
-        n = await c.settle()
+        n = await c.settle("ppocr_det")
     ages = c.books.result_ages()
     kinds = c.books.kinds()
     assert c.books.unanswered() == [] and c.books.answered_twice() == []
@@ -284,13 +304,20 @@ async def test_age_stays_bounded_when_the_client_outpaces_the_model(
     thirds = [[a for _, a in ages[i * len(ages) // 3 : (i + 1) * len(ages) // 3]] for i in range(3)]
     medians = [statistics.median(t) for t in thirds]
     p95 = sorted(a for _, a in ages)[int(0.95 * len(ages))]
-    print(
-        f"webrtc soak {SOAK_S:g} s: {n} frames, {kinds}, age medians by third {medians}, p95 {p95}"
+    # One round, measured in this run: the one stream's frame run by the one worker, and the
+    # frame interval it waits in aiortc's jitter buffer before it is decoded.
+    results = [m[0]["timing"] for m in c.books.replies.values() if m[0]["type"] == "result"]
+    run = statistics.median(t["total_ms"] - t["queue_ms"] for t in results) / 1e3
+    round_s = run + 1 / fps
+    figures = (
+        f"{n} frames, {kinds}, round {round_s * 1e3:.0f} ms (a run {run * 1e3:.0f} ms), ages: "
+        f"medians by third {[round(m * 1e3) for m in medians]} ms, p95 {p95 * 1e3:.0f} ms"
     )
+    print(f"webrtc soak {SOAK_S:g} s: {figures}")
     # Frames queued anywhere would age by most of a second per second of run (30 in, far
-    # fewer out); the bounds leave room for a busy machine, not for a queue.
-    assert p95 < 1.5, (medians, p95)
-    assert medians[2] < medians[0] + 0.3, medians
+    # fewer out): dozens of rounds over the run.
+    assert p95 < P95_ROUNDS * round_s, figures
+    assert medians[2] < medians[0] + GROWTH_ROUNDS * round_s, figures
 
 
 @pytest.mark.integration
@@ -341,9 +368,12 @@ async def test_without_a_channel_frames_flow_and_the_session_ends_cleanly(
         track = PhotoTrack(face_pixels, fps=15, frames=5)
         async with rtc_client(url, track, channel=False) as c:
             await until(lambda: len(track.produced) == 5 and peers.sessions != set())
-            t0 = time.monotonic()
-            await until(lambda: not peers.sessions, what="session ends when idle")
-            assert time.monotonic() - t0 < 5.0
+            # idle_timeout_s after its last frame, not much later however slow the machine
+            await until(
+                lambda: not peers.sessions,
+                within=1.5 + deadline(frames=5),
+                what="session ends when idle",
+            )
         await until(lambda: server_tasks() == [], what=f"our tasks end: {server_tasks()}")
 
 
@@ -357,10 +387,10 @@ async def test_drain_answers_every_frame_then_goaway_then_close(
         async with rtc_client(url, PhotoTrack(face_pixels, fps=30)) as c:
             await c.wait_for(lambda m: m["type"] == "result")
             session = next(iter(app[PEERS].sessions))
-            await asyncio.wait_for(drain(app), 15)
+            await asyncio.wait_for(drain(app), deadline(frames=2))
             assert session.stream is not None
             n = session.stream.stats.received
-            await asyncio.wait_for(c.channel_closed.wait(), 10)
+            await asyncio.wait_for(c.channel_closed.wait(), deadline())
             goaway = c.inbox[-1]
             assert goaway == {"type": "goaway", "retry_after_ms": 1000}, c.inbox[-3:]
             assert sorted(c.books.replies) == list(range(n))
@@ -399,13 +429,24 @@ async def test_annotated_return_track_draws_the_face_box(
         async with rtc_client(url, PhotoTrack(face_pixels, fps=15), annotate=True) as c:
             assert c.answer["annotate"] is True
             await c.wait_for(lambda m: m["type"] == "result")
-            await asyncio.sleep(1.0)  # frames drawn after the first result came back
-            await until(lambda: bool(c.returned), what="a frame on the return track")
-            rgb = c.returned[-1].to_ndarray(format="rgb24").astype(int)
+            # frames drawn after the first result came back: wait for one to come round
+            await until(
+                lambda: bool(c.returned) and greenest_row(c.returned[-1]) > 60,
+                what=lambda: (
+                    "a frame on the return track with a green line along the face "
+                    f"box's top; the latest's greenest row: {[greenest_row(f) for f in c.returned]}"
+                ),
+            )
+
+
+def greenest_row(frame: VideoFrame) -> float:
+    """How green the greenest row is around the top edge of the face box (at most 15 in the
+    photo itself)."""
+    rgb = frame.to_ndarray(format="rgb24").astype(int)
     x1, y1, x2, y2 = ASTRONAUT_FACE
-    band = rgb[y1 - 6 : y1 + 6, x1 + 10 : x2 - 10]  # around the box's top edge
-    green = band[..., 1] - (band[..., 0] + band[..., 2]) / 2  # at most 15 in the photo itself
-    assert green.mean(axis=1).max() > 60, green.mean(axis=1)
+    band = rgb[y1 - 6 : y1 + 6, x1 + 10 : x2 - 10]
+    green = band[..., 1] - (band[..., 0] + band[..., 2]) / 2
+    return float(green.mean(axis=1).max())
 
 
 @pytest.mark.unit
@@ -460,18 +501,22 @@ async def test_a_full_channel_holds_the_sender_and_the_outbox_stays_bounded() ->
         await asyncio.sleep(0.05)
         assert channel.sent == []  # no channel ready yet: the writer waits for one
         writer.ready.set()
-        await asyncio.sleep(0.05)
+        await until(lambda: len(channel.sent) >= 4, what=lambda: f"4 sent: {len(channel.sent)}")
+        await asyncio.sleep(0.05)  # and no more: the writer holds
         assert len(channel.sent) == 4 and channel.bufferedAmount == 1200
         assert outbox.congested
-        while len(channel.sent) < 12:
+
+        def drained() -> bool:
             channel.drain()
-            await asyncio.sleep(0.01)
+            return len(channel.sent) >= 12
+
+        await until(drained, what=lambda: f"12 sent once the peer reads: {len(channel.sent)}")
         assert [t[:3] for t in channel.sent] == [f"{i:03d}" for i in range(12)]
         outbox.put("y" * 2000)
-        await asyncio.sleep(0.05)
+        await until(lambda: channel.sent[-1][0] == "y", what="the large message handed over")
         channel.readyState = "closed"
         writer.wake()
-        await asyncio.wait_for(sender, 5)
+        await asyncio.wait_for(sender, deadline())
         assert isinstance(outbox.failed, ConnectionError)
     finally:
         sender.cancel()

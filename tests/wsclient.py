@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.pace import deadline
+
 
 @dataclass
 class Books:
@@ -62,7 +64,7 @@ async def open_stream(
     q = f"?model={model}" if model else ""
     ws = await http.ws_connect(url.replace("http", "ws", 1) + "/v1/stream" + q, **kw)
     books = Books()
-    hello = await asyncio.wait_for(ws.receive_json(), 10)
+    hello = await next_reply(ws)
     assert hello["type"] == "hello", hello
     books.hello = hello
     return ws, books
@@ -74,7 +76,15 @@ async def read_into(ws: aiohttp.ClientWebSocketResponse, books: Books) -> None:
             books.record(json.loads(msg.data))
 
 
-async def next_reply(ws: aiohttp.ClientWebSocketResponse, within: float = 10.0) -> dict[str, Any]:
-    msg = await asyncio.wait_for(ws.receive(), within)
+async def next_reply(
+    ws: aiohttp.ClientWebSocketResponse, within: float | None = None
+) -> dict[str, Any]:
+    """The next message, waiting at most `within` seconds (by default what one BlazeFace frame
+    may take on this machine, tests/pace.py)."""
+    within = deadline() if within is None else within
+    try:
+        msg = await asyncio.wait_for(ws.receive(), within)
+    except TimeoutError:
+        raise AssertionError(f"no message from the server within {within:.1f} s") from None
     assert msg.type == aiohttp.WSMsgType.TEXT, msg
     return json.loads(msg.data)  # type: ignore[no-any-return]
