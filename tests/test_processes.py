@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import GatewayProcess, wait_ready
 from tests.operations_util import scrape, total
 from tests.overload_util import blast
+from tests.pace import deadline, wait_until
 from tests.test_models import add_version, face_repo_copy
 from tests.test_overload import NO_RATE_LIMITS
 from tests.wsclient import Books, open_stream, read_into
@@ -32,15 +33,6 @@ Spawn = Callable[..., GatewayProcess]
 def fresh() -> aiohttp.ClientSession:
     """A client that opens a new connection per request, so requests reach either process."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-
-
-async def until(cond: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    """Wait for `cond`; the deadline is a safety net sized by the caller, not a speed check."""
-    deadline = time.monotonic() + within
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting after {within:g} s for: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def streams_on_both(
@@ -73,7 +65,8 @@ async def test_streams_spread_and_one_metrics_endpoint_adds_them_up(
         assert total(during, "edge_active_streams", transport="websocket") == 4
         await asyncio.gather(*(blast(ws, b, face_jpeg, 2.0, 40.0) for ws, b in clients))
         for ws, b in clients:  # every frame answered before we close
-            await until(lambda b=b: asyncio.sleep(0, not b.unanswered()), 120, "replies")
+            within = deadline(frames=2, streams=4)
+            await wait_until(lambda b=b: not b.unanswered(), within, b.unanswered)
             await ws.close()
         await asyncio.gather(*readers)
     sent = sum(len(b.sent_at) for _, b in clients)
@@ -119,7 +112,7 @@ async def test_max_streams_holds_for_the_whole_gateway(
             held.append((ws, Books()))
             return True
 
-        await until(reopened, 30, "a slot freed by a closed stream")
+        await wait_until(reopened, deadline(), "a slot freed by a closed stream")
         for ws, _ in held:
             await ws.close()
 
@@ -143,9 +136,13 @@ async def test_a_killed_process_is_replaced_and_the_others_never_notice(
         def results(i: int) -> int:
             return clients[i][1].kinds().get("result", 0)
 
-        await until(lambda: asyncio.sleep(0, min(map(results, range(4))) >= 3), 60, "results")
+        await wait_until(
+            lambda: min(map(results, range(4))) >= 3,
+            deadline(frames=3, streams=4),
+            lambda: [results(i) for i in range(4)],
+        )
         os.kill(old_pid, signal.SIGKILL)
-        await asyncio.wait_for(asyncio.gather(*(readers[i] for i in hit)), 30)
+        await asyncio.wait_for(asyncio.gather(*(readers[i] for i in hit)), deadline())
         for i in hit:
             assert clients[i][0].closed
             senders[i].cancel()
@@ -157,11 +154,13 @@ async def test_a_killed_process_is_replaced_and_the_others_never_notice(
                 statuses.append(r.status)
                 return r.status == 200 and 503 in statuses
 
-        await until(ready, 120, "readiness to go 503 while the process is missing, then 200")
+        await wait_until(  # a new process starts, loads and warms the model: a margin's worth
+            ready, 3 * deadline(), lambda: f"readiness 503 then 200; got {statuses[-5:]}"
+        )
         at_restart = {i: results(i) for i in kept}
-        await until(
-            lambda: asyncio.sleep(0, all(results(i) >= at_restart[i] + 5 for i in kept)),
-            60,
+        await wait_until(
+            lambda: all(results(i) >= at_restart[i] + 5 for i in kept),
+            deadline(frames=5, streams=4),
             "the other process's streams to keep getting results",
         )
         for i in kept:
@@ -169,7 +168,7 @@ async def test_a_killed_process_is_replaced_and_the_others_never_notice(
         await asyncio.gather(*senders, return_exceptions=True)
         for i in kept:
             ws, b = clients[i]
-            await until(lambda b=b: asyncio.sleep(0, not b.unanswered()), 60, "replies")
+            await wait_until(lambda b=b: not b.unanswered(), deadline(frames=2), b.unanswered)
             await ws.close()
             assert b.answered_twice() == []
         await asyncio.gather(*(readers[i] for i in kept))
@@ -179,7 +178,7 @@ async def test_a_killed_process_is_replaced_and_the_others_never_notice(
         assert victim in {b.hello["process"] for _, b in again}  # the new process serves
         for ws, _ in again:
             await ws.send_bytes(face_jpeg)
-            assert (await asyncio.wait_for(ws.receive_json(), 60))["type"] == "result"
+            assert (await asyncio.wait_for(ws.receive_json(), deadline()))["type"] == "result"
             await ws.close()
         metrics = await scrape(probe, gw.url)
     assert total(metrics, "edge_process_restarts_total") == 1
@@ -198,17 +197,18 @@ async def test_sigterm_drains_every_process(
         clients = await streams_on_both(http, gw.url)
         readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
         senders = [asyncio.create_task(blast(ws, b, face_jpeg, 600.0, 50.0)) for ws, b in clients]
-        await until(
-            lambda: asyncio.sleep(0, all(b.kinds().get("result") for _, b in clients)),
-            60,
+        await wait_until(
+            lambda: all(b.kinds().get("result") for _, b in clients),
+            deadline(frames=1, streams=4),
             "results on every stream",
         )
         gw.signal(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.gather(*readers), 60)
+        grace = 10 + deadline(frames=2, streams=4)  # EDGE_DRAIN_SECONDS, then the answers
+        await asyncio.wait_for(asyncio.gather(*readers), grace)
         for s in senders:
             s.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
-    assert await asyncio.to_thread(gw.proc.wait, 60) == 0
+    assert await asyncio.to_thread(gw.proc.wait, grace) == 0
     for ws, books in clients:
         assert ws.close_code == 1001
         assert books.other[-1]["type"] == "goaway"
@@ -258,7 +258,7 @@ async def test_reload_and_load_reach_every_process(
     async def everywhere() -> bool:
         return await versions_served() == {"blazeface@3"}
 
-    await until(everywhere, 120, "version 3 served by every process after SIGHUP")
+    await wait_until(everywhere, 3 * deadline(), "version 3 served by every process after SIGHUP")
     shutil.rmtree(repo)
 
 
@@ -357,7 +357,7 @@ async def test_a_lagging_event_loop_refuses_new_streams_until_it_catches_up(
                 await ws.close()
                 return False
 
-            await until(refused, 60, "a new stream refused while the loop lags")
+            await wait_until(refused, deadline(), "a new stream refused while the loop lags")
             async with http.get(url + "/metrics") as r:
                 assert 'edge_streams_refused_total{reason="busy",transport="websocket"}' in (
                     await r.text()
@@ -374,7 +374,7 @@ async def test_a_lagging_event_loop_refuses_new_streams_until_it_catches_up(
             await ws.close()
             return True
 
-        await until(taken, 60, "a new stream taken once the loop caught up")
+        await wait_until(taken, deadline(), "a new stream taken once the loop caught up")
 
 
 def _block(seconds: float) -> None:
