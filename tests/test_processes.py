@@ -38,7 +38,11 @@ def fresh() -> aiohttp.ClientSession:
 async def streams_on_both(
     http: aiohttp.ClientSession, url: str, n: int = 4
 ) -> list[tuple[aiohttp.ClientWebSocketResponse, Books]]:
+    """`n` streams, and more (a few at most) until both processes hold some: on a busy
+    machine a process whose loop lags is passed over for a moment, by design."""
     clients = [await open_stream(http, url) for _ in range(n)]
+    while {b.hello["process"] for _, b in clients} != {0, 1} and len(clients) < n + 8:
+        clients.append(await open_stream(http, url))
     spread = sorted(b.hello["process"] for _, b in clients)
     assert set(spread) == {0, 1}, f"streams not spread over the processes: {spread}"
     return clients
@@ -62,10 +66,10 @@ async def test_streams_spread_and_one_metrics_endpoint_adds_them_up(
         readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
         async with fresh() as probe:
             during = await scrape(probe, gw.url)
-        assert total(during, "edge_active_streams", transport="websocket") == 4
+        assert total(during, "edge_active_streams", transport="websocket") == len(clients)
         await asyncio.gather(*(blast(ws, b, face_jpeg, 2.0, 40.0) for ws, b in clients))
         for ws, b in clients:  # every frame answered before we close
-            within = deadline(frames=2, streams=4)
+            within = deadline(frames=2, streams=len(clients))
             await wait_until(lambda b=b: not b.unanswered(), within, b.unanswered)
             await ws.close()
         await asyncio.gather(*readers)
@@ -137,9 +141,9 @@ async def test_a_killed_process_is_replaced_and_the_others_never_notice(
             return clients[i][1].kinds().get("result", 0)
 
         await wait_until(
-            lambda: min(map(results, range(4))) >= 3,
-            deadline(frames=3, streams=4),
-            lambda: [results(i) for i in range(4)],
+            lambda: min(map(results, range(len(clients)))) >= 3,
+            deadline(frames=3, streams=len(clients)),
+            lambda: [results(i) for i in range(len(clients))],
         )
         os.kill(old_pid, signal.SIGKILL)
         await asyncio.wait_for(asyncio.gather(*(readers[i] for i in hit)), deadline())
@@ -160,7 +164,7 @@ async def test_a_killed_process_is_replaced_and_the_others_never_notice(
         at_restart = {i: results(i) for i in kept}
         await wait_until(
             lambda: all(results(i) >= at_restart[i] + 5 for i in kept),
-            deadline(frames=5, streams=4),
+            deadline(frames=5, streams=len(clients)),
             "the other process's streams to keep getting results",
         )
         for i in kept:
@@ -199,11 +203,11 @@ async def test_sigterm_drains_every_process(
         senders = [asyncio.create_task(blast(ws, b, face_jpeg, 600.0, 50.0)) for ws, b in clients]
         await wait_until(
             lambda: all(b.kinds().get("result") for _, b in clients),
-            deadline(frames=1, streams=4),
+            deadline(frames=1, streams=len(clients)),
             "results on every stream",
         )
         gw.signal(signal.SIGTERM)
-        grace = 10 + deadline(frames=2, streams=4)  # EDGE_DRAIN_SECONDS, then the answers
+        grace = 10 + deadline(frames=2, streams=len(clients))  # EDGE_DRAIN_SECONDS, then the answers
         await asyncio.wait_for(asyncio.gather(*readers), grace)
         for s in senders:
             s.cancel()
