@@ -207,7 +207,8 @@ async def test_sigterm_drains_every_process(
             "results on every stream",
         )
         gw.signal(signal.SIGTERM)
-        grace = 10 + deadline(frames=2, streams=len(clients))  # EDGE_DRAIN_SECONDS, then the answers
+        # EDGE_DRAIN_SECONDS, then the answers
+        grace = 10 + deadline(frames=2, streams=len(clients))
         await asyncio.wait_for(asyncio.gather(*readers), grace)
         for s in senders:
             s.cancel()
