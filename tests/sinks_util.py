@@ -9,6 +9,7 @@ import contextlib
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -71,11 +72,16 @@ class Broker:
         self.proc = None
 
 
-def mosquitto(tmp_path: Path, users: dict[str, str] | None = None) -> Broker:
-    """mosquitto on a free loopback port: anonymous, or only `users` (name: password)."""
+def mosquitto(
+    tmp_path: Path, users: dict[str, str] | None = None, tls: tuple[Path, Path] | None = None
+) -> Broker:
+    """mosquitto on a free loopback port: anonymous, or only `users` (name: password); over
+    TLS with `tls` (certificate, key)."""
     port = free_port()
     conf = tmp_path / f"mosquitto-{port}.conf"
     lines = [f"listener {port} 127.0.0.1", "persistence false", "user root"]
+    if tls:
+        lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
     if users:
         passwd = tmp_path / f"mosquitto-{port}.passwd"
         for i, (name, password) in enumerate(users.items()):
@@ -98,10 +104,12 @@ def nats_server(tmp_path: Path, *extra: str, jetstream: bool = False) -> Broker:
 
 
 @contextlib.asynccontextmanager
-async def mqtt_messages(port: int, topic: str = "edge/#") -> AsyncIterator[Got]:
+async def mqtt_messages(
+    port: int, topic: str = "edge/#", tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Got]:
     """Everything published under `topic` from now on, as it arrives."""
     got: Got = []
-    async with aiomqtt.Client("127.0.0.1", port) as client:
+    async with aiomqtt.Client("127.0.0.1", port, tls_context=tls) as client:
         await client.subscribe(topic, qos=1)
 
         async def read() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from tests.sinks_util import (
     socket_results,
     until,
 )
+from tests.test_auth import _self_signed
 from tests.test_overload import NO_RATE_LIMITS
 from tests.test_processes import streams_on_both
 from tests.wsclient import Books, next_reply, open_stream
@@ -305,6 +307,26 @@ async def test_subscribers_receive_exactly_the_results_the_sockets_received(
         assert total(metrics, "edge_sink_published_total", sink=sink) == 24
         assert total(metrics, "edge_sink_connected", sink=sink) == 1
         assert total(metrics, "edge_sink_dropped_total", sink=sink) == 0
+
+
+@pytest.mark.integration
+async def test_mqtts_publishes_over_tls_trusting_the_given_ca(
+    brokers: Callable[..., Broker], tmp_path: Path, face_repo: Path, photos: list[bytes]
+) -> None:
+    """`mqtts://` with `ca=`: the sink verifies the broker's certificate and publishes."""
+    cert, key = _self_signed(tmp_path)
+    mq = brokers(mosquitto(tmp_path, tls=(cert, key)))
+    trust = ssl.create_default_context(cafile=str(cert))
+    settings = sink_settings(face_repo, f"mqtts://127.0.0.1:{mq.port}/edge?ca={cert}")
+    async with (
+        mqtt_messages(mq.port, tls=trust) as got,
+        running(settings) as (url, _),
+        aiohttp.ClientSession() as http,
+    ):
+        ws, books = await open_stream(http, url)
+        await lockstep(ws, books, photos, lambda s: s >= 4)
+        await until(lambda: len(got) >= 4, 30, "4 messages over TLS")
+    assert published(got) == socket_results([(ws, books)])
 
 
 async def _scrape(url: str) -> dict[tuple[str, tuple], float]:
