@@ -16,8 +16,9 @@ as the client measures it (send to result), its percentiles, and whether it drif
 age of the last third of the run against the first third.
 
 `--sinks URL,...` runs the gateway with those result sinks (EDGE_SINKS). `--sinks-compare`
-instead runs it four times in one run, sinks off, on, off, on, each --seconds long under the
-same offered load, and prints results per second with sinks against without (docs/sinks.md);
+instead runs it --rounds times (at least 2) sinks off then on, each --seconds long under the
+same offered load, and prints results per second, and the gateway's CPU time per result, with
+sinks against without (docs/sinks.md);
 without --sinks it starts its own mosquitto and nats-server on loopback ports (Debian's
 packages, `make brokers`) and publishes to both, with nobody subscribed.
 
@@ -456,6 +457,21 @@ async def sink_counts(url: str) -> dict[str, float]:
     return out
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children, alive ones."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def compare_sinks(
     args: argparse.Namespace, models: Path, data: bytes, env: dict[str, str], flags: tuple[str, ...]
 ) -> None:
@@ -472,8 +488,9 @@ def compare_sinks(
             b.start()
         sinks = f"mqtt://127.0.0.1:{brokers[0].port}/edge,nats://127.0.0.1:{brokers[1].port}/edge"
     rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}  # gateway CPU ms per result
     try:
-        for mode in ("off", "on", "off", "on"):
+        for mode in ("off", "on") * max(2, args.rounds):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             run_env = {**env, "EDGE_SINKS": sinks if mode == "on" else ""}
@@ -481,30 +498,43 @@ def compare_sinks(
             proc = subprocess.Popen(cmd, env=run_env)
             try:
                 asyncio.run(wait_ready(url))
+                cpu0 = tree_cpu(proc.pid)
                 run = drive_from(
                     args.clients, url, args.model, data, args.streams, args.fps, args.seconds
                 )
+                used = tree_cpu(proc.pid) - cpu0
                 counted = asyncio.run(sink_counts(url))
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
             rate = run["counts"]["result"] / run["elapsed"]
             rates[mode].append(rate)
+            cpu[mode].append(used * 1e3 / max(1, run["counts"]["result"]))
             extra = (
                 f"; sinks: {counted['published']:.0f} published, {counted['dropped']:.0f} "
                 f"dropped, {counted['connected']:.0f} connected"
                 if mode == "on"
                 else ""
             )
-            print(f"  sinks {mode}: {rate:.1f} results/s, replies {run['counts']}{extra}")
+            print(
+                f"  sinks {mode}: {rate:.1f} results/s, gateway CPU {cpu[mode][-1]:.2f} ms a "
+                f"result, replies {run['counts']}{extra}"
+            )
     finally:
         for b in brokers:
             b.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     pairs = [on / off for off, on in zip(rates["off"], rates["on"], strict=True)]
     print(
-        f"  sinks on / off: {sum(rates['on']) / sum(rates['off']):.3f}x "
-        f"(each pair: {', '.join(f'{p:.3f}x' for p in pairs)}; target >= 0.95x)"
+        f"  results/s, sinks on / off: {sum(rates['on']) / sum(rates['off']):.3f}x over all "
+        f"runs, median pair {statistics.median(pairs):.3f}x (each pair: "
+        f"{', '.join(f'{p:.3f}x' for p in pairs)}; target >= 0.95x)"
+    )
+    costs = [on / off for off, on in zip(cpu["off"], cpu["on"], strict=True)]
+    print(
+        f"  gateway CPU a result, sinks on / off: median pair {statistics.median(costs):.3f}x "
+        f"(each pair: {', '.join(f'{c:.3f}x' for c in costs)}; the box is shared: CPU per "
+        "result moves less with the neighbours than results/s)"
     )
 
 
@@ -551,7 +581,8 @@ def main() -> None:
         type=int,
         default=1,
         help="raw-batch: split the gateway run into rounds and re-measure the best raw "
-        "configuration after each (a noisy machine's speed drifts within minutes)",
+        "configuration after each (a noisy machine's speed drifts within minutes); "
+        "--sinks-compare: pairs of runs, sinks off then on (at least 2)",
     )
     ap.add_argument("--sinks", default="", help="result sink URLs for the gateway (EDGE_SINKS)")
     ap.add_argument(

@@ -2,8 +2,9 @@
 
 Options: `qos` (0 or 1), `retain` (0 or 1), `client_id` (a prefix: the serving process's number
 is appended, as each process holds its own connection), `ca` (a CA file to trust, mqtts).
-A batch returns once each of its messages is written to the socket (QoS 0, one after another)
-or acknowledged (QoS 1, all in flight at once, as many as the client allows).
+Every message of a batch is handed to the client at once, in order (so a batch goes out in a
+few writes, not one loop turn per message); the batch returns once each is written to the
+socket (QoS 0) or acknowledged (QoS 1, as many in flight as the client allows).
 """
 
 from __future__ import annotations
@@ -96,12 +97,8 @@ class MqttSink(Sink):
         client = self._client
         if client is None or self._lost:
             raise ConnectionError("not connected")
-        if self._qos == 0:  # returns once written: in order, no task per message
-            for topic, payload in batch:
-                await client.publish(topic, payload, qos=0, retain=self._retain)
-            return
-        retain = self._retain
-        await asyncio.gather(*(client.publish(t, p, qos=1, retain=retain) for t, p in batch))
+        retain, qos = self._retain, self._qos
+        await asyncio.gather(*(client.publish(t, p, qos=qos, retain=retain) for t, p in batch))
 
     async def close(self) -> None:
         client, self._client = self._client, None

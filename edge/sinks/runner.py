@@ -29,6 +29,10 @@ REASONS = ("queue_full", "publish_failed", "shutdown")
 BATCH = 256
 #: how often an idle sink checks that its connection still stands
 IDLE_CHECK_S = 1.0
+#: once a message is queued, how long the sink waits for more to publish with it: a batch
+#: per broker round trip and a few wake-ups a second, not one per result, which is what
+#: keeps the event loop's share small (docs/sinks.md, "Measured")
+LINGER_S = 0.05
 #: the first reconnect waits up to this long; each failure doubles it, up to retry_max_s
 FIRST_RETRY_S = 0.5
 
@@ -184,6 +188,8 @@ class SinkRunner:
                         await self._wake.wait()
                 if not self.sink.connected:
                     raise ConnectionError("the broker closed the connection")
+                if queue and len(queue) < BATCH:
+                    await asyncio.sleep(LINGER_S)
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), BATCH))]
             out = [(self._topic(item), item.payload()) for item in batch]
