@@ -42,7 +42,7 @@ from tests.sinks_util import (
 from tests.test_auth import _self_signed
 from tests.test_overload import NO_RATE_LIMITS
 from tests.test_processes import streams_on_both
-from tests.wsclient import Books, next_reply, open_stream
+from tests.wsclient import Books, next_reply, open_stream, read_into
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "sink-test-token-0123456789abcdef"
@@ -253,7 +253,7 @@ async def test_subscribers_receive_exactly_the_results_the_sockets_received(
     """The issue's core: streams of real photos with MQTT (QoS 1), NATS and NATS JetStream
     sinks on; each subscriber gets one message per result, the same seqs and the same JSON
     as the socket, on the stream's topic; a stream that opts out publishes nothing; no token
-    travels."""
+    travels; MQTT's retain flag leaves each stream's last result for a later subscriber."""
     mq = brokers(mosquitto(tmp_path))
     ns = brokers(nats_server(tmp_path, jetstream=True))
     nc = await nats.connect(f"nats://127.0.0.1:{ns.port}")
@@ -261,7 +261,7 @@ async def test_subscribers_receive_exactly_the_results_the_sockets_received(
     await js.add_stream(name="EDGE_JS", subjects=["js.>"])
     settings = sink_settings(
         face_repo,
-        f"mqtt://127.0.0.1:{mq.port}/edge?qos=1",
+        f"mqtt://127.0.0.1:{mq.port}/edge?qos=1&retain=1",
         f"nats://127.0.0.1:{ns.port}/edge",
         f"nats://127.0.0.1:{ns.port}/js?jetstream=1",
         auth_tokens=(TOKEN,),
@@ -292,8 +292,12 @@ async def test_subscribers_receive_exactly_the_results_the_sockets_received(
             metrics = await _scrape(url)
         count = (await js.stream_info("EDGE_JS")).state.messages
         stored = [await js.get_msg("EDGE_JS", n) for n in range(1, count + 1)]
+        async with mqtt_messages(mq.port) as retained:  # the gateway has gone meanwhile
+            await until(lambda: len(retained) >= 2, 30, "a retained result per stream")
     finally:
         await nc.close()
+    last = {(m["session"], m["seq"]) for _, m in retained}
+    assert last == {(b.hello["session"], 11) for b in (plain, named)}
     by_js = [(m.subject, json.loads(m.data or b"")) for m in stored]
     for got, sep in ((by_mqtt, "/"), (by_nats, "."), (by_js, ".")):
         assert published(got) == expected
@@ -307,6 +311,45 @@ async def test_subscribers_receive_exactly_the_results_the_sockets_received(
         assert total(metrics, "edge_sink_published_total", sink=sink) == 24
         assert total(metrics, "edge_sink_connected", sink=sink) == 1
         assert total(metrics, "edge_sink_dropped_total", sink=sink) == 0
+
+
+@pytest.mark.integration
+async def test_drop_notices_are_published_when_a_sink_asks_for_them(
+    brokers: Callable[..., Broker], tmp_path: Path, face_repo: Path, face_jpeg: bytes
+) -> None:
+    """`?drops=1`: every drop notice the socket got is published too, one message per seq
+    under `dropped`, and the results still under `results`; a sink without it gets results."""
+    ns = brokers(nats_server(tmp_path))
+    settings = sink_settings(
+        face_repo,
+        f"nats://127.0.0.1:{ns.port}/edge?drops=1",
+        f"nats://127.0.0.1:{ns.port}/plain",
+    )
+    async with (
+        nats_messages(ns.port, "edge.>") as with_drops,
+        nats_messages(ns.port, "plain.>") as without,
+        running(settings) as (url, _),
+        aiohttp.ClientSession() as http,
+    ):
+        ws, books = await open_stream(http, url)
+        reader = asyncio.create_task(read_into(ws, books))
+        for seq in range(40):  # back to back: most are superseded before their turn
+            books.sent_at[seq] = 0.0
+            await ws.send_bytes(face_jpeg)
+        await until(lambda: not books.unanswered(), 60, "a reply to every frame")
+        results = socket_results([(ws, books)])
+        await until(lambda: len(with_drops) >= 40, 30, "a message per frame")
+        await until(lambda: len(without) >= len(results), 30, "a message per result")
+        await ws.close()
+        await reader
+    session = books.hello["session"]
+    dropped = {s: m[0]["reason"] for s, m in books.replies.items() if m[0]["type"] == "dropped"}
+    assert dropped, books.kinds()
+    assert {(t, m["seq"]): m["reply"]["reason"] for t, m in with_drops if "dropped" in t} == {
+        (f"edge.dropped.blazeface.{session}", s): r for s, r in dropped.items()
+    }
+    assert published([(t, m) for t, m in with_drops if "results" in t]) == results
+    assert published(without) == results
 
 
 @pytest.mark.integration

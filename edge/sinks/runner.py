@@ -192,8 +192,8 @@ class SinkRunner:
                     await asyncio.sleep(LINGER_S)
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), BATCH))]
-            out = [(self._topic(item), item.payload()) for item in batch]
             try:
+                out = [(self._topic(item), item.payload()) for item in batch]
                 async with asyncio.timeout(self._timeout):
                     await self.sink.publish(out)
             except asyncio.CancelledError:
