@@ -140,6 +140,16 @@ class SinkRunner:
 
     # -- the task ---------------------------------------------------------------------------
     async def _run(self) -> None:
+        """Connect, publish, reconnect, until cancelled; the connection is closed whichever
+        way it ends, also when cancelled halfway through connecting."""
+        try:
+            await self._serve()
+        finally:
+            self._up = False
+            self._connected.set(0)
+            await self._close_sink()
+
+    async def _serve(self) -> None:
         attempt = 0
         while True:
             try:
