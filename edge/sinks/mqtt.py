@@ -2,9 +2,9 @@
 
 Options: `qos` (0 or 1), `retain` (0 or 1), `client_id` (a prefix: the serving process's number
 is appended, as each process holds its own connection), `ca` (a CA file to trust, mqtts).
-Every message of a batch is handed to the client at once, in order (so a batch goes out in a
-few writes, not one loop turn per message); the batch returns once each is written to the
-socket (QoS 0) or acknowledged (QoS 1, as many in flight as the client allows).
+A batch's messages are handed to the client 32 at a time, in order (a few writes and loop turns
+a batch, not one per message); the batch returns once each is written to the socket (QoS 0)
+or acknowledged (QoS 1, as many in flight as the client allows).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 #: repeat what the sink's owner logs once, so only its errors are let through
 _client_log = logging.getLogger("edge.sinks.mqtt.client")
 _client_log.setLevel(logging.ERROR)
+#: messages handed to the client at once: each publish looks through every pending one
+_AT_ONCE = 32
 
 
 class MqttSink(Sink):
@@ -77,6 +79,7 @@ class MqttSink(Sink):
             tls_context=tls,
             logger=_client_log,
         )
+        self._client.pending_calls_threshold = _AT_ONCE  # more is our choice, not a leak
         await self._client.__aenter__()
         self._watch = asyncio.create_task(self._watch_connection(self._client))
 
@@ -98,7 +101,9 @@ class MqttSink(Sink):
         if client is None or self._lost:
             raise ConnectionError("not connected")
         retain, qos = self._retain, self._qos
-        await asyncio.gather(*(client.publish(t, p, qos=qos, retain=retain) for t, p in batch))
+        for i in range(0, len(batch), _AT_ONCE):
+            chunk = batch[i : i + _AT_ONCE]
+            await asyncio.gather(*(client.publish(t, p, qos=qos, retain=retain) for t, p in chunk))
 
     async def close(self) -> None:
         client, self._client = self._client, None
