@@ -4,22 +4,22 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: setup setup-test models serve test test-busy lint bench browser clean
+.PHONY: setup setup-test models serve test test-busy lint bench browser brokers clean
 
-# The gateway's own packages (with WebRTC and OpenTelemetry support).
+# The gateway's own packages (with WebRTC, OpenTelemetry and result sink support).
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth]'
+	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks]'
 	touch $@
 
 # Plus what the tests use (pytest, hypothesis, Playwright's driver, linters).
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,test]'
+	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,test]'
 	touch $@
 
 models: setup
@@ -33,18 +33,28 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
+# Debian's MQTT and NATS brokers for the sink tests, which start their own on loopback ports.
+# Installed with services held back (policy-rc.d), so no broker runs as a system service.
+brokers:
+	@test -x /usr/sbin/mosquitto -a -x /usr/sbin/nats-server || { \
+	  held=; test -e /usr/sbin/policy-rc.d || { printf '#!/bin/sh\nexit 101\n' \
+	    > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && held=1; }; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends mosquitto nats-server; rc=$$?; \
+	  test -z "$$held" || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
+
 lint: setup-test
 	$(BIN)/ruff check edge tests bench
 	$(BIN)/ruff format --check edge tests bench
 	$(BIN)/mypy
 
-test: setup-test models browser lint
+test: setup-test models browser brokers lint
 	$(BIN)/pytest
 
 # The same suite while every core is kept busy by other processes (BURNERS CPU burners per
 # core, started and stopped by tests/busy.py): no test may depend on how fast the machine is.
 BURNERS ?= 1
-test-busy: setup-test models browser lint
+test-busy: setup-test models browser brokers lint
 	$(BIN)/python tests/busy.py --per-core $(BURNERS) -- $(BIN)/pytest
 
 bench: models

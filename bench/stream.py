@@ -15,11 +15,19 @@ Reports results per second as a ratio to the baseline, the age of the frame behi
 as the client measures it (send to result), its percentiles, and whether it drifts: the median
 age of the last third of the run against the first third.
 
+`--sinks URL,...` runs the gateway with those result sinks (EDGE_SINKS). `--sinks-compare`
+instead runs it --rounds times (at least 2) sinks off then on, each --seconds long under the
+same offered load, and prints results per second, and the gateway's CPU time per result, with
+sinks against without (docs/sinks.md);
+without --sinks it starts its own mosquitto and nats-server on loopback ports (Debian's
+packages, `make brokers`) and publishes to both, with nobody subscribed.
+
     python bench/stream.py --streams 8 --overload 1.5 --seconds 60
     python bench/stream.py --streams 48 --overload 1.5 --clients 4 --processes 16
     python bench/stream.py --model ppocr_det --baseline raw-batch --streams 8 --fps 6
     python bench/stream.py --model ppocr_det --baseline raw-batch --providers cuda \
         --max-batch 16 --streams 64 --fps 30          # on a GPU with onnxruntime-gpu
+    python bench/stream.py --overload 1.5 --seconds 20 --sinks-compare
 """
 
 from __future__ import annotations
@@ -430,6 +438,106 @@ async def wait_ready(url: str) -> None:
     raise SystemExit("gateway did not become ready")
 
 
+async def sink_counts(url: str) -> dict[str, float]:
+    """From /metrics: messages published and dropped over every sink, and the sinks connected."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as r:
+        text = await r.text()
+    out = {"published": 0.0, "dropped": 0.0, "connected": 0.0}
+    names = {
+        "edge_sink_published_total": "published",
+        "edge_sink_dropped_total": "dropped",
+        "edge_sink_connected": "connected",
+    }
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name in names:
+                out[names[sample.name]] += sample.value
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children, alive ones."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def compare_sinks(
+    args: argparse.Namespace, models: Path, data: bytes, env: dict[str, str], flags: tuple[str, ...]
+) -> None:
+    """The gateway without sinks and with them, alternately, under the same offered load, in
+    this one run: results per second with sinks against without."""
+    brokers = []
+    sinks = args.sinks
+    scratch = Path(tempfile.mkdtemp(prefix="edge-bench-brokers-"))
+    if not sinks:
+        from tests.sinks_util import mosquitto, nats_server
+
+        brokers = [mosquitto(scratch), nats_server(scratch)]
+        for b in brokers:
+            b.start()
+        sinks = f"mqtt://127.0.0.1:{brokers[0].port}/edge,nats://127.0.0.1:{brokers[1].port}/edge"
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}  # gateway CPU ms per result
+    try:
+        for mode in ("off", "on") * max(2, args.rounds):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            run_env = {**env, "EDGE_SINKS": sinks if mode == "on" else ""}
+            cmd = serve_command(models, port, *flags, "--processes", args.processes)
+            proc = subprocess.Popen(cmd, env=run_env)
+            try:
+                asyncio.run(wait_ready(url))
+                cpu0 = tree_cpu(proc.pid)
+                run = drive_from(
+                    args.clients, url, args.model, data, args.streams, args.fps, args.seconds
+                )
+                used = tree_cpu(proc.pid) - cpu0
+                counted = asyncio.run(sink_counts(url))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+            rate = run["counts"]["result"] / run["elapsed"]
+            rates[mode].append(rate)
+            cpu[mode].append(used * 1e3 / max(1, run["counts"]["result"]))
+            extra = (
+                f"; sinks: {counted['published']:.0f} published, {counted['dropped']:.0f} "
+                f"dropped, {counted['connected']:.0f} connected"
+                if mode == "on"
+                else ""
+            )
+            print(
+                f"  sinks {mode}: {rate:.1f} results/s, gateway CPU {cpu[mode][-1]:.2f} ms a "
+                f"result, replies {run['counts']}{extra}"
+            )
+    finally:
+        for b in brokers:
+            b.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    pairs = [on / off for off, on in zip(rates["off"], rates["on"], strict=True)]
+    print(
+        f"  results/s, sinks on / off: {sum(rates['on']) / sum(rates['off']):.3f}x over all "
+        f"runs, median pair {statistics.median(pairs):.3f}x (each pair: "
+        f"{', '.join(f'{p:.3f}x' for p in pairs)}; target >= 0.95x)"
+    )
+    costs = [on / off for off, on in zip(cpu["off"], cpu["on"], strict=True)]
+    print(
+        f"  gateway CPU a result, sinks on / off: median pair {statistics.median(costs):.3f}x "
+        f"(each pair: {', '.join(f'{c:.3f}x' for c in costs)}; the box is shared: CPU per "
+        "result moves less with the neighbours than results/s)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=Path, default=ROOT / "models")
@@ -473,7 +581,14 @@ def main() -> None:
         type=int,
         default=1,
         help="raw-batch: split the gateway run into rounds and re-measure the best raw "
-        "configuration after each (a noisy machine's speed drifts within minutes)",
+        "configuration after each (a noisy machine's speed drifts within minutes); "
+        "--sinks-compare: pairs of runs, sinks off then on (at least 2)",
+    )
+    ap.add_argument("--sinks", default="", help="result sink URLs for the gateway (EDGE_SINKS)")
+    ap.add_argument(
+        "--sinks-compare",
+        action="store_true",
+        help="run the gateway without and with sinks, alternately, and print the ratio",
     )
     args = ap.parse_args()
     prefs = [p.strip() for p in args.providers.split(",")]
@@ -508,10 +623,18 @@ def main() -> None:
         "EDGE_MAX_FPS_PER_CLIENT": str(args.max_fps_per_client),
         "EDGE_MAX_FPS_PER_STREAM": "0",
         "EDGE_PROVIDERS": args.providers,
+        "EDGE_SINKS": args.sinks,
     }
     if args.overload:
         args.fps = args.overload * base["fps"] / args.streams
     flags = ("--workers", str(args.workers), "--max-streams", "1000")
+    if args.sinks_compare:
+        print(
+            f"gateway without and with sinks: {args.streams} streams x {args.fps:g} fps offered "
+            f"= {args.streams * args.fps:.0f} fps, {args.seconds:g} s each"
+        )
+        compare_sinks(args, models, data, env, flags)
+        return
     proc = subprocess.Popen(
         serve_command(models, port, *flags, "--processes", args.processes), env=env
     )

@@ -1,9 +1,11 @@
 """The application: builds the services at startup and tears them down in mirror order.
 
-Startup: executor, metrics, repository (models load in the background; /healthz answers at
-once, /readyz turns 200 when every model is warm), scheduler workers, the model watcher.
+Startup: executor, metrics, result sinks (connecting in the background), repository (models
+load in the background; /healthz answers at once, /readyz turns 200 when every model is warm),
+scheduler workers, the model watcher.
 Shutdown (`drain`, then cleanup): refuse new streams and flip readiness, answer every frame
-taken, send goaway and close streams as "going away", stop workers, release models.
+taken, send goaway and close streams as "going away", stop workers, release models, publish
+what the sinks still hold (briefly) and close them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from edge.repository import Repository
 from edge.scheduler import Scheduler
 from edge.settings import Settings
 from edge.shared import Cluster
+from edge.sinks.publisher import Publisher
 from edge.tracing import FrameTracer
 from edge.transports import websocket
 
@@ -59,6 +62,7 @@ def create_app(
         background=ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-background"),
         cluster=cluster,
         streams=StreamQuota(settings.max_streams, cluster.shared, "streams"),
+        publisher=Publisher(settings, metrics, cluster.index),
     )
     app[SERVICES] = services
     auth.setup(app, settings, cluster.shared)  # origin, token and stream-quota checks on /v1/
@@ -67,6 +71,7 @@ def create_app(
     app.router.add_get("/v1/stream", websocket.handle)
     _add_web(app, settings)
     app.cleanup_ctx.append(_executor)
+    app.cleanup_ctx.append(_sinks)  # stopped after the workers: the drain's results go out too
     app.cleanup_ctx.append(_workers)
     app.cleanup_ctx.append(_models)
     app.cleanup_ctx.append(pulse.pulse)
@@ -110,6 +115,15 @@ async def _executor(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     yield
     services.background.shutdown(wait=True, cancel_futures=True)
+
+
+async def _sinks(app: web.Application) -> AsyncIterator[None]:
+    """Result sinks (edge/sinks): each one's task connects in the background; at the end
+    each gets a moment to publish what it holds."""
+    publisher = app[SERVICES].publisher
+    publisher.start()
+    yield
+    await publisher.stop()
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:

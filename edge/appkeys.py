@@ -16,6 +16,7 @@ from edge.repository import Repository
 from edge.scheduler import Scheduler
 from edge.settings import Settings
 from edge.shared import Cluster
+from edge.sinks.publisher import Publisher
 
 if TYPE_CHECKING:
     from edge.transports.session import StreamSession
@@ -33,6 +34,8 @@ class Services:
     cluster: Cluster
     #: streams open in the whole gateway, at most max_streams
     streams: StreamQuota
+    #: this process's result sinks (MQTT, NATS, ...), none unless configured
+    publisher: Publisher
     sessions: weakref.WeakSet[StreamSession] = field(default_factory=weakref.WeakSet)
     draining: bool = False
     #: the event loop lags behind (edge.pulse): new streams are refused until it catches up

@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-streams", type=int, dest="max_streams", help="EDGE_MAX_STREAMS")
     serve.add_argument("--max-inflight", type=int, dest="max_inflight", help="EDGE_MAX_INFLIGHT")
     serve.add_argument("--log-level", dest="log_level", help="EDGE_LOG_LEVEL")
+    serve.add_argument(
+        "--sink",
+        action="append",
+        dest="sinks",
+        metavar="URL",
+        help="publish results to this broker (EDGE_SINKS; repeat for several; docs/sinks.md)",
+    )
     serve.add_argument("--tls-cert", type=Path, dest="tls_cert", help="EDGE_TLS_CERT (PEM)")
     serve.add_argument("--tls-key", type=Path, dest="tls_key", help="EDGE_TLS_KEY (PEM)")
     models = sub.add_parser("models", help="manage the model repository")
@@ -60,6 +67,8 @@ def _processes(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "action", "names")}
+    if overrides.get("sinks") is not None:
+        overrides["sinks"] = tuple(overrides["sinks"])
     try:
         settings = Settings.from_sources(overrides=overrides)
     except SettingsError as e:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.frames import Timing
+from edge.sinks.base import MAX_TOPIC, TOPIC
 
 PROTOCOL = 1
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -74,6 +75,9 @@ class Config:
     model: str | None = None
     credits: bool | None = None
     stats_every_s: float | None = None  # 0 turns periodic stats off
+    publish: bool | None = None  # results to the sinks, or not
+    topic: str | None = None  # the stream's topic suffix at the sinks
+    clear_topic: bool = False  # `"topic": null`: back to the session id
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,16 @@ class Control:
     config: Config | None = None
 
 
-_CONFIG_KEYS = {"type", "threshold", "max_frame_age_ms", "model", "credits", "stats_every_s"}
+_CONFIG_KEYS = {
+    "type",
+    "threshold",
+    "max_frame_age_ms",
+    "model",
+    "credits",
+    "stats_every_s",
+    "publish",
+    "topic",
+}
 
 
 def parse_control(text: str, max_bytes: int) -> Control:
@@ -117,7 +130,23 @@ def parse_control(text: str, max_bytes: int) -> Control:
         every_v = None
         if every is not None:
             every_v = 0.0 if every == 0 else _number(obj, "stats_every_s", 0.5, 3600.0)
-        return Control("config", Config(threshold, age_v, clear, model, credits, every_v))
+        publish = obj.get("publish")
+        if publish is not None and not isinstance(publish, bool):
+            raise ProtocolError("publish must be true or false")
+        topic = obj.get("topic", ...)
+        clear_topic = topic is None
+        if topic is ... or topic is None:
+            topic = None
+        elif not (isinstance(topic, str) and len(topic) <= MAX_TOPIC and TOPIC.fullmatch(topic)):
+            raise ProtocolError(
+                f"topic must be 1 to {MAX_TOPIC} letters, digits, - and _, in levels separated "
+                "by / (no wildcards + # * >, no leading or trailing /), e.g. door-3; or null "
+                "for the session id"
+            )
+        return Control(
+            "config",
+            Config(threshold, age_v, clear, model, credits, every_v, publish, topic, clear_topic),
+        )
     if kind in ("stats", "ping"):
         return Control(kind)
     raise ProtocolError(f"unknown message type {kind!r}; known: config, stats, ping")

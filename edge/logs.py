@@ -9,7 +9,7 @@ import sys
 import time
 
 #: structured fields a log call may pass with `extra=`
-_FIELDS = ("session", "model", "transport", "code")
+_FIELDS = ("session", "model", "transport", "code", "sink")
 
 #: Where a token can turn up in a line someone else wrote (aiohttp's access log prints the
 #: query string; its WebSocket handshake warning prints the offered subprotocols): the query

@@ -1,8 +1,8 @@
 """Prometheus metrics: the names are a public contract (docs/metrics.md, the autoscaler).
 
 One registry per app, so several apps in one process (the tests) do not collide. Label values
-are bounded: transports, model names, reasons, stages and process numbers, never session ids or
-addresses.
+are bounded: transports, model names, reasons, stages, process numbers and the configured sinks
+(named without credentials), never session ids or addresses.
 
 With several serving processes, prometheus_client's multiprocess mode keeps each process's
 values in a file of the supervisor's directory, and any process's `/metrics` reads them all:
@@ -168,6 +168,26 @@ class Metrics:
             ["model", "version"],
             buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
             registry=r,
+        )
+        self.sink_published = Counter(
+            "edge_sink_published",
+            "Messages a result sink handed to its broker",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_dropped = Counter(
+            "edge_sink_dropped",
+            "Messages a result sink did not publish: queue_full (the oldest, while the broker "
+            "was slow or down), publish_failed, shutdown",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.sink_connected = Gauge(
+            "edge_sink_connected",
+            "1 while a result sink is connected to its broker (in every serving process)",
+            ["sink"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
         # Info has no multiprocess form: it lives in a registry of its own, added at scrape time
         self._build = r if multiprocess_dir is None else CollectorRegistry()

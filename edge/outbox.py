@@ -4,6 +4,9 @@ Results and errors queue up to a limit; drop notices are kept as runs of seqs an
 one message each, so a client that stops reading costs O(1) memory: once its backlog is full
 its new frames are dropped as `overload` before they cost any work, and a socket that accepts
 nothing for `send_timeout` seconds is closed.
+
+A stream's `tap` (edge/sinks/publisher.py), when result sinks are configured, sees every result
+and drop notice the outbox takes for its client, and passes it on without waiting.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from edge import codec
 
@@ -21,6 +25,14 @@ log = logging.getLogger("edge.outbox")
 _MAX_SEQS_PER_MESSAGE = 512
 
 Send = Callable[[str], Awaitable[None]]
+
+
+class Tap(Protocol):
+    """Sees what a stream's client is sent: each result and each drop notice. Never waits."""
+
+    def result(self, seq: int, text: str, received_at: float, ref: str) -> None: ...
+
+    def dropped(self, seq: int, reason: str) -> None: ...
 
 
 class SlowConsumer(Exception):
@@ -46,6 +58,7 @@ class Outbox:
         self._idle = asyncio.Event()
         self._idle.set()
         self.failed: BaseException | None = None
+        self.tap: Tap | None = None
 
     @property
     def congested(self) -> bool:
@@ -57,6 +70,13 @@ class Outbox:
             self._messages.append((text, received_at))
             self._kick()
 
+    def result(self, seq: int, text: str, received_at: float, ref: str) -> None:
+        """Queue a frame's result (encoded `text`, from model `ref`), and show it to the tap."""
+        if self.failed is None:
+            self.put(text, received_at)
+            if self.tap is not None:
+                self.tap.result(seq, text, received_at, ref)
+
     def drop(self, seq: int, reason: str) -> None:
         """Queue a drop notice; consecutive seqs with one reason merge into one run."""
         if self.failed is not None:
@@ -67,6 +87,8 @@ class Outbox:
         else:
             runs.append([seq, seq])
         self._kick()
+        if self.tap is not None:
+            self.tap.dropped(seq, reason)
 
     def _kick(self) -> None:
         self._idle.clear()

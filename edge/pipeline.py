@@ -41,6 +41,7 @@ class Reply:
     reason: str = ""  # drop reason or error stage
     received_at: float = 0.0
     model: str = ""
+    ref: str = ""  # name@version of the model that answered, for results
 
 
 class Pipeline:
@@ -139,7 +140,11 @@ class Pipeline:
                 self.error(stream, frame, "postprocess_failed", str(e), "postprocess", model.name)
                 continue
             qw.observe(taken - frame.received_at)
-            self._push(Reply(stream, frame.seq, "result", text, "", frame.received_at, model.name))
+            self._push(
+                Reply(
+                    stream, frame.seq, "result", text, "", frame.received_at, model.name, model.ref
+                )
+            )
             if self._tracer is not None:
                 self._tracer.frame(
                     session=stream.id,

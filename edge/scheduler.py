@@ -247,7 +247,7 @@ class Scheduler:
             if r.kind == "result":
                 s.stats.processed += 1
                 m.processed.labels(t, r.model).inc()
-                s.outbox.put(r.text, r.received_at)
+                s.outbox.result(r.seq, r.text, r.received_at, r.ref)
             elif r.kind == "dropped":
                 s.stats.dropped += 1
                 m.dropped.labels(t, r.model, r.reason).inc()

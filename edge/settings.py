@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edge.sinks import SinkConfigError, parse_all
+
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 #: what a static token may be made of: characters that travel unchanged in an Authorization
 #: header (RFC 6750), a WebSocket subprotocol (an RFC 7230 token) and a JSON string
@@ -96,6 +98,14 @@ class Settings:
     max_streams_per_token: int = 16
     #: consecutive frames over max_frame_bytes after which a WebSocket is closed with 1009
     max_oversize_frames: int = 3
+    #: result sinks, one URL each (docs/sinks.md); they may hold credentials, so never shown
+    sinks: tuple[str, ...] = field(default=(), repr=False)
+    #: messages each sink holds while its broker is slow or away; past it the oldest go
+    sink_queue: int = 1024
+    #: a sink's connect, and each batch it publishes, must finish within this
+    sink_timeout_s: float = 5.0
+    #: the longest wait between a sink's reconnect attempts (they start at half a second)
+    sink_retry_max_s: float = 30.0
     stun_servers: tuple[str, ...] = ()
     turn_servers: tuple[str, ...] = ()
     web_root: Path = field(default=Path(__file__).resolve().parent.parent / "web")
@@ -164,6 +174,14 @@ class Settings:
             )
         if "auto" in self.providers and len(self.providers) > 1:
             raise SettingsError("providers: `auto` stands alone; or list the providers to use")
+        if self.sink_queue < 1 or self.sink_timeout_s <= 0 or self.sink_retry_max_s < 0.5:
+            raise SettingsError(
+                "sink_queue must be >= 1, sink_timeout_s > 0 and sink_retry_max_s >= 0.5"
+            )
+        try:
+            parse_all(self.sinks)
+        except SinkConfigError as e:
+            raise SettingsError(f"sinks: {e}") from None
 
     @property
     def auth_enabled(self) -> bool:

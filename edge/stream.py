@@ -41,6 +41,8 @@ class Stream:
     threshold: float | None = None  # None: the model's default
     max_age_s: float | None = None  # None: no deadline beyond latest-frame-wins
     stats_every_s: float = 0.0  # periodic stats messages; 0: only on request
+    publish: bool = True  # results go to the sinks (edge/sinks), if there are any
+    topic: str = ""  # the stream's topic suffix at the sinks; "": its session id
     # guarded by the scheduler's lock
     slot: Frame | None = None
     busy: bool = False

@@ -141,7 +141,15 @@ def bad_frames(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
 
 # -- control messages ----------------------------------------------------------------------
 
-CONFIG_KEYS = ["threshold", "max_frame_age_ms", "model", "credits", "stats_every_s"]
+CONFIG_KEYS = [
+    "threshold",
+    "max_frame_age_ms",
+    "model",
+    "credits",
+    "stats_every_s",
+    "publish",
+    "topic",
+]
 
 json_scalars = (
     st.none()
@@ -162,6 +170,7 @@ field_values = st.one_of(
     st.floats(-1.0, 2.0),
     st.sampled_from([0, 0.5, 1, 0.25, 1e-9, 3.6e6, 3600, 3601, 0.49, "blazeface", "blazeface@1"]),
     st.sampled_from(["blazeface@2", "nope", "a" * 129, "../x", "ÿ", "blaze face", "@1"]),
+    st.sampled_from(["door-3", "site/door_3", "a/+", "#", "x.*", ">", "/a", "a/", "a//b"]),
 )
 
 

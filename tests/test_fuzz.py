@@ -37,6 +37,7 @@ from edge.decode import decode
 from edge.frames import FrameError
 from edge.modelspec import ModelSpec
 from edge.repository import Route, UnknownModel
+from edge.sinks.base import MAX_TOPIC, TOPIC
 from edge.tasks import get_task
 from tests.conftest import MODELS, ROOT, jpeg, running, settings_for
 from tests.fuzz_util import (
@@ -191,6 +192,9 @@ def test_parse_control_answers_a_control_or_a_protocol_error(text: str, max_byte
     assert cfg.stats_every_s is None or cfg.stats_every_s == 0 or 0.5 <= cfg.stats_every_s <= 3600
     assert cfg.model is None or isinstance(cfg.model, str) and 0 < len(cfg.model) <= 128
     assert cfg.credits in (None, True, False)
+    assert cfg.publish in (None, True, False)
+    assert cfg.topic is None or TOPIC.fullmatch(cfg.topic) and len(cfg.topic) <= MAX_TOPIC
+    assert not (cfg.clear_topic and cfg.topic is not None)
 
 
 @pytest.mark.unit

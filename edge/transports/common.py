@@ -50,6 +50,7 @@ def open_stream(
         id=session, transport=transport, route=route, outbox=outbox, model_label=model.name
     )
     holder.append(stream)
+    outbox.tap = services.publisher.tap(stream)
     return stream
 
 
@@ -123,6 +124,10 @@ def apply_control(
                 stream.max_age_s = None
             if cfg.stats_every_s is not None:
                 stream.stats_every_s = cfg.stats_every_s
+            if cfg.publish is not None:
+                stream.publish = cfg.publish
+            if cfg.topic is not None or cfg.clear_topic:
+                stream.topic = cfg.topic or ""
             stream.outbox.put(codec.message("config", **_config_view(services, stream)))
             if cfg.credits:
                 stream.outbox.put(codec.message("credit", n=CREDIT_WINDOW))
@@ -146,6 +151,8 @@ def _config_view(services: Services, stream: Stream) -> dict[str, object]:
         "threshold": stream.threshold,
         "max_frame_age_ms": None if stream.max_age_s is None else stream.max_age_s * 1000,
         "stats_every_s": stream.stats_every_s,
+        "publish": stream.publish,
+        "topic": stream.topic or stream.id,
     }
 
 
