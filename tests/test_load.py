@@ -147,7 +147,11 @@ async def test_many_streams_at_full_rate_for_a_bounded_time(spawn_gateway, face_
     fds_a = max(f for _, _, f in steady[:half])
     fds_b = max(f for _, _, f in steady[half:])
     served = kinds.get("result", 0)
-    round_s = STREAMS * SECONDS / served if served else float("inf")  # one result per stream
+    # a round over the streams, in each window: each stream served once (a machine that gets
+    # busier in one window serves fewer frames there, and its latency is no more rounds)
+    round_s = STREAMS * SECONDS / max(1, served)
+    round_first = STREAMS * WINDOW / max(1, len(first))
+    round_last = STREAMS * WINDOW / max(1, len(last))
     ms = 1e3
     print(
         f"\nload: {STREAMS} streams x {FPS:g} fps for {SECONDS:g} s: {sent} frames sent, "
@@ -155,8 +159,9 @@ async def test_many_streams_at_full_rate_for_a_bounded_time(spawn_gateway, face_
         f"{1 / frame_s:.0f} frames/s), a round over the streams {round_s * ms:.0f} ms, "
         f"replies {kinds}\n"
         f"latency p50/p95 first {WINDOW:.0f} s {pct(first, 0.5) * ms:.0f}/"
-        f"{pct(first, 0.95) * ms:.0f} ms, last {WINDOW:.0f} s {pct(last, 0.5) * ms:.0f}/"
-        f"{pct(last, 0.95) * ms:.0f} ms, overall p99 "
+        f"{pct(first, 0.95) * ms:.0f} ms (a round {round_first * ms:.0f} ms), last "
+        f"{WINDOW:.0f} s {pct(last, 0.5) * ms:.0f}/{pct(last, 0.95) * ms:.0f} ms (a round "
+        f"{round_last * ms:.0f} ms), overall p99 "
         f"{pct([lat for _, lat in results], 0.99) * ms:.0f} ms\n"
         f"server rss {samples[0][1]:.1f} MB at start, {rss_a:.1f} -> {rss_b:.1f} MB (medians "
         f"of the halves after {WARMUP:g} s warm-up: {rss_b - rss_a:+.1f} MB), trend "
@@ -171,6 +176,7 @@ async def test_many_streams_at_full_rate_for_a_bounded_time(spawn_gateway, face_
     assert rss_b - rss_a < 5.0, f"server memory grew {rss_b - rss_a:.1f} MB"
     assert fds_b <= fds_a + 2 and fds_after <= fds_idle + 2, "descriptors leak"
     # a queueing server's latency grows by a second a second: thousands of rounds in a run
-    assert pct(first, 0.5) < MEDIAN_ROUNDS * round_s, "latency is not bounded"
-    assert pct(last, 0.5) < MEDIAN_ROUNDS * round_s, "latency is not bounded"
-    assert pct(last, 0.95) < 2 * pct(first, 0.95) + round_s, "latency grows over the run"
+    assert pct(first, 0.5) < MEDIAN_ROUNDS * round_first, "latency is not bounded"
+    assert pct(last, 0.5) < MEDIAN_ROUNDS * round_last, "latency is not bounded"
+    p95_rounds = (pct(first, 0.95) / round_first, pct(last, 0.95) / round_last)
+    assert p95_rounds[1] < 2 * p95_rounds[0] + 1, f"latency grows, p95 in rounds {p95_rounds}"

@@ -63,19 +63,24 @@ async def test_latency_stays_bounded_and_flat_under_overload(
     arrivals = sorted(t_a for _, books in clients for t_a in books.result_ages())
     t0, t1 = arrivals[0][0], arrivals[-1][0]
     round_s = len(clients) * (t1 - t0) / len(arrivals)  # each stream served once, measured
-    first = [a for t, a in arrivals if t < t0 + (t1 - t0) / 3]
-    last = [a for t, a in arrivals if t > t0 + 2 * (t1 - t0) / 3]
+    third = (t1 - t0) / 3
+    first = [a for t, a in arrivals if t < t0 + third]
+    last = [a for t, a in arrivals if t > t1 - third]
+    # a third's ages in rounds of that third: a machine that gets busier mid-run serves
+    # fewer frames then, and its ages are no more rounds old; a queue's are ever more
+    first_rounds = statistics.median(first) / (len(clients) * third / len(first))
+    last_rounds = statistics.median(last) / (len(clients) * third / len(last))
     median = statistics.median(a for _, a in arrivals)
     p95 = sorted(a for _, a in arrivals)[int(0.95 * len(arrivals))]
     figures = (
         f"round {round_s * 1e3:.1f} ms; ages: median {median * 1e3:.1f} ms, p95 "
-        f"{p95 * 1e3:.1f} ms, median of the first third {statistics.median(first) * 1e3:.1f} "
-        f"ms, of the last {statistics.median(last) * 1e3:.1f} ms"
+        f"{p95 * 1e3:.1f} ms; median of the first third {first_rounds:.2f} rounds of that "
+        f"third, of the last {last_rounds:.2f}"
     )
     print(figures)
     assert median < MEDIAN_ROUNDS * round_s, f"ages are not bounded: {figures}"
     assert p95 < P95_ROUNDS * round_s, f"ages are not bounded: {figures}"
-    assert statistics.median(last) < 2 * statistics.median(first) + round_s, f"ages grow: {figures}"
+    assert last_rounds < 2 * first_rounds + 2, f"ages grow: {figures}"
 
 
 async def test_a_client_that_never_reads_does_not_grow_memory(
