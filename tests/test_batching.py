@@ -301,8 +301,9 @@ async def test_on_a_gpu_the_workers_hold_two_batches_per_session(
 ) -> None:
     """Eight workers and sixteen streams flooding the text model on the GPU layout (faked GPU,
     real CPU sessions): the workers hold at most two batches per session (`edge_inflight_frames`
-    never passes 2 sessions x 2 batches x 2 frames), not one batch each, so ready streams
-    gather into full batches; every frame is still answered once."""
+    stays within 2 sessions x 2 batches x 2 frames, but for samples that catch the gauge a
+    moment late), not one batch each, so ready streams gather into full batches; every frame
+    is still answered once."""
     monkeypatch.setattr(providers, "gpu_first", lambda prefs: True)
     page = jpeg("page.png", (640, 480))
     settings = settings_for(text_repo, default_model="ppocr_det", workers=8, **UNLIMITED)
@@ -331,7 +332,12 @@ async def test_on_a_gpu_the_workers_hold_two_batches_per_session(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         m = await scrape(http, url)
-    assert len(held) > 20 and 0 < max(held) <= 8, held
+    # A worker lowers the gauge just after leaving the scheduler's lock, so a sample on a busy
+    # machine can catch a finished batch still counted while its slot's next batch already
+    # is: at most one batch (2 frames) per session more, now and then. One batch per worker
+    # would hold 8 x 2 frames most of the time.
+    usual = sorted(held)[int(0.9 * len(held))]
+    assert len(held) > 20 and 0 < usual <= 8 and max(held) <= 8 + 2 * 2, held
     runs = total(m, "edge_batch_size_count", model="ppocr_det")
     frames = total(m, "edge_batch_size_sum", model="ppocr_det")
     assert runs > 10 and frames / runs > 1.8, f"{frames} frames in {runs} batches"

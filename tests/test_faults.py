@@ -74,7 +74,15 @@ async def test_inference_failing_mid_batch_fails_that_batch_only(text_repo: Path
                 break
         for ws, _ in streams:
             await ws.close()
-        after = await scrape(http, url)
+        after: dict[tuple[str, tuple], float] = {}
+
+        async def settled() -> bool:  # a worker lowers in-flight just after its last reply
+            after.update(await scrape(http, url))
+            return total(after, "edge_inflight_frames") == 0
+
+        await wait_until(
+            settled, deadline(), lambda: f"in flight: {total(after, 'edge_inflight_frames')}"
+        )
     assert failed == [2], "no batch of two formed in 40 rounds"
     errors = [(i, r) for i, rs in enumerate(replies) for r in rs if r["type"] == "error"]
     assert len(errors) == 2 and errors[0][0] != errors[1][0], errors

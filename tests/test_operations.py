@@ -48,7 +48,20 @@ async def test_metrics_move_as_frames_flow(face_repo: Path, face_jpeg: bytes) ->
         for ws, _ in clients:
             await ws.close()
         await asyncio.wait_for(asyncio.gather(*readers), deadline())
-        after = await scrape(http, url)
+        after: dict[tuple[str, tuple], float] = {}
+
+        async def settled() -> bool:  # a worker lowers in-flight just after its last reply
+            after.update(await scrape(http, url))
+            return total(after, "edge_active_streams") == total(after, "edge_inflight_frames") == 0
+
+        await wait_until(
+            settled,
+            deadline(),
+            lambda: (
+                f"streams {total(after, 'edge_active_streams')} and frames in flight "
+                f"{total(after, 'edge_inflight_frames')} to reach 0"
+            ),
+        )
     kinds: dict[str, int] = {}
     sent = 0
     for _, books in clients:
