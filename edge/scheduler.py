@@ -126,6 +126,8 @@ class Scheduler:
             finally:
                 with self._lock:
                     self._running[model.name] -= len(jobs)
+                    # with the count it mirrors, so the gauge never reads more than the limit
+                    self._metrics.inflight.labels(model.name).dec(len(jobs))
                     self._batches[model.name] -= 1
                     if self._inflight_limit or model.layout.max_batches:
                         self._cond.notify()
@@ -135,7 +137,6 @@ class Scheduler:
                             stream.queued = True
                             self._ready.append(stream)
                             self._cond.notify()
-                self._metrics.inflight.labels(model.name).dec(len(jobs))
             # Waiting for work, a worker pins nothing of its last batch: a stream keeps its
             # session alive, a WebRTC session its peer connection and decoded frames. (`jobs`
             # is never empty, so the loop above bound `stream` and `_`.)
