@@ -86,8 +86,8 @@ class Control:
     config: Config | None = None
 
 
-_CONFIG_KEYS = {
-    "type",
+#: the keys a `config` message may carry besides its type
+CONFIG_KEYS = (
     "threshold",
     "max_frame_age_ms",
     "model",
@@ -95,7 +95,8 @@ _CONFIG_KEYS = {
     "stats_every_s",
     "publish",
     "topic",
-}
+)
+_CONFIG_KEYS = {"type", *CONFIG_KEYS}
 
 
 def parse_control(text: str, max_bytes: int) -> Control:

@@ -46,6 +46,15 @@ def face_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with the PP-OCR text detector alone: a slow model on a CPU (tens
+    of milliseconds a frame), for tests whose clients must outpace the model."""
+    root = tmp_path_factory.mktemp("text-repo")
+    shutil.copytree(pulled / "ppocr_det", root / "ppocr_det")
+    return root
+
+
 def jpeg(name: str, size: tuple[int, int] | None = None, quality: int = 85) -> bytes:
     im = Image.open(sample_image(name)).convert("RGB")
     if size is not None:

@@ -12,6 +12,7 @@ from typing import Any
 from hypothesis import strategies as st
 from PIL import Image
 
+from edge.codec import CONFIG_KEYS
 from tests.conftest import jpeg, png
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -140,16 +141,6 @@ def bad_frames(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
 
 
 # -- control messages ----------------------------------------------------------------------
-
-CONFIG_KEYS = [
-    "threshold",
-    "max_frame_age_ms",
-    "model",
-    "credits",
-    "stats_every_s",
-    "publish",
-    "topic",
-]
 
 json_scalars = (
     st.none()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -95,13 +94,6 @@ def test_batching_max_always_fills_and_is_validated() -> None:
 
 #: the floods below outpace the model on purpose; the frame-rate limits stay out of it
 UNLIMITED = {"max_fps_per_stream": 0, "max_fps_per_client": 0}
-
-
-@pytest.fixture(scope="module")
-def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("text-repo")
-    shutil.copytree(pulled / "ppocr_det", root / "ppocr_det")
-    return root
 
 
 async def flood(

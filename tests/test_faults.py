@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -33,13 +32,6 @@ pytestmark = pytest.mark.integration
 
 REQUEST_HEAD_TIMEOUT_S = 5.0
 SHORT_REQUEST_TIMEOUT = {"EDGE_REQUEST_TIMEOUT_S": str(REQUEST_HEAD_TIMEOUT_S)}
-
-
-@pytest.fixture(scope="module")
-def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("text-repo")
-    shutil.copytree(pulled / "ppocr_det", root / "ppocr_det")
-    return root
 
 
 async def test_inference_failing_mid_batch_fails_that_batch_only(text_repo: Path) -> None:

@@ -324,9 +324,12 @@ def test_a_clients_frame_budget_is_shared_fairly_among_its_streams() -> None:
                     passed[i] += ok and tick > 1000
     finally:
         ratelimit._CLIENT.reset(token)
+    # The clock here is the test's own (`now` is passed in), not the machine's: these are
+    # frames per simulated second, the same on any machine.
     rates = [p / 4 for p in passed]
-    assert 36 <= sum(rates) <= 41, rates  # the client's rate, used
-    assert max(rates) - min(rates) <= 1, rates
+    limit = settings.max_fps_per_client
+    assert 0.9 * limit <= sum(rates) <= limit + 1, rates  # the client's budget, used
+    assert max(rates) - min(rates) <= 0.025 * limit, rates  # in equal shares
     for s in streams:
         ratelimit.forget(s)
     assert client.shared.count(client.key) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import statistics
 from pathlib import Path
 
@@ -197,13 +196,6 @@ async def test_every_frame_answered_once_under_overload(face_repo, face_jpeg: by
             assert kinds.get("result", 0) >= 1 and kinds.get("dropped:stale", 0) >= 1, kinds
             assert set(kinds) <= {"result", "dropped:stale"}, kinds
             assert books.replies[299][0]["type"] == "result"  # the newest frame is served
-
-
-@pytest.fixture(scope="module")
-def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("text-repo")
-    shutil.copytree(pulled / "ppocr_det", root / "ppocr_det")
-    return root
 
 
 async def test_last_frames_are_answered_within_a_round_and_an_inference(text_repo: Path) -> None:

@@ -16,7 +16,6 @@ import fractions
 import gc
 import json
 import os
-import shutil
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -239,15 +238,6 @@ def server_tasks() -> list[str]:
 @pytest.fixture(scope="session")
 def face_pixels() -> np.ndarray:
     return load_rgb("astronaut.png")  # 512 x 512, the face at ASTRONAUT_FACE
-
-
-@pytest.fixture(scope="session")
-def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The DB text detector alone: on CPU it serves fewer than the 30 frames a second the
-    latency test sends (about 50 ms a frame on one thread)."""
-    root = tmp_path_factory.mktemp("text-repo")
-    shutil.copytree(pulled / "ppocr_det", root / "ppocr_det")
-    return root
 
 
 # -- the tests -------------------------------------------------------------------------------
