@@ -98,7 +98,7 @@ async def stream_checks(url: str, frames: dict[str, list[bytes]]) -> dict[str, A
             while True:
                 try:
                     m = await asyncio.wait_for(ws.receive_json(), 0.2)
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     break
                 for s in m.get("seqs") or ([m["seq"]] if "seq" in m else []):
                     seen[s] = seen.get(s, 0) + 1

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from edge import auth, http, pulse, ratelimit, tracing
 from edge.appkeys import SERVICES, Services
+from edge.compat import timeout
 from edge.metrics import Metrics
 from edge.ratelimit import StreamQuota
 from edge.repository import Repository
@@ -157,9 +158,9 @@ async def _watch(services: Services) -> None:
             log.exception("model repository scan failed")
         shared.me["reload_done"] = max(int(shared.me["reload_done"]), asked)
         try:
-            async with asyncio.timeout(interval if interval > 0 else None):
+            async with timeout(interval if interval > 0 else None):
                 await services.reload.wait()
-        except TimeoutError:
+        except asyncio.TimeoutError:
             pass
         services.reload.clear()
 
@@ -180,7 +181,7 @@ async def drain(app: web.Application) -> None:
         log.info("draining %d stream(s)", len(sessions))
         retry = 1000
         try:
-            async with asyncio.timeout(max(1.0, services.settings.drain_seconds - 1.0)):
+            async with timeout(max(1.0, services.settings.drain_seconds - 1.0)):
                 await asyncio.gather(*(s.goaway(retry) for s in sessions), return_exceptions=True)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             log.warning("drain: streams still open after the grace period")

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge.appkeys import SERVICES, Services
+from edge.compat import timeout
 from edge.repository import Route, UnknownModel
 from edge.transports import common
 
@@ -122,7 +123,7 @@ async def infer(request: web.Request) -> web.Response:
     try:
         common.take_frame(services, stream, 0, body)
         text = await asyncio.wait_for(answer, timeout=UNARY_TIMEOUT_S)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         return _bad("no result in time", 503, "timeout")
     finally:
         common.close_stream(services, stream)
@@ -145,9 +146,9 @@ async def read_body(request: web.Request, within: float) -> bytes:
     """The whole request body, bounded by the app's client_max_size, in at most `within`
     seconds: a body trickled in a byte at a time is answered 408, not waited on for ever."""
     try:
-        async with asyncio.timeout(within):
+        async with timeout(within):
             return await request.read()
-    except TimeoutError:
+    except asyncio.TimeoutError:
         raise web.HTTPRequestTimeout(
             text=json.dumps(
                 {

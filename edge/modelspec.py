@@ -24,10 +24,11 @@ Example:
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from edge.compat import tomllib
 
 _KNOWN = {
     "task",

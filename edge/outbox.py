@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from edge import codec
+from edge.compat import timeout
 
 log = logging.getLogger("edge.outbox")
 
@@ -97,10 +98,10 @@ class Outbox:
     async def flush(self, within: float) -> bool:
         """Wait until everything queued was written; False if `within` seconds ran out."""
         try:
-            async with asyncio.timeout(within):
+            async with timeout(within):
                 await self._idle.wait()
             return True
-        except TimeoutError:
+        except asyncio.TimeoutError:
             return False
 
     async def run(self) -> None:
@@ -110,7 +111,7 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             try:
-                async with asyncio.timeout(self._timeout):
+                async with timeout(self._timeout):
                     while self._drops or self._messages:
                         if self._drops:
                             drops, self._drops = self._drops, {}
@@ -122,7 +123,7 @@ class Outbox:
                             await self._send(text)
                             if received_at:
                                 self._on_sent(time.monotonic() - received_at)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 self.failed = SlowConsumer()
                 self._idle.set()
                 raise SlowConsumer(f"client accepted nothing for {self._timeout:g} s") from None

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from edge import __version__
+from edge.compat import timeout
 from edge.settings import Settings
 from edge.shared import Cluster, Shared
 
@@ -89,10 +90,10 @@ async def serve(settings: Settings, cluster: Cluster | None = None, channel: int
     await stop.wait()
     log.info("draining for at most %g s", settings.drain_seconds)
     try:
-        async with asyncio.timeout(settings.drain_seconds):
+        async with timeout(settings.drain_seconds):
             await drain(app)
             await runner.cleanup()
-    except TimeoutError:
+    except asyncio.TimeoutError:
         log.warning("drain did not finish within %g s; exiting", settings.drain_seconds)
     finally:
         if intake is not None:

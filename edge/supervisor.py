@@ -178,7 +178,9 @@ class Supervisor:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge.serving", str(theirs.fileno()), str(index)],
             pass_fds=[theirs.fileno()],
-            process_group=0,  # a terminal's ^C reaches the supervisor, which tells them
+            # its own process group (os.setpgrp; `process_group=0` from 3.11 on): a terminal's ^C
+            # reaches only the supervisor, which tells them
+            preexec_fn=os.setpgrp,
         )
         theirs.close()
         record = pickle.dumps(boot)

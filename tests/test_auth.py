@@ -353,7 +353,7 @@ def test_log_formatters_redact_tokens() -> None:
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     key = _rsa()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-test")])
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from edge.compat import timeout
 from edge.outbox import Outbox
 from edge.ratelimit import StreamQuota, TokenBucket, allow_frame
 from edge.repository import Route
@@ -38,10 +39,10 @@ async def read_answers(ws: aiohttp.ClientWebSocketResponse, books: Books) -> Non
     """Read until every frame sent has its reply, allowing each outstanding frame its cost."""
     within = deadline(frames=len(books.unanswered()))
     try:
-        async with asyncio.timeout(within):
+        async with timeout(within):
             while books.unanswered():
                 books.record(await next_reply(ws))
-    except TimeoutError:
+    except asyncio.TimeoutError:
         raise AssertionError(f"after {within:.1f} s no reply to {books.unanswered()}") from None
 
 

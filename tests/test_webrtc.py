@@ -40,6 +40,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from edge.app import drain
 from edge.appkeys import SERVICES
+from edge.compat import timeout
 from edge.outbox import Outbox
 from edge.settings import Settings, SettingsError
 from edge.transports.annotate import BOX_YUV, boxes, draw_box
@@ -121,7 +122,7 @@ class Client:
         default as long as a BlazeFace frame may take here, tests/pace.py)."""
         within = deadline() if within is None else within
         try:
-            async with asyncio.timeout(within):
+            async with timeout(within):
                 seen = start
                 while True:
                     for msg in self.inbox[seen:]:
@@ -130,7 +131,7 @@ class Client:
                     seen = len(self.inbox)
                     self.arrived.clear()
                     await self.arrived.wait()
-        except TimeoutError:
+        except asyncio.TimeoutError:
             last = self.inbox[-3:]
             raise AssertionError(f"no such message within {within:.1f} s; last: {last}") from None
 

@@ -84,7 +84,7 @@ async def next_reply(
     within = deadline() if within is None else within
     try:
         msg = await asyncio.wait_for(ws.receive(), within)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         raise AssertionError(f"no message from the server within {within:.1f} s") from None
     assert msg.type == aiohttp.WSMsgType.TEXT, msg
     return json.loads(msg.data)  # type: ignore[no-any-return]

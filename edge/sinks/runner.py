@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from edge import codec
+from edge.compat import timeout
 from edge.metrics import Metrics
 from edge.sinks.base import Sink
 
@@ -127,8 +128,8 @@ class SinkRunner:
             return
         if self._queue and self._up:
             self._drained.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with timeout(grace):
                     await self._drained.wait()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -153,7 +154,7 @@ class SinkRunner:
         attempt = 0
         while True:
             try:
-                async with asyncio.timeout(self._timeout):
+                async with timeout(self._timeout):
                     await self.sink.connect()
             except Exception as e:
                 attempt += 1
@@ -193,8 +194,8 @@ class SinkRunner:
             if not queue:
                 self._drained.set()
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(IDLE_CHECK_S):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    async with timeout(IDLE_CHECK_S):
                         await self._wake.wait()
                 if not self.sink.connected:
                     raise ConnectionError("the broker closed the connection")
@@ -204,7 +205,7 @@ class SinkRunner:
             batch = [queue.popleft() for _ in range(min(len(queue), BATCH))]
             try:
                 out = [(self._topic(item), item.payload()) for item in batch]
-                async with asyncio.timeout(self._timeout):
+                async with timeout(self._timeout):
                     await self.sink.publish(out)
             except asyncio.CancelledError:
                 self._dropped["shutdown"].inc(len(batch))
@@ -222,7 +223,7 @@ class SinkRunner:
     async def _close_sink(self) -> None:
         # a little longer than the client's own timeouts, so that its cleanup runs to the end
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._timeout + 1.0):
+            async with timeout(self._timeout + 1.0):
                 await self.sink.close()
 
     def _say_failed(self, e: BaseException, attempt: int) -> None:
@@ -240,7 +241,7 @@ class SinkRunner:
         )
 
     def _describe(self, e: BaseException) -> str:
-        if isinstance(e, TimeoutError):
+        if isinstance(e, asyncio.TimeoutError):
             text = f"no answer within {self._timeout:g} s"
         else:
             text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -36,6 +36,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from edge import codec
 from edge.appkeys import Services
+from edge.compat import timeout
 from edge.outbox import SlowConsumer
 from edge.ratelimit import Slot
 from edge.repository import Route, UnknownModel
@@ -163,7 +164,7 @@ class WebRTCSession(StreamSession):
             if self.annotated is not None:
                 self.annotated.stop()
             try:
-                async with asyncio.timeout(PC_CLOSE_S):
+                async with timeout(PC_CLOSE_S):
                     await self.pc.close()
             except Exception as e:
                 log.warning("session=%s peer connection did not close cleanly: %r", self.id, e)
@@ -190,8 +191,8 @@ class WebRTCSession(StreamSession):
                 log.info("session=%s no frame for %g s, closing", self.id, idle)
                 self._end("idle")
                 break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with timeout(left):
                     await self._ended.wait()
         return self._reason
 

@@ -145,7 +145,7 @@ class WebSocketSession(StreamSession):
                     log.info("session=%s socket error: %s", stream.id, ws.exception())
                     return
                 first = False
-        except TimeoutError:
+        except asyncio.TimeoutError:
             log.info(
                 "session=%s idle for %g s, closing", stream.id, services.settings.idle_timeout_s
             )
@@ -222,7 +222,7 @@ async def _authenticate(
     and closes the socket with 1008."""
     try:
         msg = await ws.receive(timeout=settings.auth_timeout_s)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         auth.refuse_pending(request, "auth_timeout")
         code, text = "unauthorized", f"no auth message within {settings.auth_timeout_s:g} s"
     else:
