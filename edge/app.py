@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +26,7 @@ from edge.compat import timeout
 from edge.metrics import Metrics
 from edge.ratelimit import StreamQuota
 from edge.repository import Repository
+from edge.rollout import Decided
 from edge.scheduler import Scheduler
 from edge.settings import Settings
 from edge.shared import Cluster
@@ -46,6 +49,8 @@ def create_app(
         settings,
         on_change=lambda: _publish_models(app),
         on_failure=lambda name, _version: metrics.model_load_failures.labels(name).inc(),
+        shared=cluster.shared,
+        on_decision=lambda decided: _canary_decided(cluster, metrics, decided),
     )
     services = Services(
         settings=settings,
@@ -110,6 +115,17 @@ def _publish_models(app: web.Application) -> None:
     for row in services.repo.describe():
         if row["version"] is not None:
             g.labels(row["name"], row["version"]).set(1.0 if row["serving"] else 0.0)
+
+
+def _canary_decided(cluster: Cluster, metrics: Metrics, decided: Decided) -> None:
+    """Count a decision this process took, and have the other processes follow it now: the
+    supervisor makes every process rescan, and a rescan applies the board's decisions."""
+    if not decided.mine:
+        return
+    model = decided.canary.model
+    metrics.canary_decisions.labels(model.name, model.version, decided.decision.decision).inc()
+    if cluster.supervisor_pid:
+        os.kill(cluster.supervisor_pid, signal.SIGUSR1)
 
 
 async def _executor(app: web.Application) -> AsyncIterator[None]:

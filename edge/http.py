@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge.appkeys import SERVICES, Services
+from edge.canary import CanaryPolicy, CanaryPolicyError
 from edge.compat import timeout
 from edge.repository import Route, UnknownModel
 from edge.transports import common
@@ -47,10 +48,29 @@ async def list_models(request: web.Request) -> web.Response:
 
 @routes.post("/v1/models/{name}/load")
 async def load_model(request: web.Request) -> web.Response:
+    """Rescan a model in every process. An optional JSON body: `canary` (settings for the
+    next trial of this model, over model.toml's `[canary]`), `retry` (true: try rolled-back
+    versions again; `version` names one)."""
     services = request.app[SERVICES]
     name = request.match_info["name"]
     if name not in services.repo.names():
         return web.json_response({"error": "unknown_model", "message": name}, status=404)
+    body = await read_body(request, services.settings.request_timeout_s)
+    try:
+        order = json.loads(body) if body.strip() else {}
+        if not isinstance(order, dict) or set(order) - {"canary", "retry", "version"}:
+            raise ValueError('the body is a JSON object with "canary", "retry" and "version"')
+        canary = order.get("canary", {})
+        if not isinstance(canary, dict) or not isinstance(order.get("retry", False), bool):
+            raise ValueError('"canary" is an object of canary settings and "retry" a boolean')
+        CanaryPolicy().updated(canary, "canary")  # checked before anything changes
+    except (ValueError, CanaryPolicyError) as e:
+        return _bad(str(e), 400, "bad_request")
+    board = services.repo.board
+    if canary:
+        board.set_policy(name, canary)
+    if order.get("retry"):
+        board.retry(name, None if order.get("version") is None else str(order["version"]))
     reloaded = await reload_everywhere(services, name)
     rows = [r for r in services.repo.describe() if r["name"] == name]
     return web.json_response(

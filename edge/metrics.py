@@ -169,6 +169,41 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
             registry=r,
         )
+        self.canary_decisions = Counter(
+            "edge_canary_decisions",
+            "Canary trials decided: promoted or rolled_back (counted once, by the process "
+            "that decided)",
+            ["model", "version", "decision"],
+            registry=r,
+        )
+        self.canary_frames = Gauge(
+            "edge_canary_frames",
+            "Frames a canary version has answered in its trial",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.canary_error_rate = Gauge(
+            "edge_canary_error_rate",
+            "Share of a canary version's frames answered with an error",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.canary_latency_ratio = Gauge(
+            "edge_canary_latency_ratio",
+            "A canary version's p95 session time per frame over its incumbent's, same batches",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.canary_agreement = Gauge(
+            "edge_canary_agreement",
+            "Mean agreement of a canary version's detections with its incumbent's",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.sink_published = Counter(
             "edge_sink_published",
             "Messages a result sink handed to its broker",

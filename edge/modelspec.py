@@ -18,6 +18,9 @@ Example:
     [versions]                    # optional A/B traffic split: version -> weight
     1 = 0.9
     2 = 0.1
+    [canary]                      # how a newly arriving version is tried (edge/canary.py)
+    share = 0.25
+    frames = 300
     [options]                     # task-specific knobs (e.g. iou, unclip_ratio)
     iou = 0.3
 """
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.canary import CanaryPolicy, CanaryPolicyError
 from edge.compat import tomllib
 
 _KNOWN = {
@@ -47,6 +51,7 @@ _KNOWN = {
     "providers",
     "versions",
     "shadow",
+    "canary",
     "options",
     "description",
 }
@@ -75,6 +80,7 @@ class ModelSpec:
     providers: tuple[str, ...] = ()
     versions: dict[str, float] = field(default_factory=dict)
     shadow: dict[str, Any] = field(default_factory=dict)
+    canary: CanaryPolicy = field(default_factory=CanaryPolicy)
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -123,6 +129,13 @@ class ModelSpec:
         versions = {str(k): float(v) for k, v in dict(raw.get("versions", {})).items()}
         if any(w < 0 for w in versions.values()):
             raise ModelSpecError(f"{where}: version weights must be >= 0")
+        canary = raw.get("canary", {})
+        if not isinstance(canary, dict):
+            raise ModelSpecError(f"{where}: [canary] must be a table, e.g. share = 0.25")
+        try:
+            policy = CanaryPolicy().updated(canary, f"{where}: [canary]")
+        except CanaryPolicyError as e:
+            raise ModelSpecError(str(e)) from None
         return cls(
             name=name,
             task=task,
@@ -141,6 +154,7 @@ class ModelSpec:
             providers=tuple(str(p).lower() for p in raw.get("providers", ())),
             versions=versions,
             shadow=dict(raw.get("shadow", {})),
+            canary=policy,
             options=dict(raw.get("options", {})),
         )
 

@@ -1,7 +1,8 @@
 """Stage 3, on a worker thread: one batch of frames from bytes to encoded replies.
 
 Decode (told the smallest size the model needs), preprocess, one session run for the batch,
-postprocess and JSON-encode each frame, record metrics and spans, sample a shadow run. Every
+postprocess and JSON-encode each frame, record metrics and spans, sample a shadow run, feed a
+canary trial (a canary's batch runs on the version it would replace too). Every
 frame taken ends in exactly one reply, a result or a typed error naming the stage that failed;
 no exception leaves a frame unanswered. Replies go to `push`, which hands them to the event
 loop (edge/scheduler.py).
@@ -23,7 +24,8 @@ from edge.engine import LoadedModel
 from edge.frames import Frame, FrameError, Timing
 from edge.metrics import Metrics
 from edge.repository import Repository
-from edge.shadow import run_shadow
+from edge.rollout import Canary
+from edge.shadow import run_shadow, second_opinion
 from edge.stream import Stream
 from edge.tracing import FrameTracer
 
@@ -99,13 +101,14 @@ class Pipeline:
         t0 = time.monotonic()
         try:
             batch = np.stack([r[3] for r in ready]) if len(ready) > 1 else ready[0][3][None]
-            outputs, session_s = model.run_timed(batch, index)
+            outputs, session_s, cost_s = model.run_costed(batch, index)
         except Exception as e:
             log.error("model %s: inference failed on a batch of %d: %s", model.ref, len(ready), e)
             for stream, frame, *_ in ready:
                 self.error(
                     stream, frame, "inference_failed", f"{model.ref}: {e}", "inference", model.name
                 )
+            self._judge(index, model, None, ready, [None] * len(ready), None)
             return
         t1 = time.monotonic()
         m = self._metrics
@@ -164,11 +167,63 @@ class Pipeline:
         shadow = self._repo.shadow_of(model.name)
         if shadow is not None and shadow is not model:
             if self._rng.random() < float(model.spec.shadow.get("sample", 0.1)):
-                thresholds = [
-                    model.spec.threshold if r[0].threshold is None else r[0].threshold
-                    for r in ready
-                ]
-                run_shadow(self._metrics, index, model, shadow, batch, ready, payloads, thresholds)
+                run_shadow(
+                    self._metrics,
+                    index,
+                    model,
+                    shadow,
+                    batch,
+                    ready,
+                    payloads,
+                    _thresholds(model, ready),
+                )
+        self._judge(index, model, batch, ready, payloads, cost_s)
+
+    def _judge(
+        self,
+        index: int,
+        model: LoadedModel,
+        batch: np.ndarray | None,
+        ready: list,
+        payloads: list[dict[str, object] | None],
+        cost_s: float | None,
+    ) -> None:
+        """Feed the canary trial this batch takes part in, if any: the incumbent's errors, or
+        the canary's, with its batch run on the incumbent too (latency and agreement); the
+        run's cost is `LoadedModel.run_costed`'s."""
+        canary = self._repo.trial_of(model)
+        if canary is None:
+            return
+        n, errors = len(ready), payloads.count(None)
+        if model is canary.incumbent:
+            canary.trial.incumbent_batch(n, errors)
+            return
+        agreements: list[float] = []
+        seconds = None
+        if batch is not None and cost_s is not None and errors < n:
+            try:
+                _, inc_s, agreements = second_opinion(
+                    canary.incumbent, index, batch, ready, payloads, _thresholds(model, ready)
+                )
+                seconds = (cost_s / n, inc_s / n)
+            except Exception as e:
+                log.warning(
+                    "canary %s: incumbent %s failed: %s", model.ref, canary.incumbent.ref, e
+                )
+        verdict = canary.trial.canary_batch(n, errors, agreements, seconds)
+        self._show(canary)
+        if verdict is not None:
+            self._repo.settle(canary, verdict)
+        else:
+            self._repo.follow(canary)  # another process may have decided
+
+    def _show(self, canary: Canary) -> None:
+        f = canary.trial.figures()
+        m, labels = self._metrics, (canary.model.name, canary.model.version)
+        m.canary_frames.labels(*labels).set(f["frames"])
+        m.canary_error_rate.labels(*labels).set(f["error_rate"])
+        m.canary_latency_ratio.labels(*labels).set(f["latency_ratio"])
+        m.canary_agreement.labels(*labels).set(f["agreement"])
 
     def error(
         self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""
@@ -176,3 +231,8 @@ class Pipeline:
         """Answer one frame with an error from `stage`."""
         text = codec.error(frame.seq, code, message)
         self._push(Reply(stream, frame.seq, "error", text, stage, frame.received_at, model))
+
+
+def _thresholds(model: LoadedModel, ready: list) -> list[float]:
+    """Each frame's score threshold: its stream's, or its model's."""
+    return [model.spec.threshold if r[0].threshold is None else r[0].threshold for r in ready]

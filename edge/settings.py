@@ -75,6 +75,9 @@ class Settings:
     #: OpenTelemetry spans per frame, exported with OTLP (the `otel` extra)
     tracing: bool = False
     watch_models_s: float = 2.0  # model repository poll interval; 0 turns hot reload off
+    #: a version newer than the one serving enters as a canary (docs/models.md); off: it
+    #: replaces the serving one at once
+    canary: bool = True
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: static API tokens (docs/security.md); any token setting, file or JWT key turns auth on

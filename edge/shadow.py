@@ -4,7 +4,6 @@ latency and how far it agrees (0 to 1) go to the metrics; its results never reac
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,23 +27,40 @@ def run_shadow(
 ) -> None:
     """Run `batch` on `shadow` (on the worker thread that just served it) and record how far
     each frame's outcome agrees with the serving version's `payloads`."""
-    t0 = time.monotonic()
     try:
-        outputs = shadow.run(batch, worker)
+        seconds, _, agreements = second_opinion(shadow, worker, batch, ready, payloads, thresholds)
     except Exception as e:
         log.warning("shadow %s failed: %s", shadow.ref, e)
         return
-    metrics.shadow_latency.labels(model.name, shadow.version).observe(time.monotonic() - t0)
+    metrics.shadow_latency.labels(model.name, shadow.version).observe(seconds)
     agreement = metrics.shadow_agreement.labels(model.name, shadow.version)
+    for a in agreements:
+        agreement.observe(a)
+
+
+def second_opinion(
+    other: LoadedModel,
+    worker: int,
+    batch: np.ndarray,
+    ready: list[Any],
+    payloads: list[dict[str, Any] | None],
+    thresholds: list[float],
+) -> tuple[float, float, list[float]]:
+    """Run `batch` on `other` too: the seconds its session call took, what it cost
+    (`LoadedModel.run_costed`), and the agreement of its outcome with `payloads` for each frame that has one (and that `other`
+    can postprocess). Raises what the run raises."""
+    outputs, seconds, cost = other.run_costed(batch, worker)
+    agreements = []
     for i, (_, _, image, _, ctx, *_rest) in enumerate(ready):
         primary = payloads[i]
         if primary is None:
             continue
         try:
-            candidate = shadow.task.postprocess([o[i] for o in outputs], ctx, image, thresholds[i])
+            candidate = other.task.postprocess([o[i] for o in outputs], ctx, image, thresholds[i])
         except Exception:
             continue
-        agreement.observe(agree(primary, candidate))
+        agreements.append(agree(primary, candidate))
+    return seconds, cost, agreements
 
 
 def box_iou(a: list[float], b: list[float]) -> float:
@@ -57,7 +73,8 @@ def box_iou(a: list[float], b: list[float]) -> float:
 
 
 def agree(primary: dict[str, Any], candidate: dict[str, Any], iou: float = 0.5) -> float:
-    """Detections: F1 of greedy same-label matches at IoU >= `iou` (1.0 when both are empty).
+    """Detections: F1 of greedy same-label matches at IoU >= `iou` (1.0 when both are empty;
+    either way round, up to ties in the greedy matching).
     Classes: 1.0 when the top class is the same, else 0.0."""
     if "classes" in primary or "classes" in candidate:
         a, b = primary.get("classes") or [], candidate.get("classes") or []

@@ -1,6 +1,6 @@
 """State the serving processes share: one small memory-mapped file, nothing pickled across.
 
-Two parts, both fixed in size when the gateway starts:
+Three parts, all fixed in size when the gateway starts:
 
 - **A row per serving process** (`Member`): its pid, whether it is ready, whether its event loop
   keeps up, how many connections it holds, its memory. Only that process writes its row (the
@@ -12,6 +12,8 @@ Two parts, both fixed in size when the gateway starts:
   it if its holder dies). Keys are hashed to 64 bits; a key's row is freed when its counts
   reach zero, which also forgets its bucket, as a client's bucket was forgotten when the
   client left.
+- **A board of canary decisions** (`canaries`, read and written by edge/canaryboard.py): a row
+  per model version on trial or decided, so that every process follows the one decision.
 
 With one process the same code runs over anonymous memory without a lock.
 """
@@ -46,6 +48,20 @@ MEMBER = np.dtype(
         ("started", "<f8"),
     ]
 )
+#: a model version's canary trial and its decision, or a model's policy and retry count
+CANARY = np.dtype(
+    [
+        ("key", "<u8"),
+        ("state", "<i8"),
+        ("by", "<i8"),
+        ("gen", "<i8"),
+        ("figures", "<f8", (8,)),
+        ("policy", "<f8", (6,)),
+        ("version", "S32"),
+        ("reason", "S480"),
+    ]
+)
+CANARY_ROWS = 64
 _EMPTY, _FREED = 0, 1  # key values a real hash never takes
 
 
@@ -67,7 +83,12 @@ def capacity_for(max_streams: int) -> int:
 
 
 def size(processes: int, capacity: int) -> int:
-    return _HEADER.itemsize + MEMBER.itemsize * processes + _row(processes).itemsize * capacity
+    return (
+        _HEADER.itemsize
+        + MEMBER.itemsize * processes
+        + CANARY.itemsize * CANARY_ROWS
+        + _row(processes).itemsize * capacity
+    )
 
 
 class Shared:
@@ -89,7 +110,9 @@ class Shared:
         self.header = np.ndarray((), _HEADER, buf[:at])
         self.members = np.ndarray((processes,), MEMBER, buf[at : at + MEMBER.itemsize * processes])
         at += MEMBER.itemsize * processes
-        self.rows = np.ndarray((capacity,), _row(processes), buf[at:])
+        end = at + CANARY.itemsize * CANARY_ROWS
+        self.canaries = np.ndarray((CANARY_ROWS,), CANARY, buf[at:end])
+        self.rows = np.ndarray((capacity,), _row(processes), buf[end:])
 
     @classmethod
     def create(cls, path: Path, processes: int, capacity: int) -> Shared:
@@ -206,7 +229,7 @@ class Shared:
 
     def close(self) -> None:
         # numpy views keep the buffer exported; drop them before closing the map
-        del self.header, self.members, self.rows
+        del self.header, self.members, self.canaries, self.rows
         self._mm.close()
         if self._fd >= 0:
             os.close(self._fd)

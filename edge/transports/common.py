@@ -29,7 +29,7 @@ def open_stream(
 ) -> Stream:
     """A stream bound to a model (raises UnknownModel), with its outbox wired to metrics."""
     session = session or new_session_id()
-    route = services.repo.assign(route, session)
+    route = services.repo.place(services.repo.assign(route, session))
     model = services.repo.resolve(route)
     m = services.metrics
     settings = services.settings
@@ -111,7 +111,7 @@ def apply_control(
         if ctl.type == "config" and ctl.config is not None:
             cfg = ctl.config
             if cfg.model is not None:
-                route = services.repo.assign(Route.parse(cfg.model), stream.id)
+                route = services.repo.place(services.repo.assign(Route.parse(cfg.model), stream.id))
                 model = services.repo.resolve(route)
                 stream.route, stream.model_label = route, model.name
                 if on_model:

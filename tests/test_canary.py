@@ -1,0 +1,239 @@
+"""Canary rollout as an operator drives it: a new version directory dropped into the model
+repository while streams run enters as a canary on a share of the streams, is compared with
+the version it would replace, and is promoted or rolled back (docs/models.md, "Canary
+rollout"); every frame of the running streams is answered exactly once throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import canary_models
+from tests.conftest import running, settings_for
+from tests.operations_util import scrape, total
+from tests.overload_util import blast
+from tests.pace import deadline, wait_until
+from tests.test_models import add_version, face_repo_copy, models_rows
+from tests.wsclient import Books, open_stream, read_into
+
+pytestmark = pytest.mark.integration
+
+#: canary frames before a promotion; the bad versions must be rolled back within it
+BUDGET = 120
+#: generous against noise: a copy of the model measures about 1, the slowed one 3 or more
+LATENCY_LIMIT = 2.0
+CANARY = f"""
+[canary]
+share = 0.5
+frames = {BUDGET}
+max_error_rate = 0.02
+max_latency_ratio = {LATENCY_LIMIT}
+min_agreement = 0.9
+"""
+STREAMS = 4
+FPS = 40.0
+
+
+@dataclass
+class Outcome:
+    row: dict[str, Any]
+    rows: dict[str, dict[str, Any]]
+    metrics: dict[tuple[str, tuple], float]
+    books: list[Books] = field(default_factory=list)
+
+    def refs(self, books: Books) -> list[str]:
+        """What answered each frame of a stream, in seq order: name@version, or `error`."""
+        out = []
+        for _, msgs in sorted(books.replies.items()):
+            m = msgs[0]
+            if m["type"] == "result":
+                out.append(m["model"])
+            elif m["type"] == "error":
+                out.append("error")
+        return out
+
+
+async def _decided(http: aiohttp.ClientSession, url: str, within: float) -> dict[str, Any]:
+    """Version 2's row once its trial is decided."""
+    rows: dict[str, dict[str, Any]] = {}
+
+    async def decided() -> bool:
+        rows.update({str(r["version"]): r for r in await models_rows(http, url)})
+        return rows.get("2", {}).get("state") in ("promoted", "rolled_back")
+
+    await wait_until(decided, within, lambda: f"version 2 decided: {rows.get('2')}")
+    return rows["2"]
+
+
+async def trial(pulled: Path, tmp_path: Path, face_jpeg: bytes, data: bytes | None) -> Outcome:
+    """Streams run on version 1; version 2 (`data`, or a copy of version 1) is dropped into
+    the repository the way an OTA update does; wait for its decision, keep the streams
+    running a little longer, then stop them and account for every frame."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    toml = repo / "blazeface" / "model.toml"
+    toml.write_text(toml.read_text() + CANARY)
+    settings = settings_for(repo, watch_models_s=0.1)
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        clients = [await open_stream(http, url) for _ in range(STREAMS)]
+        readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
+        senders = [asyncio.create_task(blast(ws, b, face_jpeg, 3600, FPS)) for ws, b in clients]
+
+        def answered() -> list[int]:
+            return [len(b.replies) for _, b in clients]
+
+        await wait_until(lambda: min(answered()) > 0, deadline(frames=5), answered)
+        add_version(pulled, repo, "2", data)
+        # loading and warming up, then the budget's frames at the canary's share of the rate,
+        # each run twice (the canary and its incumbent), slowed up to 4x
+        row = await _decided(http, url, deadline(frames=50 + 2 * 5 * BUDGET))
+        after = answered()
+        await wait_until(
+            lambda: all(n > a + 5 for n, a in zip(answered(), after, strict=True)),
+            deadline(frames=6, streams=STREAMS),
+            lambda: f"answers after the decision: {answered()} (at it: {after})",
+        )
+        for s in senders:
+            s.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        await wait_until(
+            lambda: all(not b.unanswered() for _, b in clients),
+            deadline(frames=2, streams=STREAMS),
+            lambda: [b.unanswered() for _, b in clients],
+        )
+        rows = {str(r["version"]): r for r in await models_rows(http, url)}
+        metrics = await scrape(http, url)
+        for ws, _ in clients:
+            await ws.close()
+        await asyncio.wait_for(asyncio.gather(*readers), deadline())
+    outcome = Outcome(row, rows, metrics, [b for _, b in clients])
+    for books in outcome.books:
+        assert books.unanswered() == [] and books.answered_twice() == []
+    return outcome
+
+
+def assert_rolled_back(outcome: Outcome, why: str) -> None:
+    """Rolled back within the budget, counted once, and every stream back on version 1."""
+    row = outcome.row
+    assert row["state"] == "rolled_back" and not row["serving"], row
+    assert why in row["reason"], row
+    canary = row["canary"]
+    assert canary["decision"] == "rolled_back" and canary["figures"]["frames"] < BUDGET, canary
+    assert outcome.rows["1"]["state"] == "ready" and outcome.rows["1"]["serving"]
+    labels = {"model": "blazeface", "version": "2"}
+    m = outcome.metrics
+    assert total(m, "edge_canary_decisions_total", decision="rolled_back", **labels) == 1
+    assert total(m, "edge_canary_decisions_total", decision="promoted", **labels) == 0
+    assert total(m, "edge_model_ready", **labels) == 0
+    on_canary = 0
+    for books in outcome.books:
+        refs = outcome.refs(books)
+        tried = [r for r in refs if r != "blazeface@1"]
+        on_canary += bool(tried)
+        # the canary answered less than its budget (plus the frames the workers held)
+        assert len(tried) <= BUDGET
+        assert refs[-1] == "blazeface@1", "a stream of the canary did not go back"
+    assert 0 < on_canary < STREAMS, "the canary's share: some streams, not all"
+
+
+async def test_a_version_that_always_errors_is_rolled_back(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """Guards against serving a version that loads and warms up, then fails every frame:
+    it is rolled back after a few errors, long before its budget."""
+    outcome = await trial(pulled, tmp_path, face_jpeg, canary_models.erroring())
+    assert_rolled_back(outcome, "errors")
+    assert outcome.row["canary"]["figures"]["error_rate"] == 1.0
+
+
+async def test_a_slower_version_is_rolled_back(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """Guards against promoting a version that answers alike but takes 3x the inference
+    time: the gateway measures the ratio of its p95 to the incumbent's on the same batches."""
+    outcome = await trial(pulled, tmp_path, face_jpeg, canary_models.slowed(pulled, 3.0))
+    assert_rolled_back(outcome, "latency")
+    figures = outcome.row["canary"]["figures"]
+    slowest = max(figures["latency_ratio"], figures["latency_p50_ratio"])
+    assert slowest > LATENCY_LIMIT and figures["agreement"] == 1.0
+    assert figures["error_rate"] == 0.0
+
+
+async def test_a_version_that_finds_nothing_is_rolled_back(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """Guards against promoting a version that runs fine and fast but no longer finds the
+    face the serving version finds."""
+    outcome = await trial(pulled, tmp_path, face_jpeg, canary_models.blind(pulled))
+    assert_rolled_back(outcome, "agreement")
+    figures = outcome.row["canary"]["figures"]
+    assert figures["agreement"] == 0.0 and figures["error_rate"] == 0.0
+    for books in outcome.books:  # what the canary's streams got while it served them
+        for msgs in books.replies.values():
+            if msgs[0].get("model") == "blazeface@2":
+                assert msgs[0]["detections"] == []
+
+
+async def test_a_good_version_is_promoted(pulled: Path, tmp_path: Path, face_jpeg: bytes) -> None:
+    """Guards against rolling back a sound version on noise: a copy of the serving version is
+    promoted after its budget, and then every stream runs on it."""
+    outcome = await trial(pulled, tmp_path, face_jpeg, None)
+    row = outcome.row
+    assert row["state"] == "promoted" and row["serving"], row
+    figures = row["canary"]["figures"]
+    assert figures["frames"] >= BUDGET and figures["agreement"] == 1.0, figures
+    assert max(figures["latency_ratio"], figures["latency_p50_ratio"]) <= LATENCY_LIMIT
+    assert outcome.rows["1"]["state"] == "retired"
+    labels = {"model": "blazeface", "version": "2"}
+    m = outcome.metrics
+    assert total(m, "edge_canary_decisions_total", decision="promoted", **labels) == 1
+    assert total(m, "edge_model_ready", **labels) == 1
+    for books in outcome.books:
+        refs = outcome.refs(books)
+        assert refs[0] == "blazeface@1" and refs[-1] == "blazeface@2"
+        assert "error" not in refs
+
+
+async def test_rolled_back_stays_until_retried_and_the_load_call_sets_the_policy(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """Guards against a rolled-back version coming back by itself on the next rescan, and
+    against an operator who cannot retry it: the load call's body sets the canary policy
+    and asks for the retry."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
+        load = url + "/v1/models/blazeface/load"
+        async with http.post(load, json={"canary": {"share": 1.5}}) as r:
+            assert r.status == 400 and "share" in (await r.json())["message"]
+        add_version(pulled, repo, "2", canary_models.erroring())
+        async with http.post(load, json={"canary": {"share": 1.0, "frames": 50}}) as r:
+            assert r.status == 200
+            (row,) = [r for r in (await r.json())["models"] if r["version"] == "2"]
+        assert row["state"] == "canary" and row["canary"]["policy"]["share"] == 1.0, row
+        ws, books = await open_stream(http, url)
+        reader = asyncio.create_task(read_into(ws, books))
+        sender = asyncio.create_task(blast(ws, books, face_jpeg, 3600, FPS))
+        row = await _decided(http, url, deadline(frames=100))
+        assert row["state"] == "rolled_back", row
+        async with http.post(load) as r:  # a plain rescan: not tried again
+            rows = {x["version"]: x for x in (await r.json())["models"]}
+        assert rows["2"]["state"] == "rolled_back" and rows["1"]["serving"]
+        async with http.post(load, data=json.dumps({"retry": True, "version": "2"})) as r:
+            rows = {x["version"]: x for x in (await r.json())["models"]}
+        assert rows["2"]["state"] == "canary", rows["2"]
+        row = await _decided(http, url, deadline(frames=100))
+        assert row["state"] == "rolled_back", row
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await wait_until(lambda: not books.unanswered(), deadline(frames=2), books.unanswered)
+        metrics = await scrape(http, url)
+        await ws.close()
+        await asyncio.wait_for(reader, deadline())
+    assert books.answered_twice() == []
+    labels = {"model": "blazeface", "version": "2", "decision": "rolled_back"}
+    assert total(metrics, "edge_canary_decisions_total", **labels) == 2
