@@ -202,8 +202,8 @@ class Trial:
             "promoted",
             f"passed {self.served} frames: error rate {f['error_rate']:.1%} (incumbent "
             f"{f['incumbent_error_rate']:.1%}), latency ratio p95 {ratio:.2f} and median "
-            f"{median:.2f} (limit {p.max_latency_ratio:g}), agreement {f['agreement']:.3f} (at least "
-            f"{p.min_agreement:g})",
+            f"{median:.2f} (limit {p.max_latency_ratio:g}), agreement "
+            f"{f['agreement']:.3f} (at least {p.min_agreement:g})",
             f,
         )
 

@@ -14,35 +14,25 @@ import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge import engine, providers, rollout
+from edge import engine, rollout
+from edge import versions as disk
 from edge.canaryboard import Board
 from edge.engine import LoadedModel, ModelLoadError
-from edge.modelspec import ModelSpec, ModelSpecError
+from edge.modelspec import ModelSpec
 from edge.rollout import Canary, Decided
 from edge.settings import Settings
 from edge.shared import Shared
+from edge.versions import ModelVersions, VersionState, version_key
 
 log = logging.getLogger("edge.repository")
 
 
 class UnknownModel(LookupError):
     """A stream asked for a model or version the repository does not serve."""
-
-
-@dataclass
-class VersionState:
-    name: str
-    version: str
-    state: str  # loading | ready | failed | retired | canary | promoted | rolled_back
-    reason: str = ""
-    signature: tuple[int, int] = (0, 0)
-    model: LoadedModel | None = None
-    #: its canary trial: the policy, the incumbent, then the decision and figures
-    canary: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,21 +53,6 @@ class Route:
         return cls(name, version or None)
 
 
-@dataclass
-class _Model:
-    spec: ModelSpec | None
-    versions: dict[str, VersionState] = field(default_factory=dict)
-    active: LoadedModel | None = None
-    shadow: LoadedModel | None = None
-    error: str = ""
-    canary: Canary | None = None  # a newer version on trial against `active`
-    retries_seen: int = 0  # the operator's retries (edge/canaryboard.py) already applied
-
-
-def _version_key(v: str) -> tuple[int, str]:
-    return (int(v), v) if v.isdigit() else (-1, v)
-
-
 #: streams fall at 0, 0.618, 0.236, 0.854, ...: any run of them is spread evenly over [0, 1),
 #: so a canary's share holds for a handful of streams too (and the first is always in it)
 _GOLDEN = (5**0.5 - 1) / 2
@@ -96,12 +71,11 @@ class Repository:
         self.settings = settings
         self._on_failure = on_failure or (lambda _name, _version: None)
         self.root = settings.models
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, ModelVersions] = {}
         self._lock = asyncio.Lock()
         self._on_change = on_change or (lambda: None)
         shared = shared or Shared(1, 1)
         self.board = Board(shared)
-        self._index = shared.index
         self._on_decision = on_decision or (lambda _decided: None)
         self._trials = rollout.Trials(self.board, shared.index, self._decided)
         self._opened = 0
@@ -121,60 +95,10 @@ class Repository:
         return bool(self._models) and all(m.active is not None for m in self._models.values())
 
     def not_ready_reasons(self) -> list[str]:
-        out = []
-        for name, m in sorted(self._models.items()):
-            if m.active is None:
-                states = [f"{v.version}: {v.state} {v.reason}".strip() for v in m.versions.values()]
-                out.append(f"{name}: " + ("; ".join(states) or m.error or "no version loaded"))
-        return out or (["no models found in " + str(self.root)] if not self._models else [])
+        return disk.not_ready_reasons(self._models, self.root)
 
     def describe(self) -> list[dict[str, Any]]:
-        rows = []
-        for name, m in sorted(self._models.items()):
-            active = m.active.version if m.active else None
-            for v in sorted(m.versions.values(), key=lambda v: _version_key(v.version)):
-                spec = m.spec
-                row: dict[str, Any] = {
-                    "name": name,
-                    "version": v.version,
-                    "task": v.model.task.kind if v.model else (spec.task if spec else None),
-                    "state": v.state,
-                    "serving": v.version == active,
-                    "input": {
-                        "width": spec.input_width,
-                        "height": spec.input_height,
-                        "layout": spec.layout,
-                        "max_batch": spec.max_batch,
-                    }
-                    if spec
-                    else None,
-                }
-                if v.reason:
-                    row["reason"] = v.reason
-                if v.model:
-                    row["providers"] = v.model.providers
-                    row["layout"] = {
-                        "sessions": v.model.layout.sessions,
-                        "threads": v.model.layout.threads,
-                    }
-                if spec and spec.versions:
-                    row["weight"] = spec.versions.get(v.version, 0.0)
-                if v.canary is not None:
-                    row["canary"] = rollout.describe(v.canary, m.canary, v.version)
-                rows.append(row)
-            if not m.versions:
-                rows.append(
-                    {
-                        "name": name,
-                        "version": None,
-                        "task": None,
-                        "state": "failed",
-                        "serving": False,
-                        "input": None,
-                        "reason": m.error,
-                    }
-                )
-        return rows
+        return disk.describe(self._models)
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -263,24 +187,24 @@ class Repository:
         """Scan the repository; load new or changed versions aside and swap them in."""
         async with self._lock:
             loop = self._loop = asyncio.get_running_loop()
-            found = await loop.run_in_executor(executor, self._scan)
+            found = await loop.run_in_executor(executor, disk.scan, self.root)
             for name, (spec, error, versions) in found.items():
                 if names is not None and name not in names:
                     continue
                 fresh = name not in self._models
-                m = self._models.setdefault(name, _Model(spec))
+                m = self._models.setdefault(name, ModelVersions(name, spec))
                 m.error = error
                 if spec is not None:
                     m.spec = spec
                 if m.canary is not None:
                     self._trials.follow(m.canary)  # decided by another process meanwhile
-                rolled = self._rolled_back(name, m, [v.name for v, _ in versions], fresh)
-                for vdir, sig in sorted(versions, key=lambda v: _version_key(v[0].name)):
+                rolled = rollout.not_to_serve(self.board, m, [v.name for v, _ in versions], fresh)
+                for vdir, sig in sorted(versions, key=lambda v: version_key(v[0].name)):
                     old = m.versions.get(vdir.name)
                     if old is not None and old.signature == sig and old.state != "loading":
                         continue
                     if vdir.name in rolled:
-                        self._mark_rolled_back(m, vdir.name, sig)
+                        rollout.mark_rolled_back(self.board, m, vdir.name, sig)
                         continue
                     dirs = [v.name for v, _ in versions if v.name not in rolled]
                     if spec is None or not self._wanted(spec, vdir.name, dirs, m):
@@ -288,40 +212,13 @@ class Repository:
                     await self._load(loop, executor, m, spec, vdir, sig)
             self._on_change()
 
-    def _rolled_back(self, name: str, m: _Model, versions: list[str], fresh: bool) -> set[str]:
-        """The versions not to serve: rolled back here or by another process, unless an
-        operator asked for them to be tried again."""
-        retries = self.board.retries(name)
-        if fresh:
-            m.retries_seen = retries
-        elif retries > m.retries_seen:  # POST /v1/models/{name}/load {"retry": true}
-            m.retries_seen = retries
-            on_board = self.board.rolled_back(name, versions)
-            for v in [v for v in m.versions.values() if v.state == "rolled_back"]:
-                if v.version not in on_board:
-                    log.info("model %s@%s: tried again, as an operator asked", name, v.version)
-                    del m.versions[v.version]
-        local = {v.version for v in m.versions.values() if v.state == "rolled_back"}
-        return local | self.board.rolled_back(name, versions)
-
-    def _mark_rolled_back(self, m: _Model, version: str, sig: tuple[int, int]) -> None:
-        """A version the gateway rolled back, seen by this process before it loads it."""
-        if (old := m.versions.get(version)) is not None and old.state == "rolled_back":
-            return
-        decision = self.board.decision(m.spec.name if m.spec else "", version)
-        reason = decision.reason if decision else "rolled back"
-        m.versions[version] = VersionState(
-            m.spec.name if m.spec else "", version, "rolled_back", reason, sig,
-            canary=rollout.decided_view(decision) if decision else None,
-        )  # fmt: skip
-
-    def _wanted(self, spec: ModelSpec, version: str, dirs: list[str], m: _Model) -> bool:
+    def _wanted(self, spec: ModelSpec, version: str, dirs: list[str], m: ModelVersions) -> bool:
         shadow = str(spec.shadow.get("version", ""))
         if version == shadow:
             return True
         if spec.versions:
             return version in spec.versions
-        candidates = sorted((d for d in dirs if d != shadow), key=_version_key)
+        candidates = sorted((d for d in dirs if d != shadow), key=version_key)
         if not candidates:
             return False
         if version == candidates[-1]:
@@ -338,12 +235,14 @@ class Repository:
         self,
         loop: asyncio.AbstractEventLoop,
         executor: Executor,
-        m: _Model,
+        m: ModelVersions,
         spec: ModelSpec,
         vdir: Path,
         sig: tuple[int, int],
     ) -> None:
-        state = VersionState(spec.name, vdir.name, "loading", self._loading_reason(spec, vdir), sig)
+        state = VersionState(
+            spec.name, vdir.name, "loading", disk.loading_reason(self.settings, spec, vdir), sig
+        )
         previous = m.versions.get(vdir.name)
         m.versions[vdir.name] = state
         log.info("model %s@%s: loading %s", spec.name, vdir.name, state.reason)
@@ -389,13 +288,13 @@ class Repository:
             if (
                 current is not None
                 and m.active is not None
-                and _version_key(vdir.name) > _version_key(current)
+                and version_key(vdir.name) > version_key(current)
                 and policy.enabled
                 and self.settings.canary
             ):
                 self._trials.start(m, state, m.active, policy)
                 return
-            if current is None or _version_key(vdir.name) >= _version_key(current):
+            if current is None or version_key(vdir.name) >= version_key(current):
                 rollout.serve(m, state)
         else:
             weights = spec.versions
@@ -405,43 +304,3 @@ class Repository:
             )
             m.active = best.model
         log.info("model %s@%s: ready, serving", spec.name, vdir.name)
-
-    def _loading_reason(self, spec: ModelSpec, vdir: Path) -> str:
-        """Say so when this load will build a TensorRT engine: that can take minutes."""
-        prefs = spec.providers or self.settings.providers
-        if prefs == ("auto",):  # auto times TensorRT too when it can start
-            prefs = tuple(providers.auto_candidates())
-        if "tensorrt" not in prefs or "TensorrtExecutionProvider" not in providers.usable():
-            return ""
-        cache = self.settings.trt_cache
-        model = vdir / "model.onnx"
-        if cache is not None and model.is_file():
-            if providers.engine_cached(providers.engine_cache_dir(cache, model)):
-                return "loading a cached TensorRT engine"
-        return "building a TensorRT engine (the first build can take minutes)"
-
-    def _scan(self) -> dict[str, tuple[ModelSpec | None, str, list[tuple[Path, tuple[int, int]]]]]:
-        out: dict[str, tuple[ModelSpec | None, str, list[tuple[Path, tuple[int, int]]]]] = {}
-        if not self.root.is_dir():
-            return out
-        for d in sorted(self.root.iterdir()):
-            if not d.is_dir() or d.name.startswith("."):
-                continue
-            try:
-                spec: ModelSpec | None = ModelSpec.load(d)
-                error = ""
-            except ModelSpecError as e:
-                spec, error = None, str(e)
-            versions = []
-            for v in sorted(d.iterdir()):
-                f = v / "model.onnx"
-                if v.is_dir() and not v.name.startswith(".") and (f.exists() or f.is_symlink()):
-                    try:
-                        st = f.lstat()
-                        versions.append((v, (st.st_mtime_ns, st.st_size)))
-                    except OSError:
-                        continue
-            if not versions and not error:
-                error = f"no version with a model.onnx in {d}; run `edge models pull`"
-            out[d.name] = (spec, error, versions)
-        return out

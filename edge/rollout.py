@@ -13,18 +13,15 @@ twice) and the version is released. Transitions take one lock; `resolve` only re
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.canary import CanaryPolicy, Trial, Verdict
 from edge.canaryboard import Board, Decision
 from edge.engine import LoadedModel
-
-if TYPE_CHECKING:
-    from edge.repository import VersionState, _Model
+from edge.versions import ModelVersions, VersionState, json_number
 
 __all__ = ["Canary", "Decided", "Decision", "Trials", "Verdict"]
 
@@ -62,7 +59,7 @@ class Trials:
         self._lock = threading.Lock()
 
     def start(
-        self, m: _Model, state: VersionState, incumbent: LoadedModel, policy: CanaryPolicy
+        self, m: ModelVersions, state: VersionState, incumbent: LoadedModel, policy: CanaryPolicy
     ) -> None:
         """Put the freshly loaded `state` on trial against `incumbent` (or take the decision
         the gateway already has on it)."""
@@ -112,7 +109,7 @@ class Trials:
             if canary.state.state != "canary":
                 return  # applied already, or superseded
             self._decided(canary, decision, mine)
-        figures = ", ".join(f"{k} {_round(v)}" for k, v in decision.figures.items())
+        figures = ", ".join(f"{k} {json_number(v)}" for k, v in decision.figures.items())
         who = "decided here" if mine else f"following process {decision.by}"
         (log.info if decision.decision == "promoted" else log.warning)(
             "model %s@%s: canary %s (%s) against version %s: %s [%s]",
@@ -122,7 +119,7 @@ class Trials:
         )  # fmt: skip
 
 
-def apply(m: _Model, canary: Canary, decision: Decision) -> None:
+def apply(m: ModelVersions, canary: Canary, decision: Decision) -> None:
     """Make `decision` on `canary` the model's state (under the trials' lock)."""
     st = canary.state
     st.canary = {**(st.canary or {}), **decided_view(decision)}
@@ -135,7 +132,7 @@ def apply(m: _Model, canary: Canary, decision: Decision) -> None:
         st.state, st.model = "rolled_back", None
 
 
-def serve(m: _Model, state: VersionState) -> None:
+def serve(m: ModelVersions, state: VersionState) -> None:
     """`state` serves every stream from now on; the versions it replaces retire."""
     m.active = state.model
     if m.canary is not None and m.canary.state is not state:
@@ -152,22 +149,34 @@ def decided_view(decision: Decision) -> dict[str, Any]:
         "decision": decision.decision,
         "reason": decision.reason,
         "decided_by": decision.by,
-        "figures": {k: _round(v) for k, v in decision.figures.items()},
+        "figures": {k: json_number(v) for k, v in decision.figures.items()},
     }
 
 
-def describe(view: dict[str, Any], live: Canary | None, version: str) -> dict[str, Any]:
-    """A version's `canary` entry in /v1/models: its policy and incumbent, then the figures
-    (live while on trial), the decision and its reason."""
-    out = dict(view)
-    if live is not None and live.model.version == version:
-        out["figures"] = {k: _round(v) for k, v in live.trial.figures().items()}
-    return out
+def not_to_serve(board: Board, m: ModelVersions, versions: list[str], fresh: bool) -> set[str]:
+    """Which of `versions` not to serve: rolled back here or by another process, unless an
+    operator asked since for them to be tried again (`fresh`: this process has just met the
+    model, so the retries asked before are not for it)."""
+    retries = board.retries(m.name)
+    if fresh:
+        m.retries_seen = retries
+    elif retries > m.retries_seen:  # POST /v1/models/{name}/load {"retry": true}
+        m.retries_seen = retries
+        on_board = board.rolled_back(m.name, versions)
+        for v in [v for v in m.versions.values() if v.state == "rolled_back"]:
+            if v.version not in on_board:
+                log.info("model %s@%s: tried again, as an operator asked", m.name, v.version)
+                del m.versions[v.version]
+    local = {v.version for v in m.versions.values() if v.state == "rolled_back"}
+    return local | board.rolled_back(m.name, versions)
 
 
-def _round(v: float) -> float | int | None:
-    if isinstance(v, int):
-        return v
-    if math.isnan(v):
-        return None  # JSON has no NaN
-    return round(v, 4)
+def mark_rolled_back(board: Board, m: ModelVersions, version: str, sig: tuple[int, int]) -> None:
+    """A version the gateway rolled back, met by this process before it loads it."""
+    if (old := m.versions.get(version)) is not None and old.state == "rolled_back":
+        return
+    decision = board.decision(m.name, version)
+    m.versions[version] = VersionState(
+        m.name, version, "rolled_back", decision.reason if decision else "rolled back", sig,
+        canary=decided_view(decision) if decision else None,
+    )  # fmt: skip

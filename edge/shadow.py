@@ -47,8 +47,8 @@ def second_opinion(
     thresholds: list[float],
 ) -> tuple[float, float, list[float]]:
     """Run `batch` on `other` too: the seconds its session call took, what it cost
-    (`LoadedModel.run_costed`), and the agreement of its outcome with `payloads` for each frame that has one (and that `other`
-    can postprocess). Raises what the run raises."""
+    (`LoadedModel.run_costed`), and the agreement of its outcome with `payloads` for each
+    frame that has one (and that `other` can postprocess). Raises what the run raises."""
     outputs, seconds, cost = other.run_costed(batch, worker)
     agreements = []
     for i, (_, _, image, _, ctx, *_rest) in enumerate(ready):

@@ -97,9 +97,10 @@ async def test_hot_reload_switches_versions_and_survives_a_corrupt_one(
     pulled: Path, tmp_path: Path, face_jpeg: bytes
 ) -> None:
     """A new version dropped in while 4 streams run: results switch to it, every frame is
-    still answered exactly once; a corrupt newer version leaves the good one serving."""
+    still answered exactly once; a corrupt newer version leaves the good one serving. (With
+    canaries off: the plain swap; test_canary.py tries new versions first.)"""
     repo = face_repo_copy(pulled, tmp_path / "repo")
-    settings = settings_for(repo, watch_models_s=0.1)
+    settings = settings_for(repo, watch_models_s=0.1, canary=False)
     async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         clients = [await open_stream(http, url) for _ in range(4)]
         readers = [asyncio.create_task(read_into(ws, b)) for ws, b in clients]
@@ -159,9 +160,10 @@ async def test_hot_reload_switches_versions_and_survives_a_corrupt_one(
 
 
 async def test_sighup_and_load_endpoint_reload(spawn_gateway, pulled: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """With polling off, SIGHUP and POST /v1/models/{name}/load pick up new versions."""
+    """With polling off, SIGHUP and POST /v1/models/{name}/load pick up new versions (swapped
+    in at once, with canaries off)."""
     repo = face_repo_copy(pulled, tmp_path / "repo")
-    gw: GatewayProcess = spawn_gateway(repo, {"EDGE_WATCH_MODELS_S": "0"})
+    gw: GatewayProcess = spawn_gateway(repo, {"EDGE_WATCH_MODELS_S": "0", "EDGE_CANARY": "0"})
     await wait_ready(gw.url)
     async with aiohttp.ClientSession() as http:
         add_version(pulled, repo, "2")

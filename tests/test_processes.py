@@ -237,9 +237,10 @@ async def test_reload_and_load_reach_every_process(
     spawn_gateway: Spawn, pulled: Path, tmp_path: Path
 ) -> None:
     """Guards against a hot reload seen by the one process that got the request: after
-    `POST .../load` returns, and after SIGHUP, every process serves the new version."""
+    `POST .../load` returns, and after SIGHUP, every process serves the new version (with
+    canaries off: swapped in at once)."""
     repo = face_repo_copy(pulled, tmp_path / "repo")
-    gw = await start(spawn_gateway, repo)
+    gw = await start(spawn_gateway, repo, EDGE_CANARY="0")
 
     async def versions_served() -> set[str]:
         async with aiohttp.ClientSession() as http:
