@@ -41,6 +41,10 @@ _LIMITS = {
 }
 
 
+#: a limit met exactly is met, whatever the rounding of (1 - 0.8) x 100
+_EPS = 1e-9
+
+
 class CanaryPolicyError(ValueError):
     """A canary setting has a bad value; the message says how to fix it."""
 
@@ -180,9 +184,9 @@ class Trial:
         budget = p.frames
         error_limit = p.max_error_rate + self._incumbent_rate()
         # decisive before the budget is spent: no outcome of the frames left could pass
-        if self.errors > error_limit * budget:
+        if self.errors > error_limit * budget + _EPS:
             return self._fail(f, [self._error_text(f, error_limit, early=True)])
-        if self.compared - self._agreement > (1 - p.min_agreement) * budget:
+        if self.compared - self._agreement > (1 - p.min_agreement) * budget + _EPS:
             return self._fail(f, [self._agreement_text(f, early=True)])
         ratio, median = f["latency_ratio"], f["latency_p50_ratio"]
         if len(self._canary_s) >= max(10, budget // 4) and median > p.max_latency_ratio:
@@ -190,9 +194,9 @@ class Trial:
         if self.served < budget:
             return None
         failed = []
-        if f["error_rate"] > error_limit:
+        if f["error_rate"] > error_limit + _EPS:
             failed.append(self._error_text(f, error_limit))
-        if not self.compared or f["agreement"] < p.min_agreement:
+        if not self.compared or f["agreement"] < p.min_agreement - _EPS:
             failed.append(self._agreement_text(f))
         if not max(ratio, median) <= p.max_latency_ratio:  # NaN (nothing compared) fails
             failed.append(self._latency_text(f))

@@ -20,7 +20,8 @@ from tests.operations_util import scrape, total
 from tests.overload_util import blast
 from tests.pace import deadline, wait_until
 from tests.test_models import add_version, face_repo_copy, models_rows
-from tests.wsclient import Books, open_stream, read_into
+from tests.test_processes import Spawn, fresh, start, streams_on_both
+from tests.wsclient import Books, next_reply, open_stream, read_into
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +238,56 @@ async def test_rolled_back_stays_until_retried_and_the_load_call_sets_the_policy
     assert books.answered_twice() == []
     labels = {"model": "blazeface", "version": "2", "decision": "rolled_back"}
     assert total(metrics, "edge_canary_decisions_total", **labels) == 2
+
+
+async def test_with_two_processes_the_gateway_decides_once(
+    spawn_gateway: Spawn, pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """Guards against serving processes that decide differently on one version: the process
+    that runs the canary's frames rolls it back, the other, which has run none of them,
+    follows at once, and the decision is counted once."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    toml = repo / "blazeface" / "model.toml"
+    toml.write_text(toml.read_text() + "\n[canary]\nshare = 1.0\nframes = 50\n")
+    gw = await start(spawn_gateway, repo)
+    add_version(pulled, repo, "2", canary_models.erroring())
+    async with fresh() as probe, probe.post(gw.url + "/v1/models/blazeface/load") as r:
+        body = await r.json()
+    assert body["processes"] == {"rescanned": 2, "of": 2}, body
+    async with aiohttp.ClientSession() as http:
+        clients = await streams_on_both(http, gw.url, n=2)
+        assert {b.hello["model"] for _, b in clients} == {"blazeface@2"}
+        (a_ws, a), (b_ws, b) = [
+            next(c for c in clients if c[1].hello["process"] == p) for p in (0, 1)
+        ]
+        reader = asyncio.create_task(read_into(a_ws, a))
+        sender = asyncio.create_task(blast(a_ws, a, face_jpeg, 3600, FPS))
+
+        def back_on_1() -> bool:
+            return any(m[0].get("model") == "blazeface@1" for m in a.replies.values())
+
+        await wait_until(back_on_1, deadline(frames=100), lambda: a.kinds())
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+
+        async def followed() -> bool:  # a new stream on the other process opens on version 1
+            ws, books = await open_stream(http, gw.url)
+            await ws.close()
+            return books.hello["process"] == 1 and books.hello["model"] == "blazeface@1"
+
+        await wait_until(followed, deadline(frames=50), "process 1 follows the rollback")
+        await b_ws.send_bytes(face_jpeg)  # its first frame, on a stream opened on the canary
+        reply = await next_reply(b_ws)
+        assert reply["type"] == "result" and reply["model"] == "blazeface@1", reply
+        await wait_until(lambda: not a.unanswered(), deadline(frames=2), a.unanswered)
+        async with fresh() as probe:
+            metrics = await scrape(probe, gw.url)
+        for ws, _ in clients:
+            await ws.close()
+        await asyncio.wait_for(reader, deadline())
+    assert a.answered_twice() == []
+    labels = {"model": "blazeface", "version": "2"}
+    assert total(metrics, "edge_canary_decisions_total", decision="rolled_back", **labels) == 1
+    log = gw.log.read_text()
+    assert log.count("canary rolled back (decided here)") == 1
+    assert "canary rolled back (following process 0)" in log
