@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -135,7 +135,7 @@ class Trial:
         self,
         frames: int,
         errors: int,
-        agreements: list[float] = (),  # type: ignore[assignment]
+        agreements: Sequence[float] = (),
         seconds: tuple[float, float] | None = None,
     ) -> Verdict | None:
         """Record one canary batch: its frames, those that failed, the agreement of each

@@ -295,7 +295,7 @@ class Repository:
                 self._trials.start(m, state, m.active, policy)
                 return
             if current is None or version_key(vdir.name) >= version_key(current):
-                rollout.serve(m, state)
+                self._trials.serve(m, state)
         else:
             weights = spec.versions
             best = max(

@@ -7,7 +7,8 @@ and, when it reaches a verdict, `Trials.settle` publishes it on the shared board
 (edge/canaryboard.py), where the first verdict of any serving process wins, and applies the
 decision: promoted, the canary serves every stream and the incumbent retires; rolled back,
 its streams return to the incumbent (their next frame runs there, so none is lost or answered
-twice) and the version is released. Transitions take one lock; `resolve` only reads.
+twice) and the version is released. Transitions take one lock (the event loop starts trials
+and swaps versions, a worker applies a verdict); `resolve` only reads.
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ class Trials:
             policy.max_error_rate, policy.max_latency_ratio, policy.min_agreement,
         )  # fmt: skip
 
+    def serve(self, m: ModelVersions, state: VersionState) -> None:
+        """`state` replaces the serving version at once (no trial; or a process that starts
+        after the gateway promoted it)."""
+        decided = self._board.decision(state.name, state.version)
+        with self._lock:
+            serve(m, state)
+            if decided is not None and decided.decision == "promoted":
+                state.state, state.canary = "promoted", decided_view(decided)
+
     def settle(self, canary: Canary, verdict: Verdict) -> None:
         decision, mine = self._board.decide(
             canary.model.name, canary.model.version, verdict, self._index
@@ -139,7 +149,7 @@ def serve(m: ModelVersions, state: VersionState) -> None:
         m.canary.state.reason = f"superseded by version {state.version} before a decision"
         m.canary = None
     state.state = "ready"
-    for other in m.versions.values():
+    for other in list(m.versions.values()):  # the loop may add a version meanwhile
         if other is not state and other.state in ("ready", "promoted", "canary"):
             other.state, other.model = "retired", None
 

@@ -33,7 +33,8 @@ def erroring() -> bytes:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, INPUT)],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, INPUT)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    # IR version 8: what every onnxruntime release the gateway supports reads
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     return model.SerializeToString()
 
 
