@@ -1,8 +1,7 @@
 """Stage 3: a loaded, warmed model version: its task plugin and its ONNX Runtime sessions.
 
-A model in the repository is data, not code: the file is read as bytes (so ONNX external-data
-paths cannot reach outside the repository), symlinks are refused, and no custom-op library is
-ever registered.
+A model in the repository is data, not code: the file is read as bytes, ONNX external data is
+refused (edge/onnxfile.py), symlinks are refused, and no custom-op library is ever registered.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from edge import autoprovider, providers
 from edge.batching import BatchSizer
 from edge.frames import Image
 from edge.modelspec import ModelSpec
+from edge.onnxfile import check_self_contained
 from edge.tasks import get_task
 from edge.tasks.base import Task
 
@@ -220,8 +220,9 @@ def load(
     _check_inside(repo_root, path)
     try:
         data = path.read_bytes()
+        check_self_contained(data)
         task = get_task(spec.task)(spec)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # ExternalData is a ValueError
         raise ModelLoadError(f"{path}: {e}") from e
     prefs = spec.providers or preference
     auto = ""

@@ -13,8 +13,11 @@ import aiohttp
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from edge.onnxfile import ExternalData, check_self_contained
 from tests.conftest import GatewayProcess, png, running, settings_for, wait_ready
 from tests.operations_util import scrape, total
 from tests.overload_util import blast
@@ -223,13 +226,40 @@ def _tiny_model_with_external_data(path: Path, location: str) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128, 128, 3])],
         initializer=[weights],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     w = model.graph.initializer[0]
     w.data_location = TensorProto.EXTERNAL
     w.ClearField("float_data")
     entry = w.external_data.add()
     entry.key, entry.value = "location", location
     onnx.save(model, str(path))
+
+
+def test_external_data_is_found_before_onnxruntime_reads_the_file(
+    pulled: Path, tmp_path: Path
+) -> None:
+    """The gateway's own check, independent of the onnxruntime release: real models pass, a
+    tensor with external data is refused wherever it sits (here inside an If's subgraph)."""
+    for path in pulled.rglob("*.onnx"):
+        check_self_contained(path.read_bytes())
+    _tiny_model_with_external_data(tmp_path / "top.onnx", "w.bin")
+    with pytest.raises(ExternalData, match="external"):
+        check_self_contained((tmp_path / "top.onnx").read_bytes())
+    inner = onnx.load(str(tmp_path / "top.onnx"), load_external_data=False).graph
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner)
+    outer = helper.make_graph([node], "outer", [cond], list(inner.output))
+    wrapped = helper.make_model(outer, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(ExternalData, match="external"):
+        check_self_contained(wrapped.SerializeToString())
+
+
+@given(st.binary(max_size=512))
+def test_any_bytes_pass_or_get_a_clear_refusal(data: bytes) -> None:
+    try:
+        check_self_contained(data)
+    except ExternalData:
+        pass
 
 
 async def test_model_files_reaching_outside_are_refused(pulled: Path, tmp_path: Path) -> None:
