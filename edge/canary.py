@@ -13,7 +13,7 @@ The figures, per trial (docs/models.md, "Canary rollout"):
   for the interpreter lock add the same milliseconds to both versions' runs on a busy host
   and pull both ratios towards 1 (on the shared 2-core box, a version with 3 to 4 times the
   work showed p95 ratios of 2.0 to 2.4, and a copy of the serving version once a median ratio
-  of 2.1); with the CPU time, 2.8 to 4.1 and 0.98 to 1.11 (docs/benchmarks.md).
+  of 2.1); with the CPU time, 2.8 to 4.1 and 0.98 to 1.05 (docs/benchmarks.md).
 - **agreement**: the mean agreement of the canary's detections with the incumbent's on the
   same frames (`edge.shadow.agree`, 0 to 1).
 
