@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge.appkeys import SERVICES
+from edge.repository import Route
 from tests import canary_models
 from tests.conftest import running, settings_for
 from tests.operations_util import scrape, total
@@ -60,16 +62,18 @@ class Outcome:
         return out
 
 
-async def _decided(http: aiohttp.ClientSession, url: str, within: float) -> dict[str, Any]:
-    """Version 2's row once its trial is decided."""
+async def _decided(
+    http: aiohttp.ClientSession, url: str, within: float, version: str = "2"
+) -> dict[str, Any]:
+    """The version's row once its trial is decided."""
     rows: dict[str, dict[str, Any]] = {}
 
     async def decided() -> bool:
         rows.update({str(r["version"]): r for r in await models_rows(http, url)})
-        return rows.get("2", {}).get("state") in ("promoted", "rolled_back")
+        return rows.get(version, {}).get("state") in ("promoted", "rolled_back")
 
-    await wait_until(decided, within, lambda: f"version 2 decided: {rows.get('2')}")
-    return rows["2"]
+    await wait_until(decided, within, lambda: f"version {version} decided: {rows.get(version)}")
+    return rows[version]
 
 
 async def trial(pulled: Path, tmp_path: Path, face_jpeg: bytes, data: bytes | None) -> Outcome:
@@ -202,12 +206,12 @@ async def test_a_good_version_is_promoted(pulled: Path, tmp_path: Path, face_jpe
         assert "error" not in refs
 
 
-async def test_rolled_back_stays_until_retried_and_the_load_call_sets_the_policy(
+async def test_rolled_back_stays_until_retried_or_a_newer_one_arrives(
     pulled: Path, tmp_path: Path, face_jpeg: bytes
 ) -> None:
     """Guards against a rolled-back version coming back by itself on the next rescan, and
     against an operator who cannot retry it: the load call's body sets the canary policy
-    and asks for the retry."""
+    and asks for the retry; a newer version is tried against the incumbent, and promoted."""
     repo = face_repo_copy(pulled, tmp_path / "repo")
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
         load = url + "/v1/models/blazeface/load"
@@ -231,6 +235,18 @@ async def test_rolled_back_stays_until_retried_and_the_load_call_sets_the_policy
         assert rows["2"]["state"] == "canary", rows["2"]
         row = await _decided(http, url, deadline(frames=100))
         assert row["state"] == "rolled_back", row
+        add_version(pulled, repo, "3")  # a copy of version 1
+        async with http.post(load) as r:
+            rows = {x["version"]: x for x in (await r.json())["models"]}
+        assert rows["3"]["state"] == "canary" and rows["3"]["canary"]["incumbent"] == "1"
+        assert rows["2"]["state"] == "rolled_back"
+        row = await _decided(http, url, deadline(frames=200), "3")
+        assert row["state"] == "promoted", row
+        await wait_until(
+            lambda: any(m[0].get("model") == "blazeface@3" for m in books.replies.values()),
+            deadline(frames=5),
+            lambda: books.kinds(),
+        )
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         await wait_until(lambda: not books.unanswered(), deadline(frames=2), books.unanswered)
@@ -293,3 +309,42 @@ async def test_with_two_processes_the_gateway_decides_once(
     log = gw.log.read_text()
     assert log.count("canary rolled back (decided here)") == 1
     assert "canary rolled back (following process 0)" in log
+
+
+async def test_a_version_that_fails_at_run_time_is_rolled_back(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """Guards against a canary judged on postprocessing alone: a session that raises at run
+    time, after a clean warm-up, fails the trial too; its frames are answered
+    `inference_failed`, each once, and the stream goes on with version 1."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    async with running(settings_for(repo)) as (url, app), aiohttp.ClientSession() as http:
+        add_version(pulled, repo, "2")
+        body = {"canary": {"share": 1.0, "frames": 50}}
+        async with http.post(url + "/v1/models/blazeface/load", json=body) as r:
+            assert r.status == 200
+        canary = app[SERVICES].repo.resolve(Route("blazeface", bucket=0.0))
+        assert canary.ref == "blazeface@2"
+
+        def lost(batch: object, worker: int) -> Any:
+            raise RuntimeError("injected: the session lost its device")
+
+        canary.run_timed = lost  # type: ignore[method-assign]
+        ws, books = await open_stream(http, url)
+        reader = asyncio.create_task(read_into(ws, books))
+        sender = asyncio.create_task(blast(ws, books, face_jpeg, 3600, FPS))
+        row = await _decided(http, url, deadline(frames=100))
+        await wait_until(
+            lambda: any(m[0].get("model") == "blazeface@1" for m in books.replies.values()),
+            deadline(frames=5),
+            lambda: books.kinds(),
+        )
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await wait_until(lambda: not books.unanswered(), deadline(frames=2), books.unanswered)
+        await ws.close()
+        await asyncio.wait_for(reader, deadline())
+    assert row["state"] == "rolled_back" and row["reason"].startswith("errors"), row
+    assert books.answered_twice() == []
+    codes = [m[0].get("code") for m in books.replies.values() if m[0]["type"] == "error"]
+    assert codes and set(codes) == {"inference_failed"}
