@@ -1,0 +1,73 @@
+"""What flows from a source to the gateway: `Frame`, and the one-slot mailbox between the
+source and the sender that keeps only the newest frame."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One encoded picture (JPEG or PNG) with its index in the source and when it was read
+    (`time.monotonic()`)."""
+
+    index: int
+    data: bytes
+    read_at: float
+
+
+class EndOfSource(Exception):
+    """The source has no more frames."""
+
+
+class LatestFrame:
+    """One slot. A live source `put`s every frame and the newer one replaces the waiting one
+    (which the caller counts as skipped); a file read as fast as the gateway answers waits
+    with `put_when_free` instead, so that none is skipped."""
+
+    def __init__(self) -> None:
+        self._frame: Frame | None = None
+        self._ended = False
+        self._filled = asyncio.Event()
+        self._freed = asyncio.Event()
+        self._freed.set()
+
+    def put(self, frame: Frame) -> Frame | None:
+        """Put the newest frame; returns the frame it replaced, if one was waiting."""
+        old, self._frame = self._frame, frame
+        self._filled.set()
+        self._freed.clear()
+        return old
+
+    async def put_when_free(self, frame: Frame) -> None:
+        while self._frame is not None:
+            self._freed.clear()
+            await self._freed.wait()
+        self.put(frame)
+
+    def end(self) -> None:
+        """No more frames will come; `get` raises EndOfSource once the slot is empty."""
+        self._ended = True
+        self._filled.set()
+
+    def clear(self) -> Frame | None:
+        """Empty the slot; returns the frame that waited there."""
+        old, self._frame = self._frame, None
+        self._filled.clear()
+        self._freed.set()
+        return old
+
+    @property
+    def ended(self) -> bool:
+        return self._ended and self._frame is None
+
+    async def get(self) -> Frame:
+        while self._frame is None:
+            if self._ended:
+                raise EndOfSource
+            self._filled.clear()
+            await self._filled.wait()
+        frame = self.clear()
+        assert frame is not None
+        return frame

@@ -1,0 +1,415 @@
+"""The device's side of a stream: credit flow control, reconnects, goaway, nothing stale.
+
+    async with edge.client.connect("ws://gw:8080", model="blazeface") as s:
+        async for reply in s.stream(frames):
+            ...
+
+Three tasks, all owned by `stream()`: the pump takes frames from the source into a one-slot
+mailbox (a live source replaces the waiting frame, counted as skipped); the sender sends the
+newest frame whenever the gateway's credit allows one more in flight; the reader turns the
+gateway's messages into replies. When a connection ends, frames it left unanswered are
+answered `lost` by the client, the frame waiting in the mailbox is dropped as stale, and the
+session connects again (the rules: docs/protocol.md, "Clients").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from edge.client import replies
+from edge.client.backoff import Backoff
+from edge.client.connection import Connection, open_connection, stream_url
+from edge.client.errors import ClientError, Refused, Unreachable
+from edge.client.mailbox import EndOfSource, Frame, LatestFrame
+from edge.client.tally import Tally
+
+#: replies read from the socket and not yet taken by the caller; the reader waits beyond it
+REPLY_QUEUE = 64
+#: after the source ends, how long the last frames in flight may take to be answered
+FINAL_WAIT_S = 30.0
+#: how long a connection whose send failed may take to show its close to the reader
+CLOSE_WAIT_S = 5.0
+_END = object()
+
+
+class Session:
+    """One device stream, across as many connections as it takes. Use `connect()`."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        model: str | None = None,
+        token: str | None = None,
+        ca: Path | None = None,
+        threshold: float | None = None,
+        final_wait_s: float = FINAL_WAIT_S,
+        backoff: Backoff | None = None,
+    ) -> None:
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        if not urls:
+            raise ValueError("at least one gateway URL")
+        self.urls = [stream_url(u, model) for u in urls]
+        self.token, self.ca = token, ca
+        self.config: dict[str, object] = {} if threshold is None else {"threshold": threshold}
+        self.final_wait_s = final_wait_s
+        self.backoff = backoff or Backoff()
+        self.tally = Tally()
+        self._url_index = 0
+        self._http: aiohttp.ClientSession | None = None
+        self._conn: Connection | None = None
+        self._opened_at = 0.0
+        self._runner: asyncio.Task[None] | None = None
+        # per connection
+        self._window = 0  # frames the gateway lets us have unanswered (0 until its credit)
+        self._inflight: dict[int, tuple[Frame, float]] = {}  # seq -> (frame, sent at)
+        self._credit = asyncio.Event()
+        self._goaway: replies.Goaway | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """The first connection; raises ClientError when it cannot be made (a refusal with
+        Retry-After is waited out and retried, like later ones)."""
+        self._http = aiohttp.ClientSession()
+        try:
+            await self._connect(first=True, out=None)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop streaming and close the connection; idempotent."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+            self._runner = None
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.ws.close()
+            self._conn = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def __aenter__(self) -> Session:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def hello(self) -> replies.Hello | None:
+        return None if self._conn is None else self._conn.hello
+
+    # -- streaming ------------------------------------------------------------------------
+
+    async def stream(
+        self, frames: AsyncIterable[Any] | Iterable[Any], *, live: bool = False
+    ) -> AsyncGenerator[replies.Reply, None]:
+        """Send `frames` (encoded JPEG/PNG `bytes`, or `Frame`s) and yield every reply, the
+        hello of each connection, and the client's own notices (`Dropped` with reason `lost`,
+        `retrying`). `live`: the source does not wait for the gateway (a camera, a stream);
+        frames it makes while the sender waits for credit are skipped, only the newest is
+        sent. Otherwise each frame waits its turn and none is skipped."""
+        if self._runner is not None:
+            raise RuntimeError("a session streams one source at a time")
+        out: asyncio.Queue[Any] = asyncio.Queue(REPLY_QUEUE)
+        self._runner = asyncio.create_task(self._run(frames, live, out), name="edge-client")
+        try:
+            if self._conn is not None:
+                yield self._conn.hello
+            while True:
+                item = await out.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            runner, self._runner = self._runner, None
+            if runner is not None:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await runner
+
+    async def _run(
+        self, frames: AsyncIterable[Any] | Iterable[Any], live: bool, out: asyncio.Queue[Any]
+    ) -> None:
+        mailbox = LatestFrame()
+        pump = asyncio.create_task(self._pump(frames, live, mailbox), name="edge-client-pump")
+        try:
+            if self._conn is None:
+                await self._connect(first=False, out=out, mailbox=mailbox, live=live)
+            while True:
+                await self._serve(mailbox, out)
+                if pump.done():
+                    error = pump.exception()
+                    if error is not None:
+                        raise error
+                    if live and mailbox.clear() is not None:
+                        self.tally.skipped["stale"] += 1  # not worth a reconnect: it is old
+                    if mailbox.ended:
+                        break
+                await self._reconnect(out, mailbox, live)
+            await out.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            await out.put(e)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+    async def _pump(
+        self, frames: AsyncIterable[Any] | Iterable[Any], live: bool, mailbox: LatestFrame
+    ) -> None:
+        try:
+            async for item in _aiter(frames):
+                frame = (
+                    item
+                    if isinstance(item, Frame)
+                    else Frame(self.tally.read, bytes(item), time.monotonic())
+                )
+                self.tally.read += 1
+                if live:
+                    if mailbox.put(frame) is not None:
+                        self.tally.skipped["superseded"] += 1
+                else:
+                    await mailbox.put_when_free(frame)
+        finally:
+            mailbox.end()
+
+    # -- one connection -------------------------------------------------------------------
+
+    async def _serve(self, mailbox: LatestFrame, out: asyncio.Queue[Any]) -> None:
+        """Stream on the current connection until it ends or the source is done and
+        answered; then account for what it left unanswered."""
+        conn = self._conn
+        assert conn is not None
+        sender = asyncio.create_task(self._send(conn, mailbox), name="edge-client-send")
+        reader = asyncio.create_task(self._read(conn, out), name="edge-client-read")
+        try:
+            await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and not reader.done():
+                if isinstance(sender.exception(), EndOfSource):
+                    # the source is done: wait (bounded) for the frames still in flight
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._answered(reader), self.final_wait_s)
+                    await conn.ws.close()
+                else:  # a send failed: the connection is ending, the reader sees the rest
+                    await asyncio.wait({reader}, timeout=CLOSE_WAIT_S)
+        finally:
+            for t in (sender, reader):
+                t.cancel()
+            for t in (sender, reader):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        self.backoff.connected_for(time.monotonic() - self._opened_at)
+        await self._account_lost(conn, out)
+        self._conn = None
+        with contextlib.suppress(Exception):
+            await conn.ws.close()
+        if not reader.cancelled() and reader.exception() is not None:
+            error = reader.exception()
+            if isinstance(error, ClientError):
+                raise error
+
+    async def _answered(self, reader: asyncio.Task[None]) -> None:
+        while self._inflight and not reader.done():
+            self._credit.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._credit.wait(), 0.5)
+
+    async def _send(self, conn: Connection, mailbox: LatestFrame) -> None:
+        """Whenever a credit is free, the newest frame; raises EndOfSource at the end."""
+        seq = 0
+        while True:
+            while len(self._inflight) >= self._window:
+                self._credit.clear()
+                await self._credit.wait()
+            frame = await mailbox.get()
+            self._inflight[seq] = (frame, time.monotonic())
+            self.tally.sent += 1
+            try:
+                await conn.ws.send_bytes(frame.data)
+            except (aiohttp.ClientError, ConnectionError, RuntimeError):
+                return  # the connection is going; the reader sees it end
+            seq += 1
+
+    async def _read(self, conn: Connection, out: asyncio.Queue[Any]) -> None:
+        async for msg in conn.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            try:
+                reply = replies.parse(msg.data, conn.number)
+            except (ValueError, KeyError, TypeError):
+                continue  # not a message of this protocol: nothing to account for
+            await out.put(self._settle(reply))
+
+    def _settle(self, reply: replies.Reply) -> replies.Reply:
+        """Take a reply off the books: free its credit, name its source frames."""
+        now = time.monotonic()
+        t = self.tally
+        if isinstance(reply, replies.Result):
+            entry = self._inflight.pop(reply.seq, None)
+            if entry is None:
+                return reply
+            t.results += 1
+            latency = (now - entry[1]) * 1e3
+            t.latencies_ms.append(latency)
+            reply = _replace(
+                reply, frame=entry[0].index, latency_ms=round(latency, 3), image=entry[0].data
+            )
+        elif isinstance(reply, replies.Dropped):
+            frames = [self._inflight.pop(s, None) for s in reply.seqs]
+            taken = [f[0].index for f in frames if f is not None]
+            t.dropped[reply.reason] += len(taken)
+            reply = _replace(reply, frames=tuple(taken))
+        elif isinstance(reply, replies.Error):
+            if reply.seq is not None:
+                entry = self._inflight.pop(reply.seq, None)
+                if entry is not None:
+                    t.errors += 1
+                    reply = _replace(reply, frame=entry[0].index)
+            elif self._window == 0:
+                self._window = 1  # a gateway without credits: one frame at a time
+        elif isinstance(reply, replies.Credit):
+            self._window = reply.n
+        elif isinstance(reply, replies.Goaway):
+            self._goaway = reply
+        self._credit.set()
+        return reply
+
+    async def _account_lost(self, conn: Connection, out: asyncio.Queue[Any]) -> None:
+        if not self._inflight:
+            return
+        seqs = sorted(self._inflight)
+        frames = tuple(self._inflight[s][0].index for s in seqs)
+        self._inflight.clear()
+        self.tally.dropped["lost"] += len(seqs)
+        raw = {"type": "dropped", "seqs": seqs, "reason": "lost", "by": "client"}
+        await out.put(replies.Dropped(raw, conn.number, tuple(seqs), frames, "lost"))
+
+    # -- (re)connecting -------------------------------------------------------------------
+
+    async def _reconnect(self, out: asyncio.Queue[Any], mailbox: LatestFrame, live: bool) -> None:
+        self.tally.reconnects += 1
+        goaway, self._goaway = self._goaway, None
+        if goaway is not None and len(self.urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self.urls)
+            wait = 0.0  # another gateway: go there now
+        else:
+            wait = self.backoff.next((goaway.retry_after_ms / 1000) if goaway else 0.0)
+        why = "goaway" if goaway is not None else "connection lost"
+        await self._announce(out, why, wait)
+        await asyncio.sleep(wait)
+        await self._connect(first=False, out=out, mailbox=mailbox, live=live)
+
+    async def _connect(
+        self,
+        *,
+        first: bool,
+        out: asyncio.Queue[Any] | None,
+        mailbox: LatestFrame | None = None,
+        live: bool = False,
+    ) -> None:
+        """Connect, retrying refusals with Retry-After (and, after the first connection,
+        unreachable gateways) with backoff; the first connection's other failures raise."""
+        assert self._http is not None
+        while True:
+            url = self.urls[self._url_index]
+            try:
+                conn = await open_connection(
+                    self._http,
+                    url,
+                    self.tally.connections + 1,
+                    token=self.token,
+                    ca=self.ca,
+                    config=self.config,
+                )
+                break
+            except Refused as e:
+                if not e.retryable:
+                    raise
+                self.tally.refusals += 1
+                wait = self.backoff.next(e.retry_after_s or 0.0)
+                why = f"{e.status}: {e}"
+            except Unreachable as e:
+                if first and len(self.urls) == 1:
+                    raise
+                wait = self.backoff.next()
+                why = str(e)
+            if len(self.urls) > 1:
+                self._url_index = (self._url_index + 1) % len(self.urls)
+            await self._announce(out, why, wait)
+            await asyncio.sleep(wait)
+        self.tally.connections += 1
+        self._conn, self._opened_at = conn, time.monotonic()
+        self._window, self._goaway = 0, None
+        self._inflight.clear()
+        if mailbox is not None and live and mailbox.clear() is not None:
+            self.tally.skipped["stale"] += 1  # read while no connection was up
+        hello = _replace(
+            conn.hello, raw={**conn.hello.raw, "url": conn.url, "frames_read": self.tally.read}
+        )
+        conn.hello = hello
+        if out is not None:
+            await out.put(hello)
+
+    async def _announce(self, out: asyncio.Queue[Any] | None, why: str, wait: float) -> None:
+        if out is not None:
+            raw = {"type": "retrying", "reason": why, "wait_s": round(wait, 3), "by": "client"}
+            await out.put(replies.Reply(raw, self.tally.connections))
+
+
+def connect(
+    url: str | Sequence[str],
+    *,
+    model: str | None = None,
+    token: str | None = None,
+    ca: Path | str | None = None,
+    threshold: float | None = None,
+    final_wait_s: float = FINAL_WAIT_S,
+) -> Session:
+    """A session to use with `async with`: the first connection is made on entry (ClientError
+    if it cannot be). Several URLs are replicas: a goaway moves the stream to the next one."""
+    return Session(
+        url,
+        model=model,
+        token=token,
+        ca=Path(ca) if ca is not None else None,
+        threshold=threshold,
+        final_wait_s=final_wait_s,
+    )
+
+
+async def _aiter(frames: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    """Frames from an async iterable, or from a plain one read on a worker thread (a camera
+    or a generator may block)."""
+    if isinstance(frames, AsyncIterable):
+        async for f in frames:
+            yield f
+        return
+    it = iter(frames)
+    end = object()
+    while True:
+        f = await asyncio.to_thread(next, it, end)
+        if f is end:
+            return
+        yield f
+
+
+def _replace(reply: Any, **changes: Any) -> Any:
+    return dataclasses.replace(reply, **changes)
