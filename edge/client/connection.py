@@ -83,7 +83,7 @@ async def open_connection(
             f"TLS certificate of {_host(url)} not trusted: {e.certificate_error}"
         ) from None
     except aiohttp.ClientSSLError as e:
-        raise Unreachable(f"TLS failed with {_host(url)}: {e}") from None
+        raise Unreachable(f"TLS failed with {_host(url)}: {_why(e)}") from None
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
         raise Unreachable(f"cannot reach the gateway at {_host(url)}: {_why(e)}") from None
     try:

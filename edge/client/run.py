@@ -89,19 +89,21 @@ async def _stream(opts: StreamOptions, source: Source, out: IO[str] | None) -> i
     main_task = asyncio.current_task()
 
     def on_signal() -> None:
-        if stop.is_set() and main_task is not None:
-            main_task.cancel()  # the second signal: stop now
+        connected = session.tally.connections > 0
+        if (stop.is_set() or not connected) and main_task is not None:
+            main_task.cancel()  # the second signal, or never connected: stop now
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    annotator = _annotator(opts.annotate)
     session = Session(
         list(opts.urls), model=opts.model, token=opts.token, ca=opts.ca, threshold=opts.threshold
     )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    annotator = _annotator(opts.annotate)
     status = StatusLine(session.tally)
+    code = 0
     try:
-        await session.open()
+        await session.open(connect=False)  # stream() connects, and reports its retries
         with status:
             async with contextlib.aclosing(
                 session.stream(_until(source.frames(), stop), live=source.live)
@@ -114,7 +116,7 @@ async def _stream(opts: StreamOptions, source: Source, out: IO[str] | None) -> i
                         annotator.put(reply, time.monotonic())
                     status.refresh()
     except asyncio.CancelledError:
-        return 130
+        code = 130
     finally:
         await session.close()
         if annotator is not None:
@@ -129,7 +131,7 @@ async def _stream(opts: StreamOptions, source: Source, out: IO[str] | None) -> i
     _write(out, summary)
     if status.enabled:
         status.console.print(_summary_line(summary))
-    return 0
+    return code
 
 
 def _annotator(path: Path | None) -> Any:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ REPLY_QUEUE = 64
 FINAL_WAIT_S = 30.0
 #: how long a connection whose send failed may take to show its close to the reader
 CLOSE_WAIT_S = 5.0
+#: notices kept from `open()` until `stream()` yields them (the most recent)
+NOTICES = 16
 _END = object()
 
 
@@ -73,13 +76,18 @@ class Session:
         self._inflight: dict[int, tuple[Frame, float]] = {}  # seq -> (frame, sent at)
         self._credit = asyncio.Event()
         self._goaway: replies.Goaway | None = None
+        #: notices from `open()` (retries while the gateway was full), yielded by `stream()`
+        self._notices: deque[replies.Reply] = deque(maxlen=NOTICES)
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, connect: bool = True) -> None:
         """The first connection; raises ClientError when it cannot be made (a refusal with
-        Retry-After is waited out and retried, like later ones)."""
+        Retry-After is waited out and retried, like later ones). `connect=False` leaves it to
+        `stream()`, which then yields its retries as they happen and raises its errors."""
         self._http = aiohttp.ClientSession()
+        if not connect:
+            return
         try:
             await self._connect(first=True, out=None)
         except BaseException:
@@ -127,6 +135,8 @@ class Session:
         out: asyncio.Queue[Any] = asyncio.Queue(REPLY_QUEUE)
         self._runner = asyncio.create_task(self._run(frames, live, out), name="edge-client")
         try:
+            while self._notices:
+                yield self._notices.popleft()
             if self._conn is not None:
                 yield self._conn.hello
             while True:
@@ -147,10 +157,13 @@ class Session:
         self, frames: AsyncIterable[Any] | Iterable[Any], live: bool, out: asyncio.Queue[Any]
     ) -> None:
         mailbox = LatestFrame()
-        pump = asyncio.create_task(self._pump(frames, live, mailbox), name="edge-client-pump")
+        pump: asyncio.Task[None] | None = None
         try:
             if self._conn is None:
-                await self._connect(first=False, out=out, mailbox=mailbox, live=live)
+                first = self.tally.connections == 0
+                await self._connect(first=first, out=out, mailbox=mailbox, live=live)
+            # the source starts once a gateway takes frames: a file is not skipped meanwhile
+            pump = asyncio.create_task(self._pump(frames, live, mailbox), name="edge-client-pump")
             while True:
                 await self._serve(mailbox, out)
                 if pump.done():
@@ -168,9 +181,10 @@ class Session:
         except BaseException as e:
             await out.put(e)
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
 
     async def _pump(
         self, frames: AsyncIterable[Any] | Iterable[Any], live: bool, mailbox: LatestFrame
@@ -369,9 +383,12 @@ class Session:
             await out.put(hello)
 
     async def _announce(self, out: asyncio.Queue[Any] | None, why: str, wait: float) -> None:
+        raw = {"type": "retrying", "reason": why, "wait_s": round(wait, 3), "by": "client"}
+        notice = replies.Reply(raw, self.tally.connections)
         if out is not None:
-            raw = {"type": "retrying", "reason": why, "wait_s": round(wait, 3), "by": "client"}
-            await out.put(replies.Reply(raw, self.tally.connections))
+            await out.put(notice)
+        else:
+            self._notices.append(notice)
 
 
 def connect(
