@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from edge.client import replies
 from edge.client.connection import stream_url
@@ -111,7 +112,7 @@ async def _stream(opts: StreamOptions, source: Source, out: IO[str] | None) -> i
                 async for reply in replies_:
                     _write(out, reply.as_json())
                     if isinstance(reply, replies.Hello):
-                        status.where = f"{reply.session}@{_host(opts.urls, reply)}"
+                        status.where = f"{reply.session} at {_host(reply)}"
                     if annotator is not None and isinstance(reply, replies.Result):
                         annotator.put(reply, time.monotonic())
                     status.refresh()
@@ -175,13 +176,13 @@ def _write(out: IO[str] | None, obj: dict[str, Any]) -> None:
         out.flush()
 
 
-def _host(urls: tuple[str, ...], reply: replies.Reply) -> str:
-    return reply.raw.get("url") or (urls[0] if len(urls) == 1 else "")
+def _host(reply: replies.Reply) -> str:
+    return urlsplit(str(reply.raw.get("url", ""))).netloc
 
 
 def _summary_line(s: dict[str, Any]) -> str:
     return (
         f"read {s['frames_read']} · sent {s['sent']} · skipped {s['skipped']} · "
-        f"results {s['results']} · dropped {s['dropped']} · errors {s['errors']} · "
+        f"results {s['results']} · dropped {sum(s['dropped'].values())} · errors {s['errors']} · "
         f"reconnects {s['reconnects']}"
     )
