@@ -81,7 +81,12 @@ def _stream_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     s.add_argument("--size", type=_size, help="scale frames to WIDTHxHEIGHT before encoding")
     s.add_argument("--quality", type=_quality, default=85, help="JPEG quality 1-100 (85)")
     s.add_argument("--threshold", type=float, help="detection score threshold 0-1")
-    s.add_argument("--transport", choices=("websocket",), default="websocket", help="(websocket)")
+    s.add_argument(
+        "--transport",
+        choices=("websocket", "webrtc"),
+        default="websocket",
+        help="websocket (JPEG frames, credits; the default) or webrtc (a video track)",
+    )
     s.add_argument("--out", help="write one JSON line per reply to this file (- for stdout)")
     s.add_argument("--annotate", type=Path, help="write the frames with boxes drawn to this video")
     s.add_argument("--ca", type=Path, help="trust this CA bundle (PEM) for wss:// instead")
@@ -160,6 +165,7 @@ def _stream(args: argparse.Namespace) -> int:
             ca=args.ca,
             threshold=args.threshold,
             loop=args.loop,
+            transport=args.transport,
         )
     )
 

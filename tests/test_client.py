@@ -324,3 +324,26 @@ def test_gateway_urls() -> None:
     for bad in ("h:8080", "ftp://h", "ws://", "ws://h:port"):
         with pytest.raises(BadUrl):
             stream_url(bad)
+
+
+@pytest.mark.integration
+async def test_a_video_file_over_webrtc(face_server: str, video: Path, tmp_path: Path) -> None:
+    """`--transport webrtc`: the file goes as a video track, replies come on the DataChannel;
+    every frame the gateway took is answered exactly once, boxes where the face is, and the
+    frames lost between the track and the gateway's decoder are counted, not hidden."""
+    run = await start_stream(
+        str(video), "--url", face_server, "--transport", "webrtc", out=tmp_path / "o"
+    )
+    rc, stderr = await run.finish(frames=20)
+    assert (rc, stderr) == (0, "")
+    lines = run.lines()
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["frames_read"] == 20
+    assert summary["frames_read"] == summary["sent"] + summary["skipped"]
+    results = run.of_type("result")
+    assert results and all(iou(r["detections"][0]["box"], ASTRONAUT_FACE) > 0.6 for r in results)
+    seqs = [r["seq"] for r in results] + [s for d in run.of_type("dropped") for s in d["seqs"]]
+    assert len(seqs) == len(set(seqs)), "a frame answered twice"
+    taken = run.of_type("stats")[-1]["received"]  # the gateway's count, asked for at the end
+    assert sorted(seqs) == list(range(taken))
+    assert summary["unanswered"] == summary["sent"] - taken >= 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -54,6 +55,9 @@ class Connection:
     url: str
     number: int  # 1 for the first connection of a session
 
+    async def close(self) -> None:
+        await self.ws.close()
+
 
 async def open_connection(
     http: aiohttp.ClientSession,
@@ -77,24 +81,24 @@ async def open_connection(
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
     except aiohttp.WSServerHandshakeError as e:
-        raise _refused(e) from None
+        raise refusal(e.status, e.message, e.headers) from None
     except aiohttp.ClientConnectorCertificateError as e:
         raise Unreachable(
-            f"TLS certificate of {_host(url)} not trusted: {e.certificate_error}"
+            f"TLS certificate of {host(url)} not trusted: {e.certificate_error}"
         ) from None
     except aiohttp.ClientSSLError as e:
-        raise Unreachable(f"TLS failed with {_host(url)}: {_why(e)}") from None
+        raise Unreachable(f"TLS failed with {host(url)}: {why(e)}") from None
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
-        raise Unreachable(f"cannot reach the gateway at {_host(url)}: {_why(e)}") from None
+        raise Unreachable(f"cannot reach the gateway at {host(url)}: {why(e)}") from None
     try:
         msg = await ws.receive(timeout=HELLO_TIMEOUT_S)
         if msg.type != aiohttp.WSMsgType.TEXT:
-            raise Unreachable(f"the gateway at {_host(url)} closed the stream before hello")
+            raise Unreachable(f"the gateway at {host(url)} closed the stream before hello")
         hello = replies.parse(msg.data, number)
         if isinstance(hello, replies.Error):
             raise Refused(401 if hello.code == "unauthorized" else 400, hello.message)
         if not isinstance(hello, replies.Hello):
-            raise Unreachable(f"the gateway at {_host(url)} sent {hello.type!r} before hello")
+            raise Unreachable(f"the gateway at {host(url)} sent {hello.type!r} before hello")
         await ws.send_str(json.dumps({"type": "config", "credits": True, **(config or {})}))
     except BaseException:
         await ws.close()
@@ -102,11 +106,12 @@ async def open_connection(
     return Connection(ws, hello, url, number)
 
 
-def _refused(e: aiohttp.WSServerHandshakeError) -> Refused:
+def refusal(status: int, reason: str, headers: Mapping[str, str] | None) -> Refused:
+    """An HTTP refusal of a stream as a Refused, with its Retry-After (seconds)."""
     retry = None
-    if e.headers is not None and "Retry-After" in e.headers:
+    if headers is not None and "Retry-After" in headers:
         try:
-            retry = max(0.0, float(e.headers["Retry-After"]))
+            retry = max(0.0, float(headers["Retry-After"]))
         except ValueError:
             retry = None  # an HTTP date: the backoff decides
     what = {
@@ -115,16 +120,16 @@ def _refused(e: aiohttp.WSServerHandshakeError) -> Refused:
         404: "the gateway has no such model or stream endpoint (404)",
         429: "this token holds its limit of streams (429)",
         503: "the gateway cannot take a stream now (503)",
-    }.get(e.status, f"the gateway refused the stream ({e.status} {e.message})")
-    return Refused(e.status, what, retry)
+    }.get(status, f"the gateway refused the stream ({status} {reason})")
+    return Refused(status, what, retry)
 
 
-def _host(url: str) -> str:
+def host(url: str) -> str:
     parts = urlsplit(url)
     return parts.netloc or url
 
 
-def _why(e: BaseException) -> str:
+def why(e: BaseException) -> str:
     if isinstance(e, asyncio.TimeoutError):
         return "timed out"
     if isinstance(e, aiohttp.ClientConnectorError):

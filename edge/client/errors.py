@@ -17,8 +17,14 @@ class ClientError(Exception):
     exit_code = EXIT_FAILED
 
 
-class BadUrl(ClientError):
+class UsageError(ClientError):
+    """A bad option (the CLI's exit code 2)."""
+
     exit_code = EXIT_USAGE
+
+
+class BadUrl(UsageError):
+    pass
 
 
 class SourceError(ClientError):

@@ -4,7 +4,8 @@ source and the sender that keeps only the newest frame."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,9 @@ class Frame:
     index: int
     data: bytes
     read_at: float
+    #: the decoded RGB picture (height x width x 3 uint8) for transports that send video
+    #: (WebRTC); `data` is then empty
+    picture: Any = field(default=None, repr=False, compare=False)
 
 
 class EndOfSource(Exception):

@@ -73,7 +73,8 @@ class Result(Reply):
     image: bytes | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict[str, Any]:
-        return {**super().as_json(), "frame": self.frame, "latency_ms": self.latency_ms}
+        frame = self.frame if self.frame >= 0 else None  # None: not known (WebRTC)
+        return {**super().as_json(), "frame": frame, "latency_ms": self.latency_ms}
 
 
 @dataclass(frozen=True)

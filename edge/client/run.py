@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from edge.client import replies
 from edge.client.connection import stream_url
-from edge.client.errors import EXIT_USAGE, ClientError
+from edge.client.errors import EXIT_USAGE, ClientError, UsageError
 from edge.client.mailbox import Frame
 from edge.client.session import Session
 from edge.client.sources import Encoding, Source, open_source
@@ -42,6 +42,7 @@ class StreamOptions:
     ca: Path | None = None
     threshold: float | None = None
     loop: bool = False
+    transport: str = "websocket"  # or webrtc
 
 
 def main(opts: StreamOptions) -> int:
@@ -50,7 +51,9 @@ def main(opts: StreamOptions) -> int:
         for url in opts.urls:
             stream_url(url)
         if opts.ca is not None and not opts.ca.is_file():
-            raise ClientError(f"no CA file {opts.ca}")
+            raise UsageError(f"no CA file {opts.ca}")
+        if opts.annotate is not None and opts.transport != "websocket":
+            raise UsageError("--annotate needs --transport websocket (the frames' JPEGs)")
         source = open_source(opts.source, Encoding(opts.size, opts.quality), opts.fps, opts.loop)
     except ClientError as e:
         return _fail(e, getattr(e, "exit_code", EXIT_USAGE))
@@ -95,7 +98,12 @@ async def _stream(opts: StreamOptions, source: Source, out: IO[str] | None) -> i
             main_task.cancel()  # the second signal, or never connected: stop now
         stop.set()
 
-    session = Session(
+    kind = Session
+    if opts.transport == "webrtc":
+        from edge.client.rtc import RtcSession
+
+        kind = RtcSession
+    session = kind(
         list(opts.urls), model=opts.model, token=opts.token, ca=opts.ca, threshold=opts.threshold
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,7 +115,9 @@ async def _stream(opts: StreamOptions, source: Source, out: IO[str] | None) -> i
         await session.open(connect=False)  # stream() connects, and reports its retries
         with status:
             async with contextlib.aclosing(
-                session.stream(_until(source.frames(), stop), live=source.live)
+                session.stream(
+                    _until(source.frames(raw=kind is not Session), stop), live=source.live
+                )
             ) as replies_:
                 async for reply in replies_:
                     _write(out, reply.as_json())

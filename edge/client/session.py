@@ -60,6 +60,7 @@ class Session:
         urls = [urls] if isinstance(urls, str) else list(urls)
         if not urls:
             raise ValueError("at least one gateway URL")
+        self.model = model
         self.urls = [stream_url(u, model) for u in urls]
         self.token, self.ca = token, ca
         self.config: dict[str, object] = {} if threshold is None else {"threshold": threshold}
@@ -68,7 +69,7 @@ class Session:
         self.tally = Tally()
         self._url_index = 0
         self._http: aiohttp.ClientSession | None = None
-        self._conn: Connection | None = None
+        self._conn: Any = None  # a Connection, or a transport's own kind (edge.client.rtc)
         self._opened_at = 0.0
         self._runner: asyncio.Task[None] | None = None
         # per connection
@@ -103,7 +104,7 @@ class Session:
             self._runner = None
         if self._conn is not None:
             with contextlib.suppress(Exception):
-                await self._conn.ws.close()
+                await self._conn.close()
             self._conn = None
         if self._http is not None:
             await self._http.close()
@@ -345,14 +346,7 @@ class Session:
         while True:
             url = self.urls[self._url_index]
             try:
-                conn = await open_connection(
-                    self._http,
-                    url,
-                    self.tally.connections + 1,
-                    token=self.token,
-                    ca=self.ca,
-                    config=self.config,
-                )
+                conn = await self._open(url, self.tally.connections + 1, mailbox)
                 break
             except Refused as e:
                 if not e.retryable:
@@ -381,6 +375,13 @@ class Session:
         conn.hello = hello
         if out is not None:
             await out.put(hello)
+
+    async def _open(self, url: str, number: int, mailbox: LatestFrame | None) -> Connection:
+        """One connection to `url`; raises ClientError."""
+        assert self._http is not None
+        return await open_connection(
+            self._http, url, number, token=self.token, ca=self.ca, config=self.config
+        )
 
     async def _announce(self, out: asyncio.Queue[Any] | None, why: str, wait: float) -> None:
         raw = {"type": "retrying", "reason": why, "wait_s": round(wait, 3), "by": "client"}

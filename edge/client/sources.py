@@ -62,21 +62,25 @@ class Source:
     def _close(self) -> None:
         """On the worker thread: release what the source holds."""
 
-    def _encode(self, picture: np.ndarray | Image.Image) -> bytes:
+    def _rgb(self, picture: np.ndarray | Image.Image) -> np.ndarray:
         if isinstance(picture, Image.Image):
             if self.encoding.size and picture.size != self.encoding.size:
                 picture = picture.resize(self.encoding.size, Image.Resampling.BILINEAR)
             picture = np.asarray(picture.convert("RGB"))
-        return bytes(simplejpeg.encode_jpeg(picture, self.encoding.quality, colorspace="RGB"))
+        return picture
 
-    def _next(self) -> tuple[bytes, float | None] | None:
+    def _next(self, raw: bool) -> tuple[bytes | np.ndarray, float | None] | None:
         got = self._read()
         if got is None:
             return None
-        return self._encode(got[0]), got[1]
+        rgb = self._rgb(got[0])
+        if raw:
+            return rgb, got[1]
+        return bytes(simplejpeg.encode_jpeg(rgb, self.encoding.quality, colorspace="RGB")), got[1]
 
-    async def frames(self) -> AsyncIterator[Frame]:
-        """Every frame, encoded, paced: at `fps` when set, else at the file's own rate."""
+    async def frames(self, raw: bool = False) -> AsyncIterator[Frame]:
+        """Every frame, encoded (or, `raw`, as an RGB picture), paced: at `fps` when set,
+        else at the file's own rate."""
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(1, thread_name_prefix="edge-source")
         index = 0
@@ -84,7 +88,7 @@ class Source:
         first_t: float | None = None
         try:
             while True:
-                got = await loop.run_in_executor(pool, self._next)
+                got = await loop.run_in_executor(pool, self._next, raw)
                 if got is None:
                     return
                 data, t = got
@@ -94,7 +98,10 @@ class Source:
                 due = self._due(index, t, start, first_t)
                 if due is not None and due > now:
                     await asyncio.sleep(due - now)
-                yield Frame(index, data, time.monotonic())
+                if isinstance(data, bytes):
+                    yield Frame(index, data, time.monotonic())
+                else:
+                    yield Frame(index, b"", time.monotonic(), picture=data)
                 index += 1
         finally:
             pool.submit(self._close)
