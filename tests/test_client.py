@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import ssl
 import time
 from pathlib import Path
 
@@ -22,13 +23,14 @@ from tests.client_util import (
     check_books,
     check_fresh,
     hellos,
+    make_tls,
     make_video,
     start_stream,
     video_frames,
 )
 from tests.conftest import GatewayProcess, free_port, running, settings_for, wait_ready
 from tests.operations_util import scrape, total
-from tests.pace import deadline
+from tests.pace import deadline, wait_until
 from tests.test_stream import ASTRONAUT_FACE, iou
 from tests.wsclient import open_stream, read_into
 
@@ -347,3 +349,36 @@ async def test_a_video_file_over_webrtc(face_server: str, video: Path, tmp_path:
     taken = run.of_type("stats")[-1]["received"]  # the gateway's count, asked for at the end
     assert sorted(seqs) == list(range(taken))
     assert summary["unanswered"] == summary["sent"] - taken >= 0
+
+
+@pytest.mark.integration
+async def test_tls_with_the_given_ca(
+    spawn_gateway, face_repo: Path, video: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """wss:// to a gateway whose certificate our own CA signed: refused as untrusted against
+    the system's trust store (exit 4, one line), streamed with `--ca`."""
+    ca, cert, key = make_tls(tmp_path)
+    env = {**ONE_PROCESS, "EDGE_TLS_CERT": str(cert), "EDGE_TLS_KEY": str(key)}
+    gw: GatewayProcess = spawn_gateway(face_repo, env)
+    url = gw.url.replace("http://", "wss://")
+    trusted = ssl.create_default_context(cafile=str(ca))
+
+    async def ready() -> bool:
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(
+                    gw.url.replace("http:", "https:") + "/readyz", ssl=trusted
+                ) as r:
+                    return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_until(ready, deadline() + 60, "the TLS gateway to be ready")
+    run = await start_stream(str(video), "--url", url, out=tmp_path / "untrusted")
+    rc, stderr = await run.finish()
+    assert rc == 4 and "not trusted" in stderr and stderr.count("\n") == 1, stderr
+    run = await start_stream(str(video), "--url", url, "--ca", str(ca), out=tmp_path / "o")
+    rc, stderr = await run.finish(frames=20)
+    assert (rc, stderr) == (0, "")
+    summary = check_books(run.lines())
+    assert summary["results"] > 0 and summary["frames_read"] == 20
