@@ -1,11 +1,15 @@
-"""What flows from a source to the gateway: `Frame`, and the one-slot mailbox between the
-source and the sender that keeps only the newest frame."""
+"""What flows from a source to the gateway: `Frame`, the one-slot mailbox between the source
+and the sender that keeps only the newest frame, and `fill`, the pump from one to the other."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from edge.client.tally import Tally
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,42 @@ class LatestFrame:
         frame = self.clear()
         assert frame is not None
         return frame
+
+
+async def fill(
+    mailbox: LatestFrame, frames: AsyncIterable[Any] | Iterable[Any], live: bool, tally: Tally
+) -> None:
+    """Every frame of the source into the mailbox, counted as read; a live one replaces the
+    waiting frame (counted as skipped, `superseded`), another waits for the slot. Ends the
+    mailbox when the source ends (or fails)."""
+    try:
+        async for item in _aiter(frames):
+            frame = (
+                item
+                if isinstance(item, Frame)
+                else Frame(tally.read, bytes(item), time.monotonic())
+            )
+            tally.read += 1
+            if live:
+                if mailbox.put(frame) is not None:
+                    tally.skipped["superseded"] += 1
+            else:
+                await mailbox.put_when_free(frame)
+    finally:
+        mailbox.end()
+
+
+async def _aiter(frames: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    """Frames from an async iterable, or from a plain one read on a worker thread (a camera
+    or a generator may block)."""
+    if isinstance(frames, AsyncIterable):
+        async for f in frames:
+            yield f
+        return
+    it = iter(frames)
+    end = object()
+    while True:
+        f = await asyncio.to_thread(next, it, end)
+        if f is end:
+            return
+        yield f

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,10 @@ import aiohttp
 from edge.client import replies
 from edge.client.backoff import Backoff
 from edge.client.connection import Connection, open_connection, stream_url
-from edge.client.errors import ClientError, Refused, Unreachable
-from edge.client.mailbox import EndOfSource, Frame, LatestFrame
+from edge.client.dialer import Dialer
+from edge.client.errors import ClientError
+from edge.client.inflight import InFlight
+from edge.client.mailbox import EndOfSource, LatestFrame, fill
 from edge.client.tally import Tally
 
 #: replies read from the socket and not yet taken by the caller; the reader waits beyond it
@@ -67,15 +69,13 @@ class Session:
         self.final_wait_s = final_wait_s
         self.backoff = backoff or Backoff()
         self.tally = Tally()
-        self._url_index = 0
+        self.dialer = Dialer(self.urls, self.backoff, self.tally)
         self._http: aiohttp.ClientSession | None = None
         self._conn: Any = None  # a Connection, or a transport's own kind (edge.client.rtc)
         self._opened_at = 0.0
         self._runner: asyncio.Task[None] | None = None
         # per connection
-        self._window = 0  # frames the gateway lets us have unanswered (0 until its credit)
-        self._inflight: dict[int, tuple[Frame, float]] = {}  # seq -> (frame, sent at)
-        self._credit = asyncio.Event()
+        self._inflight = InFlight(self.tally)
         self._goaway: replies.Goaway | None = None
         #: notices from `open()` (retries while the gateway was full), yielded by `stream()`
         self._notices: deque[replies.Reply] = deque(maxlen=NOTICES)
@@ -164,7 +164,9 @@ class Session:
                 first = self.tally.connections == 0
                 await self._connect(first=first, out=out, mailbox=mailbox, live=live)
             # the source starts once a gateway takes frames: a file is not skipped meanwhile
-            pump = asyncio.create_task(self._pump(frames, live, mailbox), name="edge-client-pump")
+            pump = asyncio.create_task(
+                fill(mailbox, frames, live, self.tally), name="edge-client-pump"
+            )
             while True:
                 await self._serve(mailbox, out)
                 if pump.done():
@@ -187,25 +189,6 @@ class Session:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pump
 
-    async def _pump(
-        self, frames: AsyncIterable[Any] | Iterable[Any], live: bool, mailbox: LatestFrame
-    ) -> None:
-        try:
-            async for item in _aiter(frames):
-                frame = (
-                    item
-                    if isinstance(item, Frame)
-                    else Frame(self.tally.read, bytes(item), time.monotonic())
-                )
-                self.tally.read += 1
-                if live:
-                    if mailbox.put(frame) is not None:
-                        self.tally.skipped["superseded"] += 1
-                else:
-                    await mailbox.put_when_free(frame)
-        finally:
-            mailbox.end()
-
     # -- one connection -------------------------------------------------------------------
 
     async def _serve(self, mailbox: LatestFrame, out: asyncio.Queue[Any]) -> None:
@@ -221,7 +204,7 @@ class Session:
                 if isinstance(sender.exception(), EndOfSource):
                     # the source is done: wait (bounded) for the frames still in flight
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._answered(reader), self.final_wait_s)
+                        await asyncio.wait_for(self._inflight.drained(reader), self.final_wait_s)
                     await conn.ws.close()
                 else:  # a send failed: the connection is ending, the reader sees the rest
                     await asyncio.wait({reader}, timeout=CLOSE_WAIT_S)
@@ -232,7 +215,9 @@ class Session:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
         self.backoff.connected_for(time.monotonic() - self._opened_at)
-        await self._account_lost(conn, out)
+        lost = self._inflight.lost(conn.number)
+        if lost is not None:
+            await out.put(lost)
         self._conn = None
         with contextlib.suppress(Exception):
             await conn.ws.close()
@@ -241,27 +226,16 @@ class Session:
             if isinstance(error, ClientError):
                 raise error
 
-    async def _answered(self, reader: asyncio.Task[None]) -> None:
-        while self._inflight and not reader.done():
-            self._credit.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._credit.wait(), 0.5)
-
     async def _send(self, conn: Connection, mailbox: LatestFrame) -> None:
         """Whenever a credit is free, the newest frame; raises EndOfSource at the end."""
-        seq = 0
         while True:
-            while len(self._inflight) >= self._window:
-                self._credit.clear()
-                await self._credit.wait()
+            await self._inflight.credit()
             frame = await mailbox.get()
-            self._inflight[seq] = (frame, time.monotonic())
-            self.tally.sent += 1
+            self._inflight.sent(frame)
             try:
                 await conn.ws.send_bytes(frame.data)
             except (aiohttp.ClientError, ConnectionError, RuntimeError):
                 return  # the connection is going; the reader sees it end
-            seq += 1
 
     async def _read(self, conn: Connection, out: asyncio.Queue[Any]) -> None:
         async for msg in conn.ws:
@@ -271,64 +245,18 @@ class Session:
                 reply = replies.parse(msg.data, conn.number)
             except (ValueError, KeyError, TypeError):
                 continue  # not a message of this protocol: nothing to account for
-            await out.put(self._settle(reply))
-
-    def _settle(self, reply: replies.Reply) -> replies.Reply:
-        """Take a reply off the books: free its credit, name its source frames."""
-        now = time.monotonic()
-        t = self.tally
-        if isinstance(reply, replies.Result):
-            entry = self._inflight.pop(reply.seq, None)
-            if entry is None:
-                return reply
-            t.results += 1
-            latency = (now - entry[1]) * 1e3
-            t.latencies_ms.append(latency)
-            reply = _replace(
-                reply, frame=entry[0].index, latency_ms=round(latency, 3), image=entry[0].data
-            )
-        elif isinstance(reply, replies.Dropped):
-            frames = [self._inflight.pop(s, None) for s in reply.seqs]
-            taken = [f[0].index for f in frames if f is not None]
-            t.dropped[reply.reason] += len(taken)
-            reply = _replace(reply, frames=tuple(taken))
-        elif isinstance(reply, replies.Error):
-            if reply.seq is not None:
-                entry = self._inflight.pop(reply.seq, None)
-                if entry is not None:
-                    t.errors += 1
-                    reply = _replace(reply, frame=entry[0].index)
-            elif self._window == 0:
-                self._window = 1  # a gateway without credits: one frame at a time
-        elif isinstance(reply, replies.Credit):
-            self._window = reply.n
-        elif isinstance(reply, replies.Goaway):
-            self._goaway = reply
-        self._credit.set()
-        return reply
-
-    async def _account_lost(self, conn: Connection, out: asyncio.Queue[Any]) -> None:
-        if not self._inflight:
-            return
-        seqs = sorted(self._inflight)
-        frames = tuple(self._inflight[s][0].index for s in seqs)
-        self._inflight.clear()
-        self.tally.dropped["lost"] += len(seqs)
-        raw = {"type": "dropped", "seqs": seqs, "reason": "lost", "by": "client"}
-        await out.put(replies.Dropped(raw, conn.number, tuple(seqs), frames, "lost"))
+            reply = self._inflight.settle(reply)
+            if isinstance(reply, replies.Goaway):
+                self._goaway = reply
+            await out.put(reply)
 
     # -- (re)connecting -------------------------------------------------------------------
 
     async def _reconnect(self, out: asyncio.Queue[Any], mailbox: LatestFrame, live: bool) -> None:
         self.tally.reconnects += 1
         goaway, self._goaway = self._goaway, None
-        if goaway is not None and len(self.urls) > 1:
-            self._url_index = (self._url_index + 1) % len(self.urls)
-            wait = 0.0  # another gateway: go there now
-        else:
-            wait = self.backoff.next((goaway.retry_after_ms / 1000) if goaway else 0.0)
-        why = "goaway" if goaway is not None else "connection lost"
-        await self._announce(out, why, wait)
+        wait = self.dialer.after(goaway)
+        await self._announce(out, "goaway" if goaway else "connection lost", wait)
         await asyncio.sleep(wait)
         await self._connect(first=False, out=out, mailbox=mailbox, live=live)
 
@@ -340,33 +268,20 @@ class Session:
         mailbox: LatestFrame | None = None,
         live: bool = False,
     ) -> None:
-        """Connect, retrying refusals with Retry-After (and, after the first connection,
-        unreachable gateways) with backoff; the first connection's other failures raise."""
-        assert self._http is not None
-        while True:
-            url = self.urls[self._url_index]
-            try:
-                conn = await self._open(url, self.tally.connections + 1, mailbox)
-                break
-            except Refused as e:
-                if not e.retryable:
-                    raise
-                self.tally.refusals += 1
-                wait = self.backoff.next(e.retry_after_s or 0.0)
-                why = f"{e.status}: {e}"
-            except Unreachable as e:
-                if first and len(self.urls) == 1:
-                    raise
-                wait = self.backoff.next()
-                why = str(e)
-            if len(self.urls) > 1:
-                self._url_index = (self._url_index + 1) % len(self.urls)
+        """A connection (edge.client.dialer), then a fresh start on it: no credit yet, nothing
+        in flight, and the frame that waited through the outage dropped as stale."""
+
+        async def open_one(url: str, number: int) -> Any:
+            return await self._open(url, number, mailbox)
+
+        async def announce(why: str, wait: float) -> None:
             await self._announce(out, why, wait)
-            await asyncio.sleep(wait)
+
+        conn = await self.dialer.dial(open_one, announce, first=first)
         self.tally.connections += 1
         self._conn, self._opened_at = conn, time.monotonic()
-        self._window, self._goaway = 0, None
-        self._inflight.clear()
+        self._goaway = None
+        self._inflight.reset()
         if mailbox is not None and live and mailbox.clear() is not None:
             self.tally.skipped["stale"] += 1  # read while no connection was up
         hello = _replace(
@@ -411,22 +326,6 @@ def connect(
         threshold=threshold,
         final_wait_s=final_wait_s,
     )
-
-
-async def _aiter(frames: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
-    """Frames from an async iterable, or from a plain one read on a worker thread (a camera
-    or a generator may block)."""
-    if isinstance(frames, AsyncIterable):
-        async for f in frames:
-            yield f
-        return
-    it = iter(frames)
-    end = object()
-    while True:
-        f = await asyncio.to_thread(next, it, end)
-        if f is end:
-            return
-        yield f
 
 
 def _replace(reply: Any, **changes: Any) -> Any:
