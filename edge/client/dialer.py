@@ -36,7 +36,7 @@ class Dialer:
                     raise
                 self.tally.refusals += 1
                 wait = self.backoff.next(e.retry_after_s or 0.0)
-                why = f"{e.status}: {e}"
+                why = str(e)
             except Unreachable as e:
                 if first and len(self.urls) == 1:
                     raise

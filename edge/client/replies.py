@@ -87,7 +87,7 @@ class Dropped(Reply):
     reason: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        return {**super().as_json(), "frames": list(self.frames)}
+        return {**super().as_json(), "seqs": list(self.seqs), "frames": list(self.frames)}
 
 
 @dataclass(frozen=True)

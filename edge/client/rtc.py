@@ -179,7 +179,9 @@ class RtcSession(Session):
         got = asyncio.ensure_future(inbox.get())
         gone = asyncio.ensure_future(ended.wait())
         try:
-            await asyncio.wait({got, gone}, timeout=HELLO_TIMEOUT_S, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                {got, gone}, timeout=HELLO_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for t in (got, gone):
                 t.cancel()

@@ -68,7 +68,7 @@ def main(opts: StreamOptions) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if out is not None and out is not sys.stdout:
+        if out is not None:
             out.close()
 
 
@@ -77,15 +77,29 @@ def _fail(e: object, code: int) -> int:
     return code
 
 
-def _open_out(path: str | None) -> IO[str] | None:
+class _Stdout:
+    """stdout as it is when written to: the status line (rich) swaps in its own while it
+    draws, so that JSON lines go above it instead of through it."""
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def _open_out(path: str | None) -> IO[str] | _Stdout | None:
     if path is None:
         return None
     if path == "-":
-        return sys.stdout
+        return _Stdout()
     return open(path, "w", encoding="utf-8")  # noqa: SIM115 -- closed by main()
 
 
-async def _stream(opts: StreamOptions, source: Source, out: IO[str] | None) -> int:
+async def _stream(opts: StreamOptions, source: Source, out: IO[str] | _Stdout | None) -> int:
     from edge.client.status import StatusLine
 
     stop = asyncio.Event()
@@ -180,7 +194,7 @@ async def _until(frames: AsyncIterator[Frame], stop: asyncio.Event) -> AsyncIter
             await it.aclose()  # type: ignore[attr-defined]
 
 
-def _write(out: IO[str] | None, obj: dict[str, Any]) -> None:
+def _write(out: IO[str] | _Stdout | None, obj: dict[str, Any]) -> None:
     if out is not None:
         out.write(json.dumps(obj, separators=(",", ":")) + "\n")
         out.flush()

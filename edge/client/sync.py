@@ -43,6 +43,7 @@ class SyncSession:
             return
         try:
             self._call(self.session.close())
+            self._call(self._loop.shutdown_default_executor())  # threads that read frames
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
