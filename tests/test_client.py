@@ -17,6 +17,7 @@ import pytest
 import edge.client
 from edge.client import backoff, replies
 from edge.client.connection import stream_url
+from edge.client.dialer import Dialer
 from edge.client.errors import BadUrl
 from edge.client.mailbox import EndOfSource, Frame, LatestFrame
 from tests.client_util import (
@@ -382,3 +383,42 @@ async def test_tls_with_the_given_ca(
     assert (rc, stderr) == (0, "")
     summary = check_books(run.lines())
     assert summary["results"] > 0 and summary["frames_read"] == 20
+
+
+@pytest.mark.unit
+async def test_dialer_waits_out_refusals_and_goaway() -> None:
+    """Guards against hammering: a 503's Retry-After and a goaway's retry_after_ms are the
+    least the client waits; with replicas a goaway moves on at once, and an unreachable first
+    gateway is an error rather than a silent retry loop."""
+    tally = edge.client.Tally()
+    one = Dialer(["ws://a/v1/stream"], backoff.Backoff(random.Random(1)), tally)
+    goaway = replies.Goaway({"type": "goaway"}, retry_after_ms=2500)
+    assert one.after(goaway) >= 2.5
+    two = Dialer(["ws://a/v1/stream", "ws://b/v1/stream"], backoff.Backoff(), tally)
+    assert two.after(goaway) == 0.0 and two.urls[two._index] == "ws://b/v1/stream"
+
+    attempts: list[str] = []
+    waits: list[float] = []
+
+    async def full_then_open(url: str, number: int) -> str:
+        attempts.append(url)
+        if len(attempts) < 3:
+            raise edge.client.Refused(503, "full", retry_after_s=0.01)
+        return url
+
+    async def announce(why: str, wait: float) -> None:
+        waits.append(wait)
+
+    class OnlyWhatTheGatewayAsks(backoff.Backoff):
+        def next(self, at_least_s: float = 0.0) -> float:
+            return at_least_s
+
+    dialer = Dialer(["ws://a/v1/stream"], OnlyWhatTheGatewayAsks(), tally)
+    assert await dialer.dial(full_then_open, announce, first=True) == "ws://a/v1/stream"
+    assert waits == [0.01, 0.01] and tally.refusals == 2
+
+    async def unreachable(url: str, number: int) -> str:
+        raise edge.client.Unreachable("nothing there")
+
+    with pytest.raises(edge.client.Unreachable):
+        await dialer.dial(unreachable, announce, first=True)

@@ -154,7 +154,7 @@ async def _stream(opts: StreamOptions, source: Source, out: IO[str] | _Stdout | 
         if annotator.error is not None:
             raise ClientError(f"cannot write {opts.annotate}: {annotator.error}")
     _write(out, summary)
-    if status.enabled:
+    if status.enabled and status.console is not None:
         status.console.print(_summary_line(summary))
     return code
 

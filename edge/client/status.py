@@ -6,9 +6,12 @@ import time
 from collections import deque
 from types import TracebackType
 
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
+try:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+except ImportError:  # no status line without the `client` extra; streaming works all the same
+    Console = None  # type: ignore[assignment,misc]
 
 from edge.client.tally import Tally
 
@@ -19,8 +22,8 @@ RATE_WINDOW_S = 3.0
 class StatusLine:
     def __init__(self, tally: Tally, console: Console | None = None) -> None:
         self.tally = tally
-        self.console = console or Console(stderr=True)
-        self.enabled = self.console.is_terminal
+        self.console = console or (Console(stderr=True) if Console is not None else None)
+        self.enabled = self.console is not None and self.console.is_terminal
         self.where = ""
         self._history: deque[tuple[float, int, int]] = deque()
         self._live: Live | None = None
