@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 import edge.client
 from edge.client import backoff, replies
@@ -422,3 +423,51 @@ async def test_dialer_waits_out_refusals_and_goaway() -> None:
 
     with pytest.raises(edge.client.Unreachable):
         await dialer.dial(unreachable, announce, first=True)
+
+
+@pytest.mark.integration
+async def test_a_stream_url_as_source(face_server: str, tmp_path: Path) -> None:
+    """SOURCE as an http:// URL (PyAV opens it like an RTSP feed): a stream comes at its own
+    pace, so frames it gives faster than the gateway answers are skipped and counted."""
+    ts = make_video(tmp_path / "feed.ts", frames=20, fps=10)
+
+    async def feed_file(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(ts)
+
+    app = web.Application()
+    app.router.add_get("/feed.ts", feed_file)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        feed = f"http://127.0.0.1:{runner.addresses[0][1]}/feed.ts"
+        run = await start_stream(feed, "--url", face_server, out=tmp_path / "o")
+        rc, stderr = await run.finish(frames=20)
+    finally:
+        await runner.cleanup()
+    assert (rc, stderr) == (0, "")
+    summary = check_books(run.lines())
+    assert summary["frames_read"] == 20 and summary["results"] > 0
+    assert all(iou(r["detections"][0]["box"], ASTRONAUT_FACE) > 0.6 for r in run.of_type("result"))
+
+
+@pytest.mark.integration
+async def test_images_from_a_directory_and_a_glob(
+    face_server: str, face_jpeg: bytes, noface_jpeg: bytes, tmp_path: Path
+) -> None:
+    """Still images are not a live feed: each waits for its turn, none is skipped, each gets
+    its own answer, in name order; a glob picks its files the same way."""
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name, data in [("a.jpg", face_jpeg), ("b.jpg", noface_jpeg), ("c.jpg", face_jpeg)]:
+        (shots / name).write_bytes(data)
+    (shots / "notes.txt").write_text("not an image")
+    for source, expect in [(str(shots), [1, 0, 1]), (str(shots / "[ac].jpg"), [1, 1])]:
+        run = await start_stream(source, "--url", face_server, out=tmp_path / "o")
+        rc, stderr = await run.finish(frames=3)
+        assert (rc, stderr) == (0, "")
+        summary = check_books(run.lines())
+        assert summary["frames_read"] == summary["sent"] == len(expect)
+        results = sorted(run.of_type("result"), key=lambda r: r["frame"])
+        assert [len(r["detections"]) for r in results] == expect
