@@ -94,6 +94,18 @@ class StreamRun:
         return rc, stderr.decode()
 
 
+#: every `edge stream` started, so that a failed test leaves none running (stop_all)
+RUNNING: list[StreamRun] = []
+
+
+async def stop_all() -> None:
+    for run in RUNNING:
+        if run.proc.returncode is None:
+            run.proc.kill()
+            await run.proc.wait()
+    RUNNING.clear()
+
+
 async def start_stream(*args: str, out: Path) -> StreamRun:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -107,7 +119,9 @@ async def start_stream(*args: str, out: Path) -> StreamRun:
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    return StreamRun(proc, out)
+    run = StreamRun(proc, out)
+    RUNNING.append(run)
+    return run
 
 
 def check_books(lines: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import random
 import signal
 import ssl
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +29,7 @@ from tests.client_util import (
     make_tls,
     make_video,
     start_stream,
+    stop_all,
     video_frames,
 )
 from tests.conftest import GatewayProcess, free_port, running, settings_for, wait_ready
@@ -37,6 +39,12 @@ from tests.test_stream import ASTRONAUT_FACE, iou
 from tests.wsclient import open_stream, read_into
 
 ONE_PROCESS = {"EDGE_PROCESSES": "1"}
+
+
+@pytest.fixture(autouse=True)
+async def no_stream_left_running() -> AsyncIterator[None]:
+    yield
+    await stop_all()
 
 
 @pytest.fixture(scope="module")

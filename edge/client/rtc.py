@@ -35,7 +35,7 @@ from edge.client import replies
 from edge.client.connection import HELLO_TIMEOUT_S, host, refusal, tls_context, why
 from edge.client.errors import Refused, Unreachable
 from edge.client.mailbox import EndOfSource, Frame, LatestFrame
-from edge.client.session import Session
+from edge.client.session import Session, unreadable
 
 #: replies received on the channel and not yet read; beyond it they are counted and dropped
 INBOX = 256
@@ -99,6 +99,7 @@ class RtcSession(Session):
         super().__init__(urls, **kw)
         self._received = 0  # the gateway's count of frames taken (its stats), this connection
         self._answers = 0
+        self._stats = asyncio.Event()  # a stats reply came
 
     async def open(self, connect: bool = True) -> None:
         await super().open(connect=False)
@@ -126,7 +127,7 @@ class RtcSession(Session):
             try:
                 inbox.put_nowait(text if isinstance(text, str) else text.decode())
             except asyncio.QueueFull:
-                self.tally.dropped["unread"] += 1  # replies the caller did not keep up with
+                self.tally.unread += 1  # replies the caller did not keep up with
 
         def on_state() -> None:
             for h in lost:
@@ -213,14 +214,19 @@ class RtcSession(Session):
                 await conn.close()
 
     async def _settle_rtc(self, conn: RtcConnection) -> None:
-        """The source has ended: until the gateway's count of frames taken stays put and each
-        is answered (bounded by final_wait_s)."""
+        """The source has ended: until the gateway's count of frames taken (asked with `stats`
+        and waited for) stays put between two asks and each is answered; bounded by
+        final_wait_s."""
         end = time.monotonic() + self.final_wait_s
         last = -1
         while time.monotonic() < end and not conn.ended.is_set():
-            with contextlib.suppress(Exception):
-                conn.channel.send('{"type":"stats"}')
             await asyncio.sleep(SETTLE_POLL_S)
+            self._stats.clear()
+            try:
+                conn.channel.send('{"type":"stats"}')
+                await asyncio.wait_for(self._stats.wait(), max(0.0, end - time.monotonic()))
+            except Exception:
+                return  # the channel is gone, or the time is up
             if self._received == last and self._answers >= self._received:
                 return
             last = self._received
@@ -231,7 +237,8 @@ class RtcSession(Session):
             text = await conn.inbox.get()
             try:
                 reply = replies.parse(text, conn.number)
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError) as e:
+                unreadable(conn.hello.session, e)
                 continue
             if isinstance(reply, replies.Result):
                 t.results += 1
@@ -244,6 +251,7 @@ class RtcSession(Session):
                 self._answers += 1
             elif isinstance(reply, replies.Stats):
                 self._received = reply.received
+                self._stats.set()
             elif isinstance(reply, replies.Goaway):
                 self._goaway = reply
             await out.put(reply)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
@@ -33,6 +34,8 @@ from edge.client.errors import ClientError
 from edge.client.inflight import InFlight
 from edge.client.mailbox import EndOfSource, LatestFrame, fill
 from edge.client.tally import Tally
+
+log = logging.getLogger("edge.client")
 
 #: replies read from the socket and not yet taken by the caller; the reader waits beyond it
 REPLY_QUEUE = 64
@@ -243,8 +246,9 @@ class Session:
                 continue
             try:
                 reply = replies.parse(msg.data, conn.number)
-            except (ValueError, KeyError, TypeError):
-                continue  # not a message of this protocol: nothing to account for
+            except (ValueError, KeyError, TypeError) as e:
+                unreadable(conn.hello.session, e)  # nothing to account for
+                continue
             reply = self._inflight.settle(reply)
             if isinstance(reply, replies.Goaway):
                 self._goaway = reply
@@ -326,6 +330,11 @@ def connect(
         threshold=threshold,
         final_wait_s=final_wait_s,
     )
+
+
+def unreadable(session: str, error: Exception) -> None:
+    """A message from the gateway that is not of the protocol: logged, then skipped."""
+    log.warning("session=%s unreadable message from the gateway skipped: %r", session, error)
 
 
 def _replace(reply: Any, **changes: Any) -> Any:

@@ -24,6 +24,7 @@ class Tally:
     connections: int = 0
     reconnects: int = 0
     refusals: int = 0  # upgrades answered 429/503
+    unread: int = 0  # WebRTC replies discarded because the caller did not keep up
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     @property
@@ -53,6 +54,7 @@ class Tally:
             "connections": self.connections,
             "reconnects": self.reconnects,
             "refusals": self.refusals,
+            "unread": self.unread,
             "latency_p50_ms": None if p is None else round(p[0], 3),
             "latency_p95_ms": None if p is None else round(p[1], 3),
         }
