@@ -12,14 +12,14 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks]'
+	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,client]'
 	touch $@
 
 # Plus what the tests use (pytest, hypothesis, Playwright's driver, linters).
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,test]'
+	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,client,test]'
 	touch $@
 
 models: setup

@@ -1,4 +1,5 @@
-"""`edge serve` and `edge models pull|list`: the entry point parses settings once."""
+"""`edge serve`, `edge models pull|list` and `edge stream`: the entry point parses settings once
+(`edge stream` is a client of a gateway and takes none; edge.client.run does its work)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,69 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("names", nargs="*", help="models to fetch (default: all known)")
     ls = msub.add_parser("list", help="show the models in the repository")
     ls.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
+    _stream_parser(sub)
     return p
+
+
+def _stream_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "stream",
+        help="stream a camera, video file, RTSP/HTTP URL or images to a gateway",
+        description="Stream frames to a gateway and write one JSON line per reply "
+        "(docs/client.md).",
+    )
+    s.add_argument(
+        "source",
+        help="a camera (/dev/video0 or 0), a video file, an rtsp:// or http:// URL, "
+        "or a directory or glob of images",
+    )
+    s.add_argument(
+        "--url",
+        action="append",
+        required=True,
+        help="the gateway, e.g. ws://host:8080 (repeat for replicas: a goaway moves on)",
+    )
+    s.add_argument("--model", help="model name or name@version (default: the gateway's)")
+    s.add_argument("--token", help="bearer token (sent in the Authorization header)")
+    s.add_argument("--fps", type=_positive, help="frames a second (files: their own rate)")
+    s.add_argument("--size", type=_size, help="scale frames to WIDTHxHEIGHT before encoding")
+    s.add_argument("--quality", type=_quality, default=85, help="JPEG quality 1-100 (85)")
+    s.add_argument("--threshold", type=float, help="detection score threshold 0-1")
+    s.add_argument(
+        "--transport",
+        choices=("websocket", "webrtc"),
+        default="websocket",
+        help="websocket (JPEG frames, credits; the default) or webrtc (a video track)",
+    )
+    s.add_argument("--out", help="write one JSON line per reply to this file (- for stdout)")
+    s.add_argument("--annotate", type=Path, help="write the frames with boxes drawn to this video")
+    s.add_argument("--ca", type=Path, help="trust this CA bundle (PEM) for wss:// instead")
+    s.add_argument("--loop", action="store_true", help="play a file or images again at the end")
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0")
+    return v
+
+
+def _size(text: str) -> tuple[int, int]:
+    from edge.client.sources import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _quality(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JPEG quality from 1 to 100")
+    return int(text)
 
 
 def _processes(text: str) -> int:
@@ -66,6 +129,8 @@ def _processes(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "stream":
+        return _stream(args)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "action", "names")}
     if overrides.get("sinks") is not None:
         overrides["sinks"] = tuple(overrides["sinks"])
@@ -80,6 +145,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         return _models(args, settings)
     return _serve(settings)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from edge.client.run import StreamOptions
+    from edge.client.run import main as stream
+
+    return stream(
+        StreamOptions(
+            source=args.source,
+            urls=tuple(args.url),
+            model=args.model,
+            token=args.token,
+            fps=args.fps,
+            size=args.size,
+            quality=args.quality,
+            out=args.out,
+            annotate=args.annotate,
+            ca=args.ca,
+            threshold=args.threshold,
+            loop=args.loop,
+            transport=args.transport,
+        )
+    )
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:

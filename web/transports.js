@@ -3,7 +3,6 @@
 // `ended` resolves with {reason, retryAfterMs} however the stream ends; every JSON reply goes to
 // onReply(msg, latencyMs) and every frame that leaves the page is counted with onSent(n).
 
-const MAX_UNANSWERED = 2; // WebSocket frames sent and not yet answered: the page never floods
 const MAX_SIDE = 640; // frames are scaled down so that their long side is at most this
 const JPEG_QUALITY = 0.8;
 const HELLO_TIMEOUT_MS = 5000;
@@ -37,9 +36,10 @@ function helloOf(ws) {
   });
 }
 
-// WebSocket: one JPEG per binary message, drawn from the <video> into a canvas. A frame is sent
-// when the camera has a new one, fewer than MAX_UNANSWERED are unanswered and the socket's
-// buffer is empty. Latency is measured exactly: from ws.send() to the reply with that seq.
+// WebSocket: one JPEG per binary message, drawn from the <video> into a canvas. Credit flow
+// control (docs/protocol.md, "Clients"): the page asks for credits and sends a frame only when
+// the camera has a new one, fewer than the granted n are unanswered and the socket's buffer is
+// empty; camera frames in between are never encoded. Latency is measured exactly: from ws.send() to the reply with that seq.
 // A token rides as a second subprotocol: a browser cannot set headers on a WebSocket, and the
 // gateway answers with "edge.v1", never echoing the token.
 export async function openWebSocket({ video, model, token, onReply, onSent }) {
@@ -57,6 +57,8 @@ export async function openWebSocket({ video, model, token, onReply, onSent }) {
     throw new Error(hello.message || `expected hello, got ${hello.type}`);
   }
 
+  ws.send(JSON.stringify({ type: "config", credits: true }));
+  let credit = 0; // frames the gateway lets us have unanswered: none until it says
   const unanswered = new Map(); // seq -> performance.now() at send
   const canvas = document.createElement("canvas");
   const ctx = canvas.getContext("2d");
@@ -69,7 +71,7 @@ export async function openWebSocket({ video, model, token, onReply, onSent }) {
     eachFrame(video, onFrame);
     const now = performance.now();
     for (const [s, at] of unanswered) if (now - at > LOST_AFTER_MS) unanswered.delete(s);
-    if (encoding || unanswered.size >= MAX_UNANSWERED || ws.bufferedAmount > 0) return;
+    if (encoding || unanswered.size >= credit || ws.bufferedAmount > 0) return;
     if (ws.readyState !== WebSocket.OPEN || !video.videoWidth) return;
     const scale = Math.min(1, MAX_SIDE / Math.max(video.videoWidth, video.videoHeight));
     const w = Math.round(video.videoWidth * scale);
@@ -99,6 +101,8 @@ export async function openWebSocket({ video, model, token, onReply, onSent }) {
       if (msg.type === "result" && unanswered.has(s)) latencyMs = now - unanswered.get(s);
       unanswered.delete(s);
     }
+    if (msg.type === "credit") credit = msg.n;
+    if (msg.type === "error" && msg.seq === undefined && !credit) credit = 1; // no credits here
     if (msg.type === "goaway") {
       reason = "the gateway is going away";
       retryAfterMs = msg.retry_after_ms || 0;
