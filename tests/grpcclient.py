@@ -104,8 +104,15 @@ async def grpc_gateway(settings: Settings) -> AsyncIterator[tuple[str, Any, str]
 
 
 async def read_stream(call: Any, books: Books) -> None:
-    """Record every response of a PredictStream call, as it arrives."""
+    """Record every response of a PredictStream call, as it arrives (a call made with a
+    request iterator; see `read_rest` for one written with `write`)."""
     async for response in call:
+        books.record(as_message(full(response)))
+
+
+async def read_rest(call: Any, books: Books) -> None:
+    """`read_stream` for a call written with `write`: gRPC forbids mixing the two styles."""
+    while (response := await call.read()) is not grpc.aio.EOF:
         books.record(as_message(full(response)))
 
 

@@ -47,12 +47,14 @@ def test_every_proto_is_compiled() -> None:
 
 def test_generated_types_live_in_the_gateways_own_pool() -> None:
     """A client library loaded beside the server (stubs from the original contract,
-    tritonclient) registers the same message names in protobuf's default pool; ours must not
-    be there, or importing both fails."""
+    tritonclient) registers the same message names in protobuf's default pool; ours must be
+    in a pool of their own, or importing both fails."""
     from google.protobuf import descriptor_pool
 
-    from edge.rpc.gen import POOL, inference_pb2  # noqa: F401
+    from edge.rpc.gen import POOL, inference_pb2
+    from tests.grpcclient import original
 
-    assert POOL.FindMessageTypeByName("inference.InferenceRequest")
-    with pytest.raises(KeyError):
-        descriptor_pool.Default().FindMessageTypeByName("inference.InferenceRequest")
+    mine = inference_pb2.InferenceRequest.DESCRIPTOR
+    assert mine.file.pool is POOL and mine.file.pool is not descriptor_pool.Default()
+    theirs = original()[0].InferenceRequest.DESCRIPTOR  # the same name, loaded beside ours
+    assert theirs.full_name == mine.full_name and theirs.file.pool is descriptor_pool.Default()

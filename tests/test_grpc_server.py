@@ -54,9 +54,18 @@ async def test_calls_need_a_token_when_auth_is_on(face_repo: Path, face_jpeg: by
         assert gc.full(await call.read()).status == Response.RESULT
         await call.done_writing()
         assert await call.code() == Code.OK
-        health = health_pb2_grpc.HealthStub(channel)
+        await serving(channel)  # without a token
+
+
+async def serving(channel: grpc.aio.Channel) -> None:
+    """Wait until health says SERVING (it follows readiness a moment after /readyz)."""
+    health = health_pb2_grpc.HealthStub(channel)
+
+    async def ok() -> bool:
         reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=deadline())
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    await wait_until(ok, deadline(), "health is not SERVING")
 
 
 async def test_a_token_holds_at_most_its_quota_of_streams(
@@ -162,8 +171,12 @@ async def test_drain_answers_every_frame_and_ends_streams_unavailable(
         assert ("retry-after-ms", "1000") in tuple(status.trailing_metadata() or ())
         assert sorted(r.seq for r in seen) == list(range(5)), [(r.seq, r.reason) for r in seen]
         health = health_pb2_grpc.HealthStub(channel)
-        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=deadline())
-        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        async def not_serving() -> bool:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=deadline())
+            return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        await wait_until(not_serving, deadline(), "health still SERVING while drained")
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await stub.Predict(gc.request(face_jpeg), timeout=deadline())
         assert e.value.code() == Code.UNAVAILABLE

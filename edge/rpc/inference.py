@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf.message import DecodeError
 
 from edge.appkeys import SERVICES, Services
 from edge.ratelimit import CLIENTS, client_of
@@ -40,23 +41,46 @@ _MAX_AGE_MS = 3.6e6
 
 
 def register(server: grpc.aio.Server, app: web.Application) -> str:
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceService(app), server)
+    """Requests arrive as bytes and are parsed here, so a malformed one is answered
+    INVALID_ARGUMENT (on a stream: that frame ERROR bad_message, the stream goes on) rather
+    than failing in gRPC's own deserializer with UNKNOWN."""
+    service = InferenceService(app)
+    write = Response.SerializeToString
+    handlers = {
+        "Predict": grpc.unary_unary_rpc_method_handler(service.Predict, None, write),
+        "PredictStream": grpc.stream_stream_rpc_method_handler(service.PredictStream, None, write),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     return SERVICE
 
 
+def parse(raw: bytes) -> inference_pb2.InferenceRequest:
+    """An InferenceRequest from its bytes, or ValueError saying they are not one."""
+    try:
+        return inference_pb2.InferenceRequest.FromString(raw)
+    except DecodeError as e:
+        raise ValueError(f"not an InferenceRequest: {e}") from None
+
+
 class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
+    """The servicer; its methods take requests as bytes (see `register`)."""
+
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.services: Services = app[SERVICES]
 
     async def Predict(  # noqa: N802 (the method's name in the proto)
-        self, request: inference_pb2.InferenceRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> Response:
         services = self.services
         refused = streaming.refusal(services)
         if refused is not None:
             code, reason, message = refused
             await context.abort(code, f"{reason}: {message}")
+        try:
+            request = parse(raw)
+        except ValueError as e:
+            await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
         try:
             route = Route.parse(request.model_id or services.settings.default_model)
             route = services.repo.assign(route, "unary")
@@ -98,18 +122,18 @@ class Translation:
     def __init__(self) -> None:
         self._model_id = ""  # the model_id the stream is on, as the client wrote it
 
-    def route(self, first: inference_pb2.InferenceRequest, default_model: str) -> Route:
-        self._model_id = first.model_id
-        return Route.parse(first.model_id or default_model)
-
-    def take(
-        self,
-        services: Services,
-        stream: Stream,
-        seq: int,
-        request: inference_pb2.InferenceRequest,
-    ) -> bytes | None:
+    def route(self, first: bytes, default_model: str) -> Route:
+        """The first request's model; one that does not parse gets the default model (and
+        is answered bad_message by `take`)."""
         try:
+            self._model_id = parse(first).model_id
+        except ValueError:
+            self._model_id = ""
+        return Route.parse(self._model_id or default_model)
+
+    def take(self, services: Services, stream: Stream, seq: int, raw: bytes) -> bytes | None:
+        try:
+            request = parse(raw)
             threshold, max_age_ms = request_settings(request)
         except ValueError as e:
             common.refuse_frame(services, stream, seq, "bad_message", str(e))

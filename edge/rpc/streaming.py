@@ -23,7 +23,6 @@ a reply message becomes responses. Everything else is here, once:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -136,8 +135,7 @@ class GrpcStreamSession(StreamSession):
                     code, reason = Code.UNAVAILABLE, "shutdown"
                     details = "going away: the gateway is shutting down; reconnect"
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await _reap([reader])
             if not sender.done():
                 await common.finish(services, stream, CLOSE_GRACE_S, reason)
             else:
@@ -145,9 +143,7 @@ class GrpcStreamSession(StreamSession):
         finally:
             for t in (reader, sender, goaway):
                 t.cancel()
-            for t in (reader, sender, goaway):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await _reap([reader, sender, goaway])
             common.close_stream(services, stream)
             gauge.dec()
             self._closed.set()
@@ -208,6 +204,27 @@ class GrpcStreamSession(StreamSession):
                 raise
             except Exception as e:  # the call is over: the client went away
                 raise ConnectionError(f"gRPC write failed: {e!r}") from None
+
+
+async def _reap(tasks: list[asyncio.Task[Any]]) -> None:
+    """Await cancelled tasks, for at most CLOSE_GRACE_S. A read that grpcio keeps pending
+    while the call's writes are stalled by flow control (a client that reads nothing) does
+    not end on cancel; it ends with the call, once the handler returns, so it is left to
+    that, its outcome collected then."""
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        _, stalled = await asyncio.wait(pending, timeout=CLOSE_GRACE_S)
+        for t in stalled:
+            log.debug("task %s ends with its call", t.get_name())
+            t.add_done_callback(_collect)
+    for t in tasks:
+        if t.done():
+            _collect(t)
+
+
+def _collect(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # seen: the session reported it already, or it is moot now
 
 
 async def serve_stream(
