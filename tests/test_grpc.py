@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from PIL import Image
 
 from edge.rpc.gen import inference_pb2 as ours
 from tests import grpcclient as gc
-from tests.conftest import settings_for
+from tests.conftest import ROOT, settings_for
 from tests.operations_util import scrape, total
 from tests.pace import deadline, wait_until
 from tests.wsclient import Books
@@ -281,3 +283,37 @@ async def test_metrics_count_grpc_streams(gateway: tuple[str, Any, str], face_jp
             return total(await scrape(http, url), "edge_active_streams", transport="grpc") == 0
 
     await wait_until(closed, deadline(), "the stream still counted as open")
+
+
+async def test_the_documented_grpcio_example_runs(
+    gateway: tuple[str, Any, str], face_jpeg: bytes, tmp_path: Path
+) -> None:
+    """docs/protocols.md's plain grpcio client, stubs generated from proto/ as the doc says,
+    run as a user would (its own process) against the live gateway: it prints the face, and
+    every one of its ten frames once."""
+    _, _, target = gateway
+    doc = (ROOT / "docs" / "protocols.md").read_text()
+    section = doc.split("## gRPC InferenceService", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"localhost:8081"' in code
+    (tmp_path / "example.py").write_text(code.replace('"localhost:8081"', f'"{target}"'))
+    (tmp_path / "face.jpg").write_bytes(face_jpeg)
+    from grpc_tools import protoc
+
+    args = ["protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}", str(ROOT / "proto" / "inference.proto")]  # fmt: skip
+    assert protoc.main(args) == 0
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "example.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=deadline(frames=11),
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines if ln.startswith("face")] == [["face", "face"]]
+    frames = [ln.split() for ln in lines if ln.startswith("frame")]
+    assert sorted(int(f[1]) for f in frames) == list(range(10))
+    assert {f[2] for f in frames} <= {"RESULT", "DROPPED"} and frames[-1][2] == "RESULT"
