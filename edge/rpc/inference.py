@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from edge.appkeys import SERVICES, Services
 from edge.ratelimit import CLIENTS, client_of
 from edge.repository import Route, UnknownModel
-from edge.rpc import streaming
+from edge.rpc import calls
 from edge.rpc.gen import inference_pb2, inference_pb2_grpc
 from edge.stream import Stream
 from edge.transports import common
@@ -73,7 +73,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> Response:
         services = self.services
-        refused = streaming.refusal(services)
+        refused = calls.refusal(services)
         if refused is not None:
             code, reason, message = refused
             await context.abort(code, f"{reason}: {message}")
@@ -92,7 +92,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         except ValueError as e:
             await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
         max_age_s = max_age_ms / 1000 if max_age_ms else None
-        with client_of(self.app[CLIENTS], streaming.peer_host(context.peer())):
+        with client_of(self.app[CLIENTS], calls.peer_host(context.peer())):
             reply = await common.infer_once(
                 services, TRANSPORT, route, request.payload, threshold, max_age_s
             )
@@ -113,7 +113,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> None:
         # Read with context.read() (one reader task); the iterator is left alone.
-        await streaming.serve_stream(self.app, context, Translation(), TRANSPORT)
+        await calls.serve_stream(self.app, context, Translation(), TRANSPORT)
 
 
 class Translation:
