@@ -58,3 +58,26 @@ def test_generated_types_live_in_the_gateways_own_pool() -> None:
     assert mine.file.pool is POOL and mine.file.pool is not descriptor_pool.Default()
     theirs = original()[0].InferenceRequest.DESCRIPTOR  # the same name, loaded beside ours
     assert theirs.full_name == mine.full_name and theirs.file.pool is descriptor_pool.Default()
+
+
+def test_protos_that_import_each_other_compile_into_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proto taken as it is published imports its sibling as "x.proto" (Triton's
+    grpc_service.proto imports model_config.proto): the generated module must import the
+    sibling from edge.rpc.gen, not as a top-level module that does not exist."""
+    protos = tmp_path / "proto"
+    protos.mkdir()
+    (protos / "first.proto").write_text(
+        'syntax = "proto3";\npackage codegen_test;\nmessage Inner { int32 x = 1; }\n'
+    )
+    (protos / "second.proto").write_text(
+        'syntax = "proto3";\npackage codegen_test;\nimport "first.proto";\n'
+        "message Outer { Inner inner = 1; }\n"
+    )
+    monkeypatch.setattr(codegen, "PROTO_DIR", protos)
+    out = tmp_path / "out"
+    codegen.generate(out, ["first.proto", "second.proto"])
+    text = (out / "second_pb2.py").read_text()
+    assert "from edge.rpc.gen import first_pb2" in text
+    assert "\nimport first_pb2" not in text and "_descriptor_pool.Default()" not in text

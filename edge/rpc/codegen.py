@@ -1,14 +1,15 @@
 """Regenerate edge/rpc/gen/ from proto/: `python -m edge.rpc.codegen` (needs grpcio-tools,
 in the `test` extra). tests/test_grpc_codegen.py fails when the committed modules are stale.
 
-Each proto in PROTOS is compiled as if it lived at edge/rpc/gen/<name>, so the generated
-modules import each other as `edge.rpc.gen.<name>_pb2`; then their types are put in the
-gateway's own descriptor pool (edge.rpc.gen.POOL) instead of protobuf's default one.
+Each proto in PROTOS is compiled as if it lived at edge/rpc/gen/<name> (its `import "x.proto"`
+of another one in PROTOS rewritten to match), so the generated modules import each other as
+`edge.rpc.gen.<name>_pb2`; then their types are put in the gateway's own descriptor pool
+(edge.rpc.gen.POOL) instead of protobuf's default one.
 """
 
 from __future__ import annotations
 
-import shutil
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -37,7 +38,8 @@ def generate(out: Path, protos: list[str] | None = None) -> list[Path]:
         (src / PACKAGE).mkdir(parents=True)
         dst.mkdir()
         for name in protos:
-            shutil.copyfile(PROTO_DIR / name, src / PACKAGE / name)
+            text = (PROTO_DIR / name).read_text()
+            (src / PACKAGE / name).write_text(_IMPORT.sub(lambda m: _moved(m, protos), text))
         include = str(Path(protoc.__file__).parent / "_proto")  # well-known types
         args = [
             "protoc",
@@ -58,6 +60,15 @@ def generate(out: Path, protos: list[str] | None = None) -> list[Path]:
             (out / path.name).write_text(text)
             written.append(out / path.name)
     return written
+
+
+_IMPORT = re.compile(r'^(import\s+(?:public\s+)?)"([^"/]+\.proto)";', re.M)
+
+
+def _moved(match: re.Match[str], protos: list[str]) -> str:
+    """An import of a sibling proto, as the path it is compiled under."""
+    head, name = match[1], match[2]
+    return f'{head}"{PACKAGE}/{name}";' if name in protos else match[0]
 
 
 def _own_pool(text: str, name: str) -> str:
