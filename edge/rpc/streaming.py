@@ -87,6 +87,13 @@ class GrpcStreamSession(StreamSession):
         await self._closed.wait()
 
     async def run(self, route: Route, first: Any) -> None:
+        """Serve the call from its `first` request to its end; the call's status is set."""
+        try:
+            await self._run(route, first)
+        finally:
+            self._closed.set()  # whatever happened: the drain waits on it
+
+    async def _run(self, route: Route, first: Any) -> None:
         services, context = self.services, self.context
         stream = self.stream = common.open_stream(services, self.transport, route, self._send)
         model = services.repo.resolve(stream.route)
@@ -142,7 +149,6 @@ class GrpcStreamSession(StreamSession):
             await _reap([reader, sender, goaway])
             common.close_stream(services, stream)
             gauge.dec()
-            self._closed.set()
             log.info(
                 "session=%s stream closed status=%s %s",
                 stream.id,
