@@ -15,6 +15,10 @@ Reports results per second as a ratio to the baseline, the age of the frame behi
 as the client measures it (send to result), its percentiles, and whether it drifts: the median
 age of the last third of the run against the first third.
 
+`--grpc` drives the one gateway over both transports under the same offered load, the
+WebSocket then gRPC's PredictStream (bench/grpcdrive.py), --rounds times, and prints the gRPC
+figures against the WebSocket's as ratios.
+
 `--sinks URL,...` runs the gateway with those result sinks (EDGE_SINKS). `--sinks-compare`
 instead runs it --rounds times (at least 2) sinks off then on, each --seconds long under the
 same offered load, and prints results per second, and the gateway's CPU time per result, with
@@ -28,6 +32,7 @@ packages, `make brokers`) and publishes to both, with nobody subscribed.
     python bench/stream.py --model ppocr_det --baseline raw-batch --providers cuda \
         --max-batch 16 --streams 64 --fps 30          # on a GPU with onnxruntime-gpu
     python bench/stream.py --overload 1.5 --seconds 20 --sinks-compare
+    python bench/stream.py --overload 1.5 --seconds 20 --rounds 3 --grpc
 """
 
 from __future__ import annotations
@@ -538,6 +543,56 @@ def compare_sinks(
     )
 
 
+def compare_transports(
+    args: argparse.Namespace, models: Path, data: bytes, env: dict[str, str], flags: tuple[str, ...]
+) -> None:
+    """One gateway, driven over the WebSocket and over gRPC alternately under the same offered
+    load: results per second and frame ages, gRPC against the WebSocket."""
+    from bench.grpcdrive import drive_grpc
+
+    port, grpc_port = free_port(), free_port()
+    url, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+    cmd = serve_command(models, port, *flags, "--processes", args.processes)
+    proc = subprocess.Popen([*cmd, "--grpc-port", str(grpc_port)], env=env)
+    rates: dict[str, list[float]] = {"websocket": [], "grpc": []}
+    p50: dict[str, list[float]] = {"websocket": [], "grpc": []}
+    p99: dict[str, list[float]] = {"websocket": [], "grpc": []}
+    try:
+        asyncio.run(wait_ready(url))
+        for _ in range(max(1, args.rounds)):
+            for transport in ("websocket", "grpc"):
+                t0 = time.monotonic()
+                if transport == "websocket":
+                    run = asyncio.run(
+                        drive(url, args.model, data, args.streams, args.fps, args.seconds)
+                    )
+                else:
+                    run = asyncio.run(
+                        drive_grpc(target, args.model, data, args.streams, args.fps, args.seconds)
+                    )
+                rates[transport].append(run["counts"]["result"] / run["elapsed"])
+                s = summarize(run["ages"], t0, args.seconds)
+                p50[transport].append(s["p50_ms"])
+                p99[transport].append(s["p99_ms"])
+                print(
+                    f"  {transport}: {rates[transport][-1]:.1f} results/s, age p50 "
+                    f"{s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, drift "
+                    f"{s['first_third_p50_ms']:.1f} -> {s['last_third_p50_ms']:.1f} ms, "
+                    f"replies {run['counts']}"
+                )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    pairs = [g / w for w, g in zip(rates["websocket"], rates["grpc"], strict=True)]
+    print(
+        f"  results/s, gRPC / WebSocket: {sum(rates['grpc']) / sum(rates['websocket']):.3f}x over "
+        f"all rounds (each round: {', '.join(f'{p:.3f}x' for p in pairs)}); age p50 "
+        f"{statistics.median(p50['grpc']) / statistics.median(p50['websocket']):.2f}x, p99 "
+        f"{statistics.median(p99['grpc']) / statistics.median(p99['websocket']):.2f}x "
+        "(medians over the rounds)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=Path, default=ROOT / "models")
@@ -590,6 +645,11 @@ def main() -> None:
         action="store_true",
         help="run the gateway without and with sinks, alternately, and print the ratio",
     )
+    ap.add_argument(
+        "--grpc",
+        action="store_true",
+        help="drive the gateway over the WebSocket and gRPC alternately, and print the ratio",
+    )
     args = ap.parse_args()
     prefs = [p.strip() for p in args.providers.split(",")]
     providers = [ORT_NAMES[p] for p in prefs] + (["CPUExecutionProvider"] * ("cpu" not in prefs))
@@ -624,10 +684,18 @@ def main() -> None:
         "EDGE_MAX_FPS_PER_STREAM": "0",
         "EDGE_PROVIDERS": args.providers,
         "EDGE_SINKS": args.sinks,
+        "EDGE_GRPC_PORT": "0",  # --grpc gives it a free port
     }
     if args.overload:
         args.fps = args.overload * base["fps"] / args.streams
     flags = ("--workers", str(args.workers), "--max-streams", "1000")
+    if args.grpc:
+        print(
+            f"gateway over the WebSocket and gRPC: {args.streams} streams x {args.fps:g} fps "
+            f"offered = {args.streams * args.fps:.0f} fps, {args.seconds:g} s each"
+        )
+        compare_transports(args, models, data, env, flags)
+        return
     if args.sinks_compare:
         print(
             f"gateway without and with sinks: {args.streams} streams x {args.fps:g} fps offered "
