@@ -11,7 +11,7 @@ from collections.abc import Callable
 from edge import codec, ratelimit
 from edge.appkeys import Services
 from edge.codec import ProtocolError
-from edge.frames import Frame, Picture
+from edge.frames import Frame, Picture, RawInput
 from edge.outbox import Outbox, Send
 from edge.repository import Route, UnknownModel
 from edge.stream import Stream
@@ -58,7 +58,7 @@ def take_frame(
     services: Services,
     stream: Stream,
     seq: int,
-    data: bytes | Picture,
+    data: bytes | Picture | RawInput,
     received_at: float | None = None,
 ) -> None:
     """Account for one frame and hand it to the scheduler, or answer it at once."""
