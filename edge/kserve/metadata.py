@@ -76,9 +76,11 @@ class Target:
         raw = text.endswith(RAW_SUFFIX)
         name = text[: -len(RAW_SUFFIX)] if raw else text
         try:
-            Route.parse(name)
+            pinned = Route.parse(name).version is not None  # a version goes in the path
         except UnknownModel:
-            raise KServeError("not_found", f"no model named {text[:128]!r}") from None
+            pinned = True
+        if pinned:
+            raise KServeError("not_found", f"no model named {text[:128]!r}")
         return cls(name, raw)
 
 
