@@ -26,7 +26,7 @@ from edge.frames import RawInput
 from edge.kserve import metadata
 from edge.kserve.errors import KServeError, invalid
 from edge.kserve.messages import InferRequest, InferResponse
-from edge.kserve.metadata import IMAGE, Target
+from edge.kserve.metadata import IMAGE, Target, TensorSpec
 from edge.kserve.tensors import Tensor, datatype_of
 from edge.repository import Route, UnknownModel
 from edge.transports import common
@@ -57,11 +57,11 @@ async def infer(services: Services, request: InferRequest, transport: str) -> In
             for k, name in enumerate(names)
         ]
     else:
-        image = _image(services, model, request)
+        image = image_of(services, model, request)
         _check_outputs(target, request, [t.name for t in metadata.pipeline_outputs(model)])
         reply = await one_frame(services, transport, route, image, threshold)
         _raise_for(reply)
-        outputs = pipeline_tensors(model, reply)
+        outputs = pipeline_tensors(metadata.pipeline_outputs(model), reply)
     wanted = {o.name for o in request.outputs}
     if wanted:
         outputs = [t for t in outputs if t.name in wanted]
@@ -83,7 +83,7 @@ def _check_outputs(target: Target, request: InferRequest, names: list[str]) -> N
             raise invalid(f"model {target.public!r} has no output {o.name!r}; it has {names}")
 
 
-def _image(services: Services, model: LoadedModel, request: InferRequest) -> bytes:
+def image_of(services: Services, model: LoadedModel, request: InferRequest) -> bytes:
     """The encoded frame of a pipeline request."""
     want = f"model {model.name!r} takes one input {IMAGE!r}: BYTES [1], a JPEG or PNG image"
     if len(request.inputs) != 1:
@@ -177,8 +177,8 @@ def _raise_for(reply: dict[str, Any]) -> None:
     raise KServeError("internal", f"{code}: {message}")
 
 
-def pipeline_tensors(model: LoadedModel, reply: dict[str, Any]) -> list[Tensor]:
-    """A result message as the pipeline's output tensors (metadata.PIPELINE_OUTPUTS)."""
+def pipeline_tensors(specs: tuple[TensorSpec, ...], reply: dict[str, Any]) -> list[Tensor]:
+    """A result message as the pipeline's output tensors `specs` (metadata.PIPELINE_OUTPUTS)."""
     reply.pop("seq", None)
     dets = reply.get("detections", [])
     classes = reply.get("classes", [])
@@ -193,7 +193,7 @@ def pipeline_tensors(model: LoadedModel, reply: dict[str, Any]) -> list[Tensor]:
         "result": _strings([json.dumps(reply, separators=(",", ":"))]),
     }
     out = []
-    for spec in metadata.pipeline_outputs(model):
+    for spec in specs:
         array = values[spec.name]
         if array.size == 0:  # no rows: the spec's shape with 0 for the open size
             array = array.reshape([0 if d < 0 else d for d in spec.shape])
