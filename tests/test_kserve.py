@@ -9,6 +9,8 @@ import asyncio
 import base64
 import json
 import struct
+import sys
+from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import running, settings_for
+from tests.conftest import ROOT, running, settings_for
 from tests.models_fixture import loaded
 from tests.operations_util import scrape, total
 from tests.pace import deadline
@@ -392,3 +394,24 @@ async def test_auth_guards_v2_but_not_its_health_probes(face_repo: Path, face_jp
             assert e.value.status() == "401"
 
         await asyncio.to_thread(check)
+
+
+def kserve_example() -> str:
+    """The tritonclient example of docs/protocols.md's KServe section."""
+    text = (ROOT / "docs" / "protocols.md").read_text()
+    section = text.split("## KServe v2 (Open Inference Protocol)", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_documented_example_runs(server: str, face_jpeg: bytes, tmp_path: Path) -> None:
+    """Guards against docs that show a call the gateway does not answer: the example runs as
+    a user would run it, in a process of its own, against a live gateway."""
+    (tmp_path / "face.jpg").write_bytes(face_jpeg)
+    code = kserve_example().replace("localhost:8080", server)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=tmp_path, stdout=PIPE, stderr=STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), deadline(10))
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "[b'face']" in text and "(1, 512, 1)" in text, text
