@@ -35,12 +35,10 @@ class Picture(Protocol):
 class RawInput:
     """A frame that is already the network's input (KServe's raw model form): one sample
     without the batch axis, checked by its transport against the model. It skips decode,
-    preprocess and postprocess and batches with image frames of the same model; the worker
-    that runs it puts the network's outputs for this sample in `outputs` before it answers
-    (the answer, handed over the event loop's queue, publishes them)."""
+    preprocess and postprocess and batches with image frames of the same model; its result
+    carries the network's outputs for it (`codec.arrays`)."""
 
     array: np.ndarray
-    outputs: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

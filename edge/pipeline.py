@@ -134,10 +134,10 @@ class Pipeline:
             try:
                 if decoded is None:  # a raw input: the network's own outputs are its answer
                     payload: dict[str, Any] | None = None
-                    _hand_over(frame, [o[i] for o in outputs])
                     done = time.monotonic()
                     timing = _timing(frame, taken, t0, t1, done)
-                    text = codec.result(frame.seq, model.ref, 0, 0, {}, timing)
+                    row = {"outputs": codec.arrays([o[i] for o in outputs])}
+                    text = codec.result(frame.seq, model.ref, 0, 0, row, timing)
                 else:
                     payload = task.postprocess([o[i] for o in outputs], ctx, decoded, threshold)
                     done = time.monotonic()
@@ -198,9 +198,3 @@ def _timing(frame: Frame, taken: float, t0: float, t1: float, done: float) -> Ti
         inference_ms=(t1 - t0) * 1e3,
         total_ms=(done - frame.received_at) * 1e3,
     )
-
-
-def _hand_over(frame: Frame, outputs: list[np.ndarray]) -> None:
-    """Give a raw input's frame the network's outputs for its sample."""
-    assert isinstance(frame.data, RawInput)
-    frame.data.outputs.extend(outputs)

@@ -212,3 +212,41 @@ async def test_stream_answers_every_request_once(
     assert kinds <= {"result", "dropped", "bad_mes"}, kinds
     assert order == sorted(order) and answers[str(n - 1)] == ["result"]
     assert faces == {i: i % 2 for i in order}  # each result is its own frame's
+
+
+async def test_stream_of_raw_rows_answers_each_with_its_own_outputs(target: str) -> None:
+    """The raw form on a stream: each request one row, answered once; a result carries the
+    outputs of its own input, not a neighbour's (checked against onnxruntime by id)."""
+    n = 30
+    rng = np.random.default_rng(21)
+    xs = [rng.uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32) for _ in range(n)]
+    answers: dict[str, list[Any]] = {}
+    lock = threading.Lock()
+
+    def callback(result: Any, error: Any) -> None:
+        with lock:
+            if error is not None:
+                answers.setdefault(str(error).split("'")[1], []).append(str(error))
+            else:
+                rid = result.get_response().id
+                answers.setdefault(rid, []).append(result.as_numpy("Identity_3:0"))
+
+    def run() -> None:
+        c = triton.InferenceServerClient(target)
+        c.start_stream(callback)
+        for i, x in enumerate(xs):
+            c.async_stream_infer("blazeface.raw", [raw_input(x)], request_id=str(i))
+        poll(lambda: sum(map(len, answers.values())) >= n, deadline(n), lambda: answers)
+        c.stop_stream()
+        c.close()
+
+    await asyncio.to_thread(run)
+    assert sorted(map(int, answers)) == list(range(n))
+    assert all(len(v) == 1 for v in answers.values())
+    results = {int(k): v[0] for k, v in answers.items() if not isinstance(v[0], str)}
+    assert n - 1 in results  # the last request is never superseded
+    for i, got in results.items():
+        want = onnxruntime_outputs("blazeface", xs[i])["Identity_3:0"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    dropped = [v[0] for v in answers.values() if isinstance(v[0], str)]
+    assert all("dropped" in d for d in dropped), dropped

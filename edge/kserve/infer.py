@@ -14,12 +14,12 @@ before anything is queued, so a bad tensor never reaches a worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 
 import numpy as np
 
+from edge import codec
 from edge.appkeys import Services
 from edge.engine import LoadedModel
 from edge.frames import RawInput
@@ -31,9 +31,6 @@ from edge.kserve.tensors import Tensor, datatype_of
 from edge.repository import Route, UnknownModel
 from edge.transports import common
 
-#: how long one request may wait for its answers (as the unary HTTP call)
-TIMEOUT_S = 30.0
-
 
 async def infer(services: Services, request: InferRequest, transport: str) -> InferResponse:
     """Answer `request`, or raise KServeError; nothing is queued for a request that fails
@@ -44,7 +41,7 @@ async def infer(services: Services, request: InferRequest, transport: str) -> In
     # every sample of the request runs on the version resolved now
     route = Route(target.name, model.version)
     if target.raw:
-        rows = _raw_rows(model, request)
+        rows = raw_rows(model, request)
         names = list(model.output_names)
         _check_outputs(target, request, names)
         replies = await asyncio.gather(
@@ -52,9 +49,9 @@ async def infer(services: Services, request: InferRequest, transport: str) -> In
         )
         for reply in replies:
             _raise_for(reply)
+        arrays = [codec.from_arrays(reply["outputs"]) for reply in replies]
         outputs = [
-            _tensor(name, np.stack([row.outputs[k] for row in rows]))
-            for k, name in enumerate(names)
+            as_tensor(name, np.stack([row[k] for row in arrays])) for k, name in enumerate(names)
         ]
     else:
         image = image_of(services, model, request)
@@ -99,7 +96,7 @@ def image_of(services: Services, model: LoadedModel, request: InferRequest) -> b
     return data
 
 
-def _raw_rows(model: LoadedModel, request: InferRequest) -> list[RawInput]:
+def raw_rows(model: LoadedModel, request: InferRequest) -> list[RawInput]:
     """One frame per row of a raw request's input, checked against the network's input."""
     spec = metadata.raw_input(model)
     want = f"{spec.name!r}: {spec.datatype} {list(spec.shape)}"
@@ -129,33 +126,14 @@ async def one_frame(
     threshold: float | None,
     publish: bool = True,
 ) -> dict[str, Any]:
-    """One frame through the scheduler as a one-frame stream; its reply message (a result, a
-    drop notice or an error), or KServeError when none comes in time."""
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[str] = loop.create_future()
-
-    async def send(text: str) -> None:
-        if not answer.done():
-            answer.set_result(text)
-
+    """One frame through the scheduler as a one-frame stream (common.infer_once); its reply
+    message (a result, a drop notice or an error), or KServeError when none comes in time."""
     try:
-        stream = common.open_stream(services, transport, route, send)
+        reply = await common.infer_once(services, transport, route, data, threshold, None, publish)
     except UnknownModel as e:  # the version went away since it was resolved
         raise KServeError("unavailable", str(e)) from None
-    stream.threshold = threshold
-    stream.publish = publish
-    sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
-    try:
-        common.take_frame(services, stream, 0, data)
-        text = await asyncio.wait_for(answer, timeout=TIMEOUT_S)
-    except asyncio.TimeoutError:
-        raise KServeError("unavailable", "no result in time") from None
-    finally:
-        common.close_stream(services, stream)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
-    reply: dict[str, Any] = json.loads(text)
+    if reply is None:
+        raise KServeError("unavailable", "no result in time")
     return reply
 
 
@@ -208,5 +186,5 @@ def _strings(items: list[str]) -> np.ndarray:
     return out
 
 
-def _tensor(name: str, array: np.ndarray) -> Tensor:
+def as_tensor(name: str, array: np.ndarray) -> Tensor:
     return Tensor(name, datatype_of(array.dtype), array.shape, array)

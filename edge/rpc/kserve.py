@@ -3,10 +3,10 @@ adapter between its messages and edge.kserve, as edge/transports/kserve_rest.py 
 
 ModelInfer takes inputs as `raw_input_contents` (what tritonclient sends) or typed `contents`,
 and answers every output in `raw_output_contents`. ModelStreamInfer is a GrpcStreamSession
-(edge.rpc.streaming): each request is a frame of the pipeline form (`NAME`), latest request
-wins while the model is behind, and every request is answered once, with a response or with an
-`error_message` naming its id (superseded, rate limited, a bad image). Errors of the unary
-calls are status codes (`GRPC_CODE`).
+(edge.rpc.streaming): each request is a frame (an image of `NAME`, or one row of
+`NAME.raw`), latest request wins while the model is behind, and every request is answered
+once, with a response or with an `error_message` naming its id (superseded, rate limited, a
+bad image). Errors of the unary calls are status codes (`GRPC_CODE`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from edge import codec
 from edge.appkeys import SERVICES, Services
+from edge.frames import RawInput
 from edge.kserve import metadata
 from edge.kserve.errors import KServeError, invalid
-from edge.kserve.infer import image_of, infer, pipeline_tensors
+from edge.kserve.infer import as_tensor, image_of, infer, pipeline_tensors, raw_rows
 from edge.kserve.messages import InferRequest, InferResponse, RequestedOutput
 from edge.kserve.metadata import Target
 from edge.kserve.tensors import check_header, from_raw, from_values, to_raw
@@ -186,7 +188,8 @@ def to_response(response: InferResponse) -> pb.ModelInferResponse:
 
 
 class StreamTranslation:
-    """ModelInferRequests of one model's pipeline form in, ModelStreamInferResponses out.
+    """ModelInferRequests of one model in (either form; a raw request is one row, one frame),
+    ModelStreamInferResponses out.
 
     Each request's id is kept until its answer is sent (ids only, at most MAX_ID characters
     each; a client that stops reading is cut off after send_timeout_s, as on the WebSocket)."""
@@ -198,26 +201,23 @@ class StreamTranslation:
         self._ids: dict[int, str] = {}
         self._wanted: dict[int, set[str]] = {}
         self._outputs: tuple[metadata.TensorSpec, ...] = ()
+        self._names: list[str] = []  # the raw form's outputs
 
     def route(self, first: pb.ModelInferRequest, default_model: str) -> Route:
         try:
             target = Target.parse(first.model_name or default_model)
         except KServeError as e:
             raise UnknownModel(e.message) from None
-        if target.raw:
-            raise UnknownModel(
-                f"ModelStreamInfer serves the pipeline form ({target.name!r}); call ModelInfer "
-                f"for {target.public!r}"
-            )
         route = Route(target.name, first.model_version or None)
         model = self.services.repo.resolve(route)  # raises UnknownModel
         self._target, self._version = target, first.model_version
         self._outputs = metadata.pipeline_outputs(model)
+        self._names = list(model.output_names)
         return route
 
     def take(
         self, services: Services, stream: Stream, seq: int, request: pb.ModelInferRequest
-    ) -> bytes | None:
+    ) -> bytes | RawInput | None:
         assert self._target is not None
         self._ids[seq] = request.id[:MAX_ID]
         try:
@@ -228,7 +228,14 @@ class StreamTranslation:
                 )
             req = to_request(request, services.settings.max_frame_bytes)
             model = services.repo.resolve(stream.route)
-            data = image_of(services, model, req)
+            data: bytes | RawInput
+            if self._target.raw:
+                rows = raw_rows(model, req)
+                if len(rows) != 1:
+                    raise invalid("on a stream each request is one frame: send one row")
+                data, stream.publish = rows[0], False  # network outputs are not results
+            else:
+                data = image_of(services, model, req)
             th = req.parameters.get("threshold")
             if th is not None:
                 if isinstance(th, bool) or not isinstance(th, int | float) or not 0 <= th <= 1:
@@ -247,7 +254,11 @@ class StreamTranslation:
         if kind == "result":
             seq = message["seq"]
             rid, wanted = self._ids.pop(seq, ""), self._wanted.pop(seq, None)
-            outputs = pipeline_tensors(self._outputs, dict(message))
+            if "outputs" in message:  # the raw form: the network's own, one row
+                arrays = codec.from_arrays(message["outputs"])
+                outputs = [as_tensor(n, a[None]) for n, a in zip(self._names, arrays, strict=True)]
+            else:
+                outputs = pipeline_tensors(self._outputs, dict(message))
             if wanted:
                 outputs = [t for t in outputs if t.name in wanted]
             assert self._target is not None
