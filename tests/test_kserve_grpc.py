@@ -250,3 +250,27 @@ async def test_stream_of_raw_rows_answers_each_with_its_own_outputs(target: str)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     dropped = [v[0] for v in answers.values() if isinstance(v[0], str)]
     assert all("dropped" in d for d in dropped), dropped
+
+
+async def test_a_stream_answers_junk_bytes_and_goes_on(target: str, face_jpeg: bytes) -> None:
+    """Bytes that are no protobuf message, in the middle of a stream: that request is
+    answered with an error_message, the ones around it with results."""
+    good = service_pb2.ModelInferRequest(model_name="blazeface", id="a")
+    good.inputs.add(name="image", datatype="BYTES", shape=[1])
+    good.raw_input_contents.append(len(face_jpeg).to_bytes(4, "little") + face_jpeg)
+    last = service_pb2.ModelInferRequest()
+    last.CopyFrom(good)
+    last.id = "c"
+    replies = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(
+            timeout=deadline(10)
+        )
+        for body in (good.SerializeToString(), b"\xff\xff\xff", last.SerializeToString()):
+            await call.write(body)
+            replies.append(service_pb2.ModelStreamInferResponse.FromString(await call.read()))
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+    assert [r.infer_response.id for r in replies] == ["a", "", "c"]
+    assert "not a protobuf message" in replies[1].error_message
+    assert not replies[0].error_message and not replies[2].error_message
