@@ -415,3 +415,40 @@ async def test_the_documented_example_runs(server: str, face_jpeg: bytes, tmp_pa
     text = out.decode()
     assert proc.returncode == 0, text
     assert "[b'face']" in text and "(1, 512, 1)" in text, text
+
+
+async def test_kserve_through_two_serving_processes(
+    spawn_gateway: Any, face_repo: Path, face_jpeg: bytes
+) -> None:
+    """With --processes 2 the supervisor hands each connection to a process and gRPC's port is
+    shared: KServe over REST and over gRPC answers on fresh connections whichever process
+    takes them, and one /metrics counts them all."""
+    import tritonclient.grpc as triton_grpc
+
+    from tests.conftest import free_port, wait_ready
+
+    grpc_port = free_port()
+    env = {"EDGE_PROCESSES": "2", "EDGE_GRPC_PORT": str(grpc_port), "EDGE_MAX_FPS_PER_CLIENT": "0"}
+    gw = spawn_gateway(face_repo, env)
+    await wait_ready(gw.url, within=deadline(200))
+    host = gw.url.removeprefix("http://")
+
+    def check() -> None:
+        for _ in range(6):  # a new connection each time: either process may take it
+            c = client(host, concurrency=1)
+            assert c.is_server_ready()
+            r = c.infer("blazeface", [image_input(face_jpeg)])
+            assert r.as_numpy("boxes")[0].tolist() == pytest.approx(FACE_BOX, abs=6)
+            c.close()
+            g = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            assert g.is_server_ready()
+            i = triton_grpc.InferInput("image", [1], "BYTES")
+            i.set_data_from_numpy(np.array([face_jpeg], dtype=object))
+            assert g.infer("blazeface", [i]).as_numpy("boxes").shape == (1, 4)
+            g.close()
+
+    await asyncio.to_thread(check)
+    async with aiohttp.ClientSession() as http:
+        samples = await scrape(http, gw.url)
+    assert total(samples, "edge_frames_processed_total", transport="kserve") == 6
+    assert total(samples, "edge_frames_processed_total", transport="kserve-grpc") == 6
