@@ -143,7 +143,8 @@ async def grpc_server(app: web.Application) -> AsyncIterator[None]:
 
 def options(settings: Settings, shared_port: bool) -> list[tuple[str, int]]:
     """Channel arguments: message sizes bounded like the WebSocket's (a request over 4 x
-    max_frame_bytes ends its call with RESOURCE_EXHAUSTED), keepalive pings like its
+    max_frame_bytes, or over max_infer_bytes when that is larger, for KServe's raw tensors,
+    ends its call with RESOURCE_EXHAUSTED), keepalive pings like its
     heartbeat, and the port shared among serving processes or not."""
     # a KServe ModelInfer may carry a raw tensor of up to max_infer_bytes
     receive = max(settings.max_frame_bytes * 4, settings.max_infer_bytes)
