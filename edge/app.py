@@ -32,7 +32,7 @@ from edge.settings import Settings
 from edge.shared import Cluster
 from edge.sinks.publisher import Publisher
 from edge.tracing import FrameTracer
-from edge.transports import websocket
+from edge.transports import kserve_rest, websocket
 
 log = logging.getLogger("edge.app")
 
@@ -71,9 +71,10 @@ def create_app(
         publisher=Publisher(settings, metrics, cluster.index),
     )
     app[SERVICES] = services
-    auth.setup(app, settings, cluster.shared)  # origin, token and stream-quota checks on /v1/
+    auth.setup(app, settings, cluster.shared)  # origin, token and stream-quota checks
     ratelimit.setup(app, settings, cluster.shared)  # per-client frame-rate buckets
     app.add_routes(http.routes)
+    app.add_routes(kserve_rest.routes)  # KServe v2 over REST (docs/protocols.md)
     app.router.add_get("/v1/stream", websocket.handle)
     _add_web(app, settings)
     app.cleanup_ctx.append(_executor)

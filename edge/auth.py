@@ -1,8 +1,9 @@
 """Who may use /v1/: browser origins, bearer tokens, streams per token (docs/security.md).
 
-One middleware guards every request under /v1/ (streams, WebRTC offers, the model API), so a
-transport needs no code of its own to be protected. Outside /v1/ nothing is checked: the
-probes (/healthz, /readyz), Prometheus (/metrics) and the dashboard's static files hold no data.
+One middleware guards every request under /v1/ (streams, WebRTC offers, the model API) and
+KServe v2's /v2 (but its health probes), so a transport needs no code of its own to be
+protected. Nothing else is checked: the probes (/healthz, /readyz, /v2/health/*), Prometheus
+(/metrics) and the dashboard's static files hold no data.
 
 Order of the checks: a browser's `Origin` first (403), then the token (401), then the number of
 streams the token holds (429). Authentication is on as soon as a token, a token file or a JWT
@@ -110,9 +111,17 @@ def setup(app: web.Application, settings: Settings, shared: Shared) -> None:
         )
 
 
+def guarded(path: str) -> bool:
+    """Paths the guard checks: the gateway's API (/v1/) and KServe v2's (/v2, but for its
+    health probes)."""
+    if path.startswith("/v1/"):
+        return True
+    return (path == "/v2" or path.startswith("/v2/")) and not path.startswith("/v2/health/")
+
+
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/v1/"):
+    if not guarded(request.path):
         return await handler(request)
     guard = request.app[GUARD]
     state = request[REQUEST_AUTH] = RequestAuth()

@@ -6,10 +6,13 @@ moves bytes) and on the loop for small notices.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from edge.frames import Timing
 from edge.sinks.base import MAX_TOPIC, TOPIC
@@ -46,6 +49,27 @@ def result(
         "total_ms": round(timing.total_ms, 3),
     }
     return _dumps(msg)
+
+
+def arrays(outputs: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Network outputs for a result's `outputs` (the raw form, whose client reads them as
+    tensors): each as its dtype, shape and base64 bytes."""
+    return [
+        {
+            "dtype": a.dtype.str,
+            "shape": list(a.shape),
+            "data": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii"),
+        }
+        for a in outputs
+    ]
+
+
+def from_arrays(items: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The arrays `arrays` wrote (from our own workers: trusted)."""
+    return [
+        np.frombuffer(base64.b64decode(d["data"]), np.dtype(d["dtype"])).reshape(d["shape"])
+        for d in items
+    ]
 
 
 def dropped(seqs: list[int], reason: str) -> str:

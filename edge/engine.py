@@ -95,6 +95,13 @@ class LoadedModel:
     providers: list[str]
     layout: Layout
     input_shape: list[object] = field(default_factory=list)
+    #: the input's ONNX type, e.g. `tensor(float)`
+    input_type: str = ""
+    #: one sample as the network takes it, without the batch axis: what preprocess makes
+    sample_shape: tuple[int, ...] = ()
+    sample_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+    #: each output's name, ONNX type and shape (symbolic sizes as strings or None)
+    outputs: list[tuple[str, str, list[object]]] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
@@ -253,6 +260,7 @@ def load(
         layout.reason,
     )
     inp = sessions[0].get_inputs()[0]
+    sample = _blank_tensor(spec, task)
     model = LoadedModel(
         name=spec.name,
         version=version_dir.name,
@@ -264,6 +272,10 @@ def load(
         providers=used,
         layout=layout,
         input_shape=list(inp.shape),
+        input_type=inp.type,
+        sample_shape=tuple(sample.shape),
+        sample_dtype=sample.dtype,
+        outputs=[(o.name, o.type, list(o.shape)) for o in sessions[0].get_outputs()],
     )
     warm_up(model)
     return model

@@ -32,13 +32,24 @@ class Picture(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class RawInput:
+    """A frame that is already the network's input (KServe's raw model form): one sample
+    without the batch axis, checked by its transport against the model. It skips decode,
+    preprocess and postprocess and batches with image frames of the same model; its result
+    carries the network's outputs for it (`codec.arrays`)."""
+
+    array: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
 class Frame:
-    """One image as a client sent it: encoded bytes (JPEG, PNG) or a decoded `Picture`."""
+    """One image as a client sent it: encoded bytes (JPEG, PNG) or a decoded `Picture`; or
+    a network input tensor (`RawInput`)."""
 
     stream_id: str
     seq: int
     received_at: float
-    data: bytes | Picture
+    data: bytes | Picture | RawInput
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edge import codec
 from edge.decode import decode
 from edge.engine import LoadedModel
-from edge.frames import Frame, FrameError, Timing
+from edge.frames import Frame, FrameError, Image, RawInput, Timing
 from edge.metrics import Metrics
 from edge.repository import Repository
 from edge.rollout import Canary
@@ -73,11 +74,21 @@ class Pipeline:
         stage = self._metrics.stage_latency
         decoding = stage.labels(model.name, "decode")
         preprocessing = stage.labels(model.name, "preprocess")
-        ready = []
+        # per frame: stream, frame, image (None: a raw input), tensor, context, two clocks
+        ready: list[tuple[Stream, Frame, Image | None, np.ndarray, Any, float, float]] = []
         for stream, frame in jobs:
             t_dec = time.monotonic()
+            data = frame.data
+            if isinstance(data, RawInput):
+                if data.array.shape != model.sample_shape or data.array.dtype != model.sample_dtype:
+                    shape = list(model.sample_shape)
+                    msg = f"{model.ref} takes {shape}"
+                    self.error(stream, frame, "bad_frame", msg, "decode", model.name)
+                    continue
+                ready.append((stream, frame, None, data.array, None, t_dec, t_dec))
+                continue
             try:
-                image = decode(frame.data, fit, self._max_pixels, self._max_png_pixels)
+                image = decode(data, fit, self._max_pixels, self._max_png_pixels)
                 t_decoded = time.monotonic()
             except FrameError as e:
                 self.error(stream, frame, e.code, e.message, "decode", model.name)
@@ -120,23 +131,26 @@ class Pipeline:
         qw = m.queue_wait.labels(model.name)
         payloads: list[dict[str, object] | None] = []
         post = stage.labels(model.name, "postprocess")
-        for i, (stream, frame, image, _, ctx, t_dec, t_pre) in enumerate(ready):
+        for i, (stream, frame, decoded, _, ctx, t_dec, t_pre) in enumerate(ready):
             t_post = time.monotonic()
             threshold = model.spec.threshold if stream.threshold is None else stream.threshold
             try:
-                payload = task.postprocess([o[i] for o in outputs], ctx, image, threshold)
-                done = time.monotonic()
-                timing = Timing(
-                    queue_ms=(taken - frame.received_at) * 1e3,
-                    inference_ms=(t1 - t0) * 1e3,
-                    total_ms=(done - frame.received_at) * 1e3,
-                )
-                # the encoder refuses NaN and infinities: a model that outputs them fails here
-                text = codec.result(
-                    frame.seq, model.ref, image.width, image.height, payload, timing
-                )
+                if decoded is None:  # a raw input: the network's own outputs are its answer
+                    payload: dict[str, Any] | None = None
+                    done = time.monotonic()
+                    timing = _timing(frame, taken, t0, t1, done)
+                    row = {"outputs": codec.arrays([o[i] for o in outputs])}
+                    text = codec.result(frame.seq, model.ref, 0, 0, row, timing)
+                else:
+                    payload = task.postprocess([o[i] for o in outputs], ctx, decoded, threshold)
+                    done = time.monotonic()
+                    timing = _timing(frame, taken, t0, t1, done)
+                    # the encoder refuses NaN and infinities: a model that outputs them fails here
+                    text = codec.result(
+                        frame.seq, model.ref, decoded.width, decoded.height, payload, timing
+                    )
+                    post.observe(time.monotonic() - t_post)
                 payloads.append(payload)
-                post.observe(time.monotonic() - t_post)
             except Exception as e:
                 payloads.append(None)
                 log.exception("session=%s seq=%d: postprocess failed", stream.id, frame.seq)
@@ -194,7 +208,11 @@ class Pipeline:
         canary = self._repo.trial_of(model)
         if canary is None:
             return
-        n, errors = len(ready), payloads.count(None)
+        # raw inputs (KServe's NAME.raw, no image, no payload) are not part of the trial
+        judged = [p for r, p in zip(ready, payloads, strict=True) if r[2] is not None]
+        n, errors = len(judged), judged.count(None)
+        if n == 0:
+            return
         if model is canary.incumbent:
             canary.trial.incumbent_batch(n, errors)
             return
@@ -236,3 +254,11 @@ class Pipeline:
 def _thresholds(model: LoadedModel, ready: list) -> list[float]:
     """Each frame's score threshold: its stream's, or its model's."""
     return [model.spec.threshold if r[0].threshold is None else r[0].threshold for r in ready]
+
+
+def _timing(frame: Frame, taken: float, t0: float, t1: float, done: float) -> Timing:
+    return Timing(
+        queue_ms=(taken - frame.received_at) * 1e3,
+        inference_ms=(t1 - t0) * 1e3,
+        total_ms=(done - frame.received_at) * 1e3,
+    )

@@ -53,6 +53,8 @@ class Settings:
     #: the wire but ~250 ms and +160 MB to decode), so it gets its own, lower pixel limit
     max_png_pixels: int = 2048 * 2048
     max_message_bytes: int = 4096
+    #: the largest KServe v2 infer request: its JSON and binary tensors together (docs/protocols.md)
+    max_infer_bytes: int = 32 * 1024 * 1024
     #: results queued for one client before its new frames are dropped as `overload`
     max_pending_results: int = 8
     #: a client whose socket accepts nothing for this long is disconnected
@@ -138,6 +140,7 @@ class Settings:
             "max_pixels",
             "max_png_pixels",
             "max_message_bytes",
+            "max_infer_bytes",
             "max_pending_results",
             "max_streams",
         ):

@@ -19,7 +19,7 @@ PROTO_DIR = ROOT / "proto"
 GEN_DIR = Path(__file__).resolve().parent / "gen"
 PACKAGE = "edge/rpc/gen"
 #: the protos to compile, in proto/; a service another module adds puts its file here
-PROTOS = ["inference.proto"]
+PROTOS = ["inference.proto", "grpc_predict_v2.proto"]
 
 _DEFAULT_POOL = "_descriptor_pool.Default()"
 _OWN_POOL = "_own_pool"

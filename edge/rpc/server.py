@@ -44,9 +44,9 @@ STOP_GRACE_S = 1.0
 
 def registrations() -> list[Registration]:
     """The services the gRPC server serves; a new one adds its `register` here."""
-    from edge.rpc import inference
+    from edge.rpc import inference, kserve
 
-    return [inference.register]
+    return [inference.register, kserve.register]
 
 
 class BindError(OSError):
@@ -143,11 +143,14 @@ async def grpc_server(app: web.Application) -> AsyncIterator[None]:
 
 def options(settings: Settings, shared_port: bool) -> list[tuple[str, int]]:
     """Channel arguments: message sizes bounded like the WebSocket's (a request over 4 x
-    max_frame_bytes ends its call with RESOURCE_EXHAUSTED), keepalive pings like its
+    max_frame_bytes, or over max_infer_bytes when that is larger, for KServe's raw tensors,
+    ends its call with RESOURCE_EXHAUSTED), keepalive pings like its
     heartbeat, and the port shared among serving processes or not."""
+    # a KServe ModelInfer may carry a raw tensor of up to max_infer_bytes
+    receive = max(settings.max_frame_bytes * 4, settings.max_infer_bytes)
     opts = [
         ("grpc.so_reuseport", 1 if shared_port else 0),
-        ("grpc.max_receive_message_length", settings.max_frame_bytes * 4),
+        ("grpc.max_receive_message_length", receive),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ]
     if settings.heartbeat_s > 0:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import grpc
 
 from edge.appkeys import Services
+from edge.frames import RawInput
 from edge.outbox import SlowConsumer
 from edge.repository import Route
 from edge.stream import Stream
@@ -52,9 +53,12 @@ class Translation(Protocol):
         """The model the stream's first request asks for."""
         ...
 
-    def take(self, services: Services, stream: Stream, seq: int, request: Any) -> bytes | None:
+    def take(
+        self, services: Services, stream: Stream, seq: int, request: Any
+    ) -> bytes | RawInput | None:
         """Apply what `request` asks of the stream (settings, a model switch); its frame's
-        data, or None when the request was answered already (common.refuse_frame)."""
+        data (an encoded image, or a network input), or None when the request was answered
+        already (common.refuse_frame)."""
         ...
 
     def responses(self, message: dict[str, Any]) -> list[Any]:
@@ -182,7 +186,8 @@ class GrpcStreamSession(StreamSession):
             if data is not None:
                 # As on the WebSocket: each oversize frame is answered bad_frame; a client
                 # that keeps sending them is cut off rather than answered for ever.
-                oversize = oversize + 1 if len(data) > settings.max_frame_bytes else 0
+                big = isinstance(data, bytes) and len(data) > settings.max_frame_bytes
+                oversize = oversize + 1 if big else 0
                 common.take_frame(services, stream, seq, data, received_at)
                 if 0 < settings.max_oversize_frames <= oversize:
                     log.info("session=%s %d frames too large, closing", stream.id, oversize)

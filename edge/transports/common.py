@@ -14,7 +14,7 @@ from typing import Any
 from edge import codec, ratelimit
 from edge.appkeys import Services
 from edge.codec import ProtocolError
-from edge.frames import Frame, Picture
+from edge.frames import Frame, Picture, RawInput
 from edge.outbox import Outbox, Send
 from edge.repository import Route, UnknownModel
 from edge.stream import Stream
@@ -63,7 +63,7 @@ def take_frame(
     services: Services,
     stream: Stream,
     seq: int,
-    data: bytes | Picture,
+    data: bytes | Picture | RawInput,
     received_at: float | None = None,
 ) -> None:
     """Account for one frame and hand it to the scheduler, or answer it at once."""
@@ -113,9 +113,10 @@ async def infer_once(
     services: Services,
     transport: str,
     route: Route,
-    data: bytes,
+    data: bytes | RawInput,
     threshold: float | None = None,
     max_age_s: float | None = None,
+    publish: bool = True,
 ) -> dict[str, Any] | None:
     """One frame on a stream of its own, through the same scheduler as the streams (fair with
     them, batched, counted): its one answer (a result, error or drop notice, without `seq`),
@@ -127,7 +128,7 @@ async def infer_once(
             answer.set_result(text)
 
     stream = open_stream(services, transport, route, send)
-    stream.threshold, stream.max_age_s = threshold, max_age_s
+    stream.threshold, stream.max_age_s, stream.publish = threshold, max_age_s, publish
     sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
     try:
         take_frame(services, stream, 0, data)

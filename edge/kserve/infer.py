@@ -1,0 +1,190 @@
+"""The two ways in, for every transport: a checked `InferRequest` to an `InferResponse`.
+
+Each sample goes through the scheduler as a one-frame stream, exactly like the unary HTTP
+call: fair with the streams, batched with every other frame of its model, counted in the
+metrics under the transport's label, answered once. A request is checked against the model
+before anything is queued, so a bad tensor never reaches a worker.
+
+- pipeline (`NAME`): the `image` element is the frame; the result message becomes typed
+  tensors (metadata.PIPELINE_OUTPUTS) and its JSON (`result`).
+- raw (`NAME.raw`): each row of the input is one frame (`RawInput`) that skips decode,
+  preprocess and postprocess; the rows' outputs are stacked back into the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+
+from edge import codec
+from edge.appkeys import Services
+from edge.engine import LoadedModel
+from edge.frames import RawInput
+from edge.kserve import metadata
+from edge.kserve.errors import KServeError, invalid
+from edge.kserve.messages import InferRequest, InferResponse
+from edge.kserve.metadata import IMAGE, Target, TensorSpec
+from edge.kserve.tensors import Tensor, datatype_of
+from edge.repository import Route, UnknownModel
+from edge.transports import common
+
+
+async def infer(services: Services, request: InferRequest, transport: str) -> InferResponse:
+    """Answer `request`, or raise KServeError; nothing is queued for a request that fails
+    its checks."""
+    target = Target.parse(request.model)
+    model = metadata.resolve(services.repo, target, request.version)
+    threshold = _threshold(request.parameters)
+    # every sample of the request runs on the version resolved now
+    route = Route(target.name, model.version)
+    if target.raw:
+        rows = raw_rows(model, request)
+        names = list(model.output_names)
+        _check_outputs(target, request, names)
+        replies = await asyncio.gather(
+            *(one_frame(services, transport, route, row, None, publish=False) for row in rows)
+        )
+        for reply in replies:
+            _raise_for(reply)
+        arrays = [codec.from_arrays(reply["outputs"]) for reply in replies]
+        outputs = [
+            as_tensor(name, np.stack([row[k] for row in arrays])) for k, name in enumerate(names)
+        ]
+    else:
+        image = image_of(services, model, request)
+        _check_outputs(target, request, [t.name for t in metadata.pipeline_outputs(model)])
+        reply = await one_frame(services, transport, route, image, threshold)
+        _raise_for(reply)
+        outputs = pipeline_tensors(metadata.pipeline_outputs(model), reply)
+    wanted = {o.name for o in request.outputs}
+    if wanted:
+        outputs = [t for t in outputs if t.name in wanted]
+    return InferResponse(target.public, model.version, outputs, request.id)
+
+
+def _threshold(parameters: dict[str, Any]) -> float | None:
+    th = parameters.get("threshold")
+    if th is None:
+        return None
+    if isinstance(th, bool) or not isinstance(th, int | float) or not 0.0 <= th <= 1.0:
+        raise invalid("the threshold parameter must be a number between 0 and 1")
+    return float(th)
+
+
+def _check_outputs(target: Target, request: InferRequest, names: list[str]) -> None:
+    for o in request.outputs:
+        if o.name not in names:
+            raise invalid(f"model {target.public!r} has no output {o.name!r}; it has {names}")
+
+
+def image_of(services: Services, model: LoadedModel, request: InferRequest) -> bytes:
+    """The encoded frame of a pipeline request."""
+    want = f"model {model.name!r} takes one input {IMAGE!r}: BYTES [1], a JPEG or PNG image"
+    if len(request.inputs) != 1:
+        raise invalid(f"{want}; got {len(request.inputs)} inputs")
+    tensor = request.inputs[0]
+    if tensor.name != IMAGE or tensor.datatype != "BYTES" or tensor.data.size != 1:
+        shape = list(tensor.shape)
+        raise invalid(f"{want}; got {tensor.name!r}: {tensor.datatype} {shape}")
+    data = bytes(tensor.data.ravel()[0])
+    limit = services.settings.max_frame_bytes
+    if len(data) > limit:
+        raise KServeError("too_large", f"the image is {len(data)} bytes, more than {limit}")
+    return data
+
+
+def raw_rows(model: LoadedModel, request: InferRequest) -> list[RawInput]:
+    """One frame per row of a raw request's input, checked against the network's input."""
+    spec = metadata.raw_input(model)
+    want = f"{spec.name!r}: {spec.datatype} {list(spec.shape)}"
+    if len(request.inputs) != 1:
+        raise invalid(f"model {model.name}.raw takes one input, {want}")
+    tensor = request.inputs[0]
+    got = f"{tensor.name!r}: {tensor.datatype} {list(tensor.shape)}"
+    if tensor.name != spec.name:
+        raise invalid(f"model {model.name}.raw takes {want}; got {got}")
+    if tensor.datatype != spec.datatype:
+        raise invalid(f"model {model.name}.raw takes {want}; got {got} (wrong datatype)")
+    most = spec.shape[0] if spec.shape[0] > 0 else max(1, model.spec.max_batch)
+    n = tensor.shape[0] if tensor.shape else 0
+    if tensor.shape[1:] != model.sample_shape or not 1 <= n <= most:
+        raise invalid(
+            f"model {model.name}.raw takes {want} with 1 to {most} rows; got {got} (wrong shape)"
+        )
+    data = tensor.data.astype(model.sample_dtype, copy=False)
+    return [RawInput(np.ascontiguousarray(data[i])) for i in range(n)]
+
+
+async def one_frame(
+    services: Services,
+    transport: str,
+    route: Route,
+    data: bytes | RawInput,
+    threshold: float | None,
+    publish: bool = True,
+) -> dict[str, Any]:
+    """One frame through the scheduler as a one-frame stream (common.infer_once); its reply
+    message (a result, a drop notice or an error), or KServeError when none comes in time."""
+    try:
+        reply = await common.infer_once(services, transport, route, data, threshold, None, publish)
+    except UnknownModel as e:  # the version went away since it was resolved
+        raise KServeError("unavailable", str(e)) from None
+    if reply is None:
+        raise KServeError("unavailable", "no result in time")
+    return reply
+
+
+def _raise_for(reply: dict[str, Any]) -> None:
+    """A drop notice or an error as the protocol's error."""
+    kind = reply.get("type")
+    if kind == "result":
+        return
+    if kind == "dropped":
+        reason = reply.get("reason")
+        if reason == "rate_limited":
+            raise KServeError("rate_limited", "over the frame-rate limit; retry later")
+        raise KServeError("unavailable", f"dropped ({reason}); retry later")
+    code, message = reply.get("code"), reply.get("message", "")
+    if code == "bad_frame":
+        raise invalid(f"bad image: {message}")
+    if code == "model_unavailable":
+        raise KServeError("unavailable", message)
+    raise KServeError("internal", f"{code}: {message}")
+
+
+def pipeline_tensors(specs: tuple[TensorSpec, ...], reply: dict[str, Any]) -> list[Tensor]:
+    """A result message as the pipeline's output tensors `specs` (metadata.PIPELINE_OUTPUTS)."""
+    reply.pop("seq", None)
+    dets = reply.get("detections", [])
+    classes = reply.get("classes", [])
+    rows = dets or classes
+    values: dict[str, np.ndarray] = {
+        "boxes": np.array([d["box"] for d in dets], np.float32).reshape(-1, 4),
+        "scores": np.array([d["score"] for d in rows], np.float32),
+        "labels": _strings([d["label"] for d in rows]),
+        "keypoints": np.array([d.get("keypoints", []) for d in dets], np.float32),
+        "polygons": np.array([d.get("polygon", []) for d in dets], np.float32),
+        "classes": np.array([d["index"] for d in classes], np.int64),
+        "result": _strings([json.dumps(reply, separators=(",", ":"))]),
+    }
+    out = []
+    for spec in specs:
+        array = values[spec.name]
+        if array.size == 0:  # no rows: the spec's shape with 0 for the open size
+            array = array.reshape([0 if d < 0 else d for d in spec.shape])
+        out.append(Tensor(spec.name, spec.datatype, array.shape, array))
+    return out
+
+
+def _strings(items: list[str]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    for i, s in enumerate(items):
+        out[i] = s.encode("utf-8")
+    return out
+
+
+def as_tensor(name: str, array: np.ndarray) -> Tensor:
+    return Tensor(name, datatype_of(array.dtype), array.shape, array)
