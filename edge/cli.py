@@ -1,4 +1,5 @@
-"""`edge serve` and `edge models pull|list`: the entry point parses settings once."""
+"""`edge serve`, `edge models pull|list` and `edge bench`: the entry point parses settings
+once."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("names", nargs="*", help="models to fetch (default: all known)")
     ls = msub.add_parser("list", help="show the models in the repository")
     ls.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
+    from edge.bench.options import arguments
+
+    arguments(sub.add_parser("bench", help="measure the gateway on this machine, as a report"))
     return p
 
 
@@ -65,7 +69,10 @@ def _processes(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args, argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "action", "names")}
     if overrides.get("sinks") is not None:
         overrides["sinks"] = tuple(overrides["sinks"])
@@ -80,6 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         return _models(args, settings)
     return _serve(settings)
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from edge.bench.options import from_args
+
+    try:
+        settings = Settings.from_sources(overrides={"models": args.repository})
+        options = from_args(args, settings.models, argv[1:])
+    except (SettingsError, ValueError) as e:
+        print(f"edge bench: {e}", file=sys.stderr)
+        return 2
+    from edge.bench.run import main as bench
+
+    return bench(options)
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
