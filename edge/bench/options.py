@@ -25,13 +25,18 @@ class Options:
     quick: bool = False
     force: bool = False
     max_drift: float = 0.15
-    image: Path | None = None
+    #: the picture each model's clients send: (model, path) pairs, model "" for every model
+    images: tuple[tuple[str, Path], ...] = ()
     size: tuple[int, int] = (640, 480)
     processes: str = "auto"
     providers: str = "cpu"
     clients: int = 1
     seconds: float | None = None
     streams: int | None = None
+
+    def image_for(self, model: str) -> Path | None:
+        mine = dict(self.images)
+        return mine.get(model, mine.get(""))
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +76,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
         "machine counts as too busy to measure",
     )
     p.add_argument("--repository", type=Path, help="model repository (EDGE_MODELS)")
-    p.add_argument("--image", type=Path, help="picture every client sends (default: a test card)")
+    p.add_argument(
+        "--image",
+        help="picture the clients send: a file, or MODEL=FILE,... per model (default: a drawn "
+        "test card)",
+    )
     p.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
     p.add_argument("--processes", default="auto", help="the gateway's serving processes")
     p.add_argument("--providers", default="cpu", help="execution providers, e.g. cuda,cpu")
@@ -98,6 +107,13 @@ def from_args(args: argparse.Namespace, repository: Path, argv: list[str]) -> Op
     else:
         webrtc = importlib.util.find_spec("aiortc") is not None
         transports = DEFAULT_TRANSPORTS if webrtc else ("websocket",)
+    images = tuple(
+        (model.strip(), Path(path)) if sep else ("", Path(model))
+        for model, sep, path in (part.rpartition("=") for part in _listed(args.image or ""))
+    )
+    for _, path in images:
+        if not path.is_file():
+            raise ValueError(f"--image: no such file {path}")
     if not 0 <= args.max_drift < 1:
         raise ValueError("--max-drift: a fraction between 0 and 1, e.g. 0.15")
     return Options(
@@ -110,7 +126,7 @@ def from_args(args: argparse.Namespace, repository: Path, argv: list[str]) -> Op
         quick=args.quick,
         force=args.force,
         max_drift=args.max_drift,
-        image=args.image,
+        images=images,
         size=(w, h),
         processes=args.processes,
         providers=args.providers,

@@ -74,7 +74,7 @@ def _header(r: BenchResults) -> str:
         lines += [f"**Measured with `--force`** although {what}.", ""]
     for what in r.warnings:
         lines += [f"**Not reliable**: {what}.", ""]
-    lines += ["## Machine and command", "", "| | |", "|---|---|"]
+    lines += ["## Machine and command", "", "| what | value |", "|---|---|"]
     lines.append(f"| command | `{r.command}` |")
     lines.append(f"| date | {r.started} |")
     lines += [f"| {k} | {v} |" for k, v in r.machine.items()]

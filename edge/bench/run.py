@@ -106,10 +106,6 @@ def _check(options: Options) -> str | None:
 def _measure(
     options: Options, plan: scenarios.Plan, results: BenchResults, say: scenarios.Say
 ) -> None:
-    data = frame_jpeg(options.size, options.image)
-    w, h = options.size
-    source = options.image.name if options.image else "a drawn test card"
-    frame = f"{w}x{h} JPEG of {source}, {len(data) / 1e3:.0f} kB"
     scratch = scratch_repository(options.repository, options.models)
     try:
         with contextlib.ExitStack() as stack:
@@ -121,19 +117,21 @@ def _measure(
                 flags = ("--processes", options.processes)
                 gw = stack.enter_context(gateway(scratch, options.providers, flags))
             for model in options.models:
-                results.models.append(
-                    _model(model, gw, data, frame, scratch, options, plan, results, say)
-                )
+                results.models.append(_model(model, gw, scratch, options, plan, results, say))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _model(
-    model: str, gw: Server, data: bytes, frame: str, models: Path, options: Options,
-    plan: scenarios.Plan, results: BenchResults, say: scenarios.Say,
+    model: str, gw: Server, models: Path, options: Options, plan: scenarios.Plan,
+    results: BenchResults, say: scenarios.Say,
 ) -> ModelResults:  # fmt: skip
     """Every run for one model, in order, between two measurements of its ceiling."""
-    got = ModelResults(model, frame)
+    image = options.image_for(model)
+    data = frame_jpeg(options.size, image)
+    w, h = options.size
+    source = image.name if image else "a drawn test card"
+    got = ModelResults(model, f"{w}x{h} JPEG of {source}, {len(data) / 1e3:.0f} kB")
     providers = ort_providers(options.providers)
     say(f"{model}: the ceiling, {plan.ceiling_repeats} x {plan.ceiling_seconds:g} s")
     with CeilingPool(models, model, data, providers) as pool:
