@@ -100,7 +100,7 @@ def main() -> None:
             os.waitpid(pid, 0)
         sock.close()
 
-    from bench.stream import free_port, serve_command, wait_ready
+    from edge.bench.servers import Server, free_port, serve_command, wait_ready
 
     gport = free_port()
     url = f"http://127.0.0.1:{gport}"
@@ -110,7 +110,7 @@ def main() -> None:
         env=env,
     )
     try:
-        asyncio.run(wait_ready(url))
+        asyncio.run(wait_ready(Server(url, proc)))
         gateway = [asyncio.run(burst_gateway(url, n)) for _ in range(args.rounds)]
     finally:
         proc.send_signal(signal.SIGTERM)
