@@ -160,3 +160,13 @@ def test_summaries() -> None:
     assert jain([8, 0, 0, 0]) == 0.25
     assert drift([100.0, 90.0, 95.0]) == pytest.approx(0.1)
     assert binned_median([(0.1, 1.0), (0.2, 3.0), (1.5, 7.0)], 1.0) == [(0.5, 2.0), (1.5, 7.0)]
+
+
+@pytest.mark.unit
+def test_the_notes_kept_by_hand_in_docs_survive_a_rewrite() -> None:
+    """Guards against `make bench` wiping what docs/benchmarks.md keeps by hand (what is not
+    measured yet, the one-off measurements): they must sit below the marker the report keeps."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text()
+    assert text.count(GENERATED_END) == 1
+    kept = text.split(GENERATED_END, 1)[1]
+    assert "## Not measured yet" in kept and "16 CPU cores" in kept
