@@ -2,7 +2,7 @@
 
 Startup: executor, metrics, result sinks (connecting in the background), repository (models
 load in the background; /healthz answers at once, /readyz turns 200 when every model is warm),
-scheduler workers, the model watcher.
+scheduler workers, the model watcher, the gRPC server (edge.rpc.server).
 Shutdown (`drain`, then cleanup): refuse new streams and flip readiness, answer every frame
 taken, send goaway and close streams as "going away", stop workers, release models, publish
 what the sinks still hold (briefly) and close them.
@@ -76,6 +76,10 @@ def create_app(
     app.cleanup_ctx.append(_workers)
     app.cleanup_ctx.append(_models)
     app.cleanup_ctx.append(pulse.pulse)
+    if settings.grpc_port:  # after _workers: its calls end before the workers stop
+        from edge.rpc.server import grpc_server
+
+        app.cleanup_ctx.append(grpc_server)
     _add_webrtc(app)  # after _models: its peer connections close before the workers stop
     app.on_shutdown.append(drain)
     return app

@@ -129,7 +129,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             else:
                 raise unauthorized("missing_token", _MISSING)
         if state.principal is not None and (request.method, request.path) in STREAM_ROUTES:
-            state.slot = _take_slot(guard, state.principal)
+            state.slot = take_stream_slot(guard, state.principal)
     except Refused as e:
         return _refuse(request, e)
     try:
@@ -188,7 +188,8 @@ def _is_upgrade(request: web.Request) -> bool:
     )
 
 
-def _take_slot(guard: Guard, principal: Principal) -> Slot:
+def take_stream_slot(guard: Guard, principal: Principal) -> Slot:
+    """A slot of the principal's stream quota, or raise Refused (429)."""
     slot = guard.quota.acquire(principal.identity)
     if slot is None:
         raise Refused(
@@ -245,7 +246,7 @@ def accept_message(request: web.Request, text: str) -> Principal:
                 "missing_token", 'the first message must be {"type":"auth","token":"..."}'
             )
         principal = guard.auth.verify(token, "message")
-        state.slot = _take_slot(guard, principal)
+        state.slot = take_stream_slot(guard, principal)
     except Refused as e:
         request.app[SERVICES].metrics.auth_refused.labels(e.reason).inc()
         log.info("refused an auth message from %s: %s", request.remote, e.reason)

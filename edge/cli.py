@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--host", help="address to bind (EDGE_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (EDGE_PORT, default 8080)")
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        dest="grpc_port",
+        help="gRPC port (EDGE_GRPC_PORT, default 8081; 0: no gRPC)",
+    )
     serve.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
     serve.add_argument(
         "--processes",

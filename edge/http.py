@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -18,7 +17,6 @@ from edge.repository import Route, UnknownModel
 from edge.transports import common
 
 TRANSPORT = "http"
-UNARY_TIMEOUT_S = 30.0
 
 routes = web.RouteTableDef()
 
@@ -109,29 +107,10 @@ async def infer(request: web.Request) -> web.Response:
     except ValueError:
         return _bad("threshold must be a number between 0 and 1", 400, "bad_request")
 
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[str] = loop.create_future()
-
-    async def send(text: str) -> None:
-        if not answer.done():
-            answer.set_result(text)
-
     # Through the same scheduler as the streams: fair with them, batched, counted.
-    stream = common.open_stream(services, TRANSPORT, route, send)
-    stream.threshold = th
-    sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
-    try:
-        common.take_frame(services, stream, 0, body)
-        text = await asyncio.wait_for(answer, timeout=UNARY_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    reply = await common.infer_once(services, TRANSPORT, route, body, th)
+    if reply is None:
         return _bad("no result in time", 503, "timeout")
-    finally:
-        common.close_stream(services, stream)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
-    reply = json.loads(text)
-    reply.pop("seq", None)
     if reply.get("type") == "error":
         return web.json_response(reply, status=400)
     if reply.get("type") == "dropped":  # rate limited, or the gateway is overloaded

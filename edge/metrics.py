@@ -19,7 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from edge import __version__
 
-TRANSPORTS = ("websocket", "webrtc", "http")
+TRANSPORTS = ("websocket", "webrtc", "http", "grpc")
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: the pipeline's stages: a frame's decode, preprocess and postprocess, a batch's session call
 STAGES = ("decode", "preprocess", "session", "postprocess")

@@ -23,10 +23,11 @@ and gives it back when the stream ends.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -193,12 +194,22 @@ def setup(app: web.Application, settings: Settings, shared: Shared) -> None:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    limits = request.app[CLIENTS]
-    if not request.path.startswith("/v1/") or limits.rate <= 0:
+    if not request.path.startswith("/v1/"):
         return await handler(request)
-    client = Client(f"client:{request.remote or 'unknown'}", limits.rate, limits.shared)
-    token = _CLIENT.set(client)
+    with client_of(request.app[CLIENTS], request.remote):
+        return await handler(request)
+
+
+@contextlib.contextmanager
+def client_of(limits: ClientLimits, remote: str | None) -> Iterator[None]:
+    """Within it, streams opened and frames taken count against the client at address
+    `remote` (the same key whatever the transport: a client's WebSocket and gRPC streams
+    share one budget)."""
+    if limits.rate <= 0:
+        yield
+        return
+    token = _CLIENT.set(Client(f"client:{remote or 'unknown'}", limits.rate, limits.shared))
     try:
-        return await handler(request)
+        yield
     finally:
         _CLIENT.reset(token)

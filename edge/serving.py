@@ -49,7 +49,11 @@ async def serve(settings: Settings, cluster: Cluster | None = None, channel: int
         # head (slow loris). A request being served, and so an open WebSocket, is never cut.
         keepalive_timeout=settings.request_timeout_s,
     )
-    await runner.setup()
+    try:
+        await runner.setup()  # starts the gRPC server too, which binds grpc_port
+    except OSError as e:
+        await runner.cleanup()
+        raise SystemExit(f"edge: {e}") from None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     intake: Intake | None = None

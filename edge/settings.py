@@ -30,6 +30,8 @@ class SettingsError(ValueError):
 class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
+    #: the gRPC services (docs/protocols.md) listen here, on `host` too; 0 turns gRPC off
+    grpc_port: int = 8081
     models: Path = DEFAULT_MODELS
     default_model: str = "blazeface"
     #: serving processes behind the one port; 0 (`auto`): one per CPU core, or on a GPU
@@ -113,6 +115,15 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be 0..65535, got {self.port}")
+        if not 0 <= self.grpc_port <= 65535:
+            raise SettingsError(
+                f"grpc_port must be 0..65535 (0 turns gRPC off), got {self.grpc_port}"
+            )
+        if self.grpc_port and self.grpc_port == self.port:
+            raise SettingsError(
+                f"grpc_port and port are both {self.port}; give gRPC a port of its own, or 0 "
+                "to turn it off"
+            )
         if self.workers < 0:
             raise SettingsError("workers must be >= 0 (0: one per CPU core)")
         if not 0 <= self.processes <= 256:

@@ -81,7 +81,9 @@ def noface_jpeg() -> bytes:
 
 
 def settings_for(repo: Path, **overrides: object) -> Settings:
-    base = Settings(host="127.0.0.1", port=0, models=repo, watch_models_s=0, log_format="text")
+    base = Settings(
+        host="127.0.0.1", port=0, grpc_port=0, models=repo, watch_models_s=0, log_format="text"
+    )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
@@ -177,6 +179,7 @@ def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
             **os.environ,
             "EDGE_LOG_FORMAT": "json",
             "EDGE_WATCH_MODELS_S": "0",
+            "EDGE_GRPC_PORT": "0",  # gRPC off unless a test gives it a free port
             **(env or {}),
         }
         proc = subprocess.Popen(

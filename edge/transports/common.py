@@ -4,9 +4,12 @@ the frames it takes, and close with a final accounting."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from edge import codec, ratelimit
 from edge.appkeys import Services
@@ -18,6 +21,8 @@ from edge.stream import Stream
 
 #: frames a credit-following client may have unanswered: with one, none is ever superseded
 CREDIT_WINDOW = 1
+#: how long a unary request (HTTP infer, gRPC Predict) waits for its one answer
+UNARY_TIMEOUT_S = 30.0
 
 
 def new_session_id() -> str:
@@ -92,6 +97,51 @@ def take_frame(
         stream.stats.dropped += 1
         m.dropped.labels(t, label, "stale").inc()
         stream.outbox.drop(old.seq, "stale")
+
+
+def refuse_frame(services: Services, stream: Stream, seq: int, code: str, message: str) -> None:
+    """Answer frame `seq` with an error before it costs any work: its request asked for
+    something the stream cannot do (a bad setting, an unknown model)."""
+    stream.stats.received += 1
+    stream.stats.errors += 1
+    services.metrics.received.labels(stream.transport, stream.model_label).inc()
+    services.metrics.errors.labels(stream.transport, "protocol").inc()
+    stream.outbox.put(codec.error(seq, code, message))
+
+
+async def infer_once(
+    services: Services,
+    transport: str,
+    route: Route,
+    data: bytes,
+    threshold: float | None = None,
+    max_age_s: float | None = None,
+) -> dict[str, Any] | None:
+    """One frame on a stream of its own, through the same scheduler as the streams (fair with
+    them, batched, counted): its one answer (a result, error or drop notice, without `seq`),
+    or None if none came within UNARY_TIMEOUT_S. Raises UnknownModel."""
+    answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def send(text: str) -> None:
+        if not answer.done():
+            answer.set_result(text)
+
+    stream = open_stream(services, transport, route, send)
+    stream.threshold, stream.max_age_s = threshold, max_age_s
+    sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
+    try:
+        take_frame(services, stream, 0, data)
+        text = await asyncio.wait_for(answer, timeout=UNARY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        close_stream(services, stream)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+    reply: dict[str, Any] = json.loads(text)
+    reply.pop("seq", None)
+    return reply
 
 
 def close_stream(services: Services, stream: Stream) -> Frame | None:
