@@ -105,6 +105,7 @@ def main() -> None:
     gport = free_port()
     url = f"http://127.0.0.1:{gport}"
     env = {**os.environ, "EDGE_LOG_LEVEL": "warning", "EDGE_WATCH_MODELS_S": "0"}
+    env["EDGE_GRPC_PORT"] = "0"
     proc = subprocess.Popen(
         serve_command(ROOT / "models", gport, "--processes", str(p), "--max-streams", "1000"),
         env=env,

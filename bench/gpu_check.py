@@ -157,7 +157,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "EDGE_LOG_LEVEL": "info", "EDGE_LOG_FORMAT": "text"}
     env.setdefault("EDGE_PROVIDERS", "tensorrt,cuda,cpu")
-    env |= {"EDGE_MAX_FPS_PER_CLIENT": "0", "EDGE_MAX_FPS_PER_STREAM": "0"}
+    env |= {"EDGE_MAX_FPS_PER_CLIENT": "0", "EDGE_MAX_FPS_PER_STREAM": "0", "EDGE_GRPC_PORT": "0"}
     t_start = time.monotonic()
     with args.log.open("w") as log:
         proc = subprocess.Popen(

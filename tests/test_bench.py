@@ -57,7 +57,7 @@ def test_quick_run_writes_the_report_with_its_tables_and_charts(
     out.mkdir()
     (out / "benchmarks.md").write_text(f"stale figures\n{GENERATED_END}\n\nnotes kept by hand\n")
     done = bench(
-        "--quick", "--force", "--models", "blazeface", "--transports", "websocket,webrtc",
+        "--quick", "--force", "--models", "blazeface", "--transports", "websocket,webrtc,grpc",
         "--repository", str(pulled), "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -89,11 +89,19 @@ def test_quick_run_writes_the_report_with_its_tables_and_charts(
     assert tuple(comparison[0]) == COLUMNS
     assert all(len(row) == len(COLUMNS) for row in comparison)
     names = [row[0] for row in comparison[1:]]
-    for expected in ("the ceiling", "plain loop", "raw sessions", "gateway over websocket",
-                     "gateway over webrtc", "naive in-order server"):  # fmt: skip
+    expected_rows = (
+        "the ceiling",
+        "plain loop",
+        "raw sessions",
+        "gateway over websocket",
+        "gateway over webrtc",
+        "gateway over grpc",
+        "naive in-order server",
+    )
+    for expected in expected_rows:
         assert any(name.startswith(expected) for name in names), (expected, names)
     load = table(report, "transport")
-    assert {row[0] for row in load[1:]} == {"websocket", "webrtc"}
+    assert {row[0] for row in load[1:]} == {"websocket", "webrtc", "grpc"}
     assert table(report, "server")[1][0] == "gateway"
     assert table(report, "server")[2][0] == "naive in-order server"
 
@@ -131,7 +139,6 @@ def test_a_machine_whose_ceiling_moves_is_refused(pulled: Path, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--transports", "websocket,grpc"], "issue #15"),
         (["--transports", "carrier-pigeon"], "unknown transport"),
         (["--models", "no_such_model"], "no model 'no_such_model'"),
         (["--size", "big"], "--size"),

@@ -1,7 +1,9 @@
 """One small client per transport, all behind one interface (`Link`), so a scenario does not
 know which transport carries its frames. A transport is a name in TRANSPORTS and an opener:
 `opener(name)(http, url, model)` connects one stream and returns its Link once the server's
-hello has arrived."""
+hello has arrived (or, for gRPC, which has none, once the channel is ready). `url` is the
+server's address for that transport (`Server.address`): http://host:port for WebSocket and
+WebRTC, grpc://host:port for gRPC."""
 
 from __future__ import annotations
 
@@ -65,9 +67,11 @@ def opener(name: str) -> Opener:
             ) from None
         return RtcLink.open
     if name == "grpc":
-        raise TransportUnavailable(
-            "grpc: this build has no gRPC client for the gateway yet (issue #15)"
-        )
+        try:
+            from edge.bench.grpclink import GrpcLink
+        except ImportError as e:
+            raise TransportUnavailable(f"grpc needs grpcio and edge.rpc: {e}") from None
+        return GrpcLink.open
     raise TransportUnavailable(f"unknown transport {name!r}; known: {', '.join(TRANSPORTS)}")
 
 

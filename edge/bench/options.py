@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: the transports benchmarked when --transports is not given
-DEFAULT_TRANSPORTS = ("websocket", "webrtc")
+DEFAULT_TRANSPORTS = ("websocket", "webrtc", "grpc")
+#: the module each transport's client needs
+NEEDS = {"webrtc": "aiortc", "grpc": "grpc"}
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class Options:
     out: Path
     command: str
     url: str | None = None
+    grpc: str | None = None  # host:port of the gRPC service of the gateway at `url`
     quick: bool = False
     force: bool = False
     max_drift: float = 0.15
@@ -47,8 +50,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--transports",
-        help="websocket, webrtc, grpc, comma-separated (default: websocket, and webrtc "
-        "when aiortc is installed)",
+        help="websocket, webrtc, grpc, comma-separated (default: all three, those whose "
+        "client libraries are installed)",
     )
     p.add_argument(
         "--out",
@@ -57,6 +60,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
         help="folder for benchmarks.md and its charts (default: bench-report)",
     )
     p.add_argument("--url", help="measure this running gateway instead of starting one")
+    p.add_argument(
+        "--grpc", help="with --url: its gRPC service's HOST:PORT (default: --url's host, 8081)"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -105,8 +111,9 @@ def from_args(args: argparse.Namespace, repository: Path, argv: list[str]) -> Op
     if args.transports:
         transports = tuple(_listed(args.transports))
     else:
-        webrtc = importlib.util.find_spec("aiortc") is not None
-        transports = DEFAULT_TRANSPORTS if webrtc else ("websocket",)
+        transports = tuple(
+            t for t in DEFAULT_TRANSPORTS if t not in NEEDS or importlib.util.find_spec(NEEDS[t])
+        )
     images = tuple(
         (model.strip(), Path(path)) if sep else ("", Path(model))
         for model, sep, path in (part.rpartition("=") for part in _listed(args.image or ""))
@@ -123,6 +130,7 @@ def from_args(args: argparse.Namespace, repository: Path, argv: list[str]) -> Op
         out=args.out,
         command="edge bench " + shlex.join(argv),
         url=args.url,
+        grpc=args.grpc,
         quick=args.quick,
         force=args.force,
         max_drift=args.max_drift,

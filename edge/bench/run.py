@@ -13,6 +13,7 @@ import importlib.util
 import shutil
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ def _measure(
     try:
         with contextlib.ExitStack() as stack:
             if options.url:
-                gw = Server(options.url.rstrip("/"))
+                host = urllib.parse.urlsplit(options.url).hostname
+                gw = Server(options.url.rstrip("/"), grpc=options.grpc or f"{host}:8081")
                 asyncio.run(wait_ready(gw, 30.0))
             else:
                 say(f"starting the gateway: edge serve --processes {options.processes}")

@@ -125,10 +125,9 @@ def measure(
 ) -> Measured:  # fmt: skip
     """One load run against `server`, with its CPU time over the run's window."""
     every = 10.0 if seconds >= 20 else 0.0
+    url = server.address(transport)
     with CpuSampler(server) as cpu:
-        run = drive_from(
-            plan.clients, transport, server.url, model, data, streams, fps, seconds, every
-        )
+        run = drive_from(plan.clients, transport, url, model, data, streams, fps, seconds, every)
     used = cpu.between(run.t0, run.t0 + seconds)
     return Measured(scenario, kind, transport, factor, run, used)
 

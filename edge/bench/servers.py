@@ -38,6 +38,15 @@ class Server:
 
     url: str
     proc: subprocess.Popen[bytes] | None = None
+    grpc: str | None = None  # host:port of its gRPC service, when it has one
+
+    def address(self, transport: str) -> str:
+        """Where a client of `transport` connects."""
+        if transport != "grpc":
+            return self.url
+        if self.grpc is None:
+            raise ServerError(f"{self.url} has no gRPC address to connect to")
+        return f"grpc://{self.grpc}"
 
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) of the process and its children so far; None when the
@@ -69,9 +78,10 @@ def serve_command(models: Path, port: int, *flags: str) -> list[str]:
 
 
 def gateway_env(providers: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment a benchmarked gateway runs with: quiet logs, no model watcher, and no
-    per-client frame-rate limits (every benchmark stream comes from one loopback address, so
-    a limit would measure itself, not the scheduler)."""
+    """The environment a benchmarked gateway runs with: quiet logs, no model watcher, no gRPC
+    port unless `extra` names one, and no per-client frame-rate limits (every benchmark
+    stream comes from one loopback address, so a limit would measure itself, not the
+    scheduler)."""
     return {
         **os.environ,
         "EDGE_LOG_LEVEL": "warning",
@@ -80,14 +90,17 @@ def gateway_env(providers: str, extra: Mapping[str, str] | None = None) -> dict[
         "EDGE_MAX_FPS_PER_STREAM": "0",
         "EDGE_PROVIDERS": providers,
         "EDGE_SINKS": "",
+        "EDGE_GRPC_PORT": "0",  # off unless the caller gives it a port
         **(extra or {}),
     }
 
 
 @contextlib.contextmanager
-def started(command: Sequence[str], url: str, env: Mapping[str, str]) -> Iterator[Server]:
+def started(
+    command: Sequence[str], url: str, env: Mapping[str, str], grpc: str | None = None
+) -> Iterator[Server]:
     """Run `command` until the block ends, once its /readyz answers 200."""
-    server = Server(url, subprocess.Popen(list(command), env=dict(env)))
+    server = Server(url, subprocess.Popen(list(command), env=dict(env)), grpc)
     try:
         asyncio.run(wait_ready(server))
         yield server
@@ -99,10 +112,13 @@ def started(command: Sequence[str], url: str, env: Mapping[str, str]) -> Iterato
 def gateway(
     models: Path, providers: str, flags: Sequence[str], env: Mapping[str, str] | None = None
 ) -> Iterator[Server]:
-    """`edge serve` on a free port with `models`, until the block ends."""
-    port = free_port()
+    """`edge serve` on a free port (and its gRPC service on another) with `models`, until the
+    block ends."""
+    port, grpc_port = free_port(), free_port()
     command = serve_command(models, port, "--max-streams", "1000", *flags)
-    with started(command, f"http://127.0.0.1:{port}", gateway_env(providers, env)) as server:
+    env = gateway_env(providers, {"EDGE_GRPC_PORT": str(grpc_port), **(env or {})})
+    url, grpc = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+    with started(command, url, env, grpc) as server:
         yield server
 
 
