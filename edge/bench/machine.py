@@ -9,7 +9,7 @@ from pathlib import Path
 
 #: the packages whose versions move the figures
 PACKAGES = ("edge-gateway", "onnxruntime", "onnxruntime-gpu", "numpy", "aiohttp", "aiortc",
-            "simplejpeg", "pillow")  # fmt: skip
+            "grpcio", "simplejpeg", "pillow")  # fmt: skip
 
 
 def cpu_model() -> str:

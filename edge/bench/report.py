@@ -106,6 +106,10 @@ def _model(m: ModelResults, charts: dict[str, str]) -> str:
             [_load_row(r, m.ceiling()) for r in m.find("load")],
         ),
         "",
+        "Sent can fall short of offered when the clients cannot keep up (they skip a frame "
+        "rather than send it late). Over WebRTC the last frame a stream sends may never be "
+        "decoded (docs/webrtc.md), so up to one frame a stream stays unanswered.",
+        "",
         "### Fairness",
         "",
     ]  # fmt: skip

@@ -67,7 +67,7 @@ def main(options: Options) -> int:
         started=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         machine=machine(),
         versions=versions(),
-        plan=plan.words(),
+        plan=_words(options, plan),
         quick=options.quick,
     )
     try:
@@ -85,6 +85,24 @@ def main(options: Options) -> int:
     for warning in results.warnings:
         print(f"edge bench: {warning}", file=sys.stderr)
     return TOO_BUSY if results.warnings and not options.force else 0
+
+
+def _words(options: Options, plan: scenarios.Plan) -> dict[str, str]:
+    """The run's settings in words, for the report's header."""
+    import onnxruntime
+
+    served = (
+        f"the gateway at {options.url}"
+        if options.url
+        else f"edge serve --processes {options.processes}, started by the bench"
+    )
+    return {
+        "gateway": served,
+        "providers": f"{options.providers} (onnxruntime has "
+        f"{', '.join(onnxruntime.get_available_providers())})",
+        "transports": ", ".join(options.transports),
+        **plan.words(),
+    }
 
 
 def _check(options: Options) -> str | None:
