@@ -58,7 +58,7 @@ test-busy: setup-test models browser brokers lint
 	$(BIN)/python tests/busy.py --per-core $(BURNERS) -- $(BIN)/pytest
 
 # The benchmark report for this machine (edge bench): docs/benchmarks.md and its charts in
-# docs/benchmarks/. Minutes long; run it on a quiet machine (it refuses a busy one).
+# docs/benchmarks/. About ten minutes a model; run it on a quiet machine (it refuses a busy one).
 BENCH_OUT ?= docs
 bench: setup-test models
 	$(BIN)/edge bench --out $(BENCH_OUT) --image "$$($(BIN)/python -c 'from tests.imagedata \

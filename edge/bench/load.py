@@ -158,7 +158,9 @@ async def _stream(run: Run, k: int, link: Link, data: bytes, fps: float) -> None
             await asyncio.sleep(0.05)
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(outcome, Exception):  # the reader failed: not a figure to report
+        raise outcome
     sent = len(link.sent_at)
     run.sent += sent
     run.skipped += link.skipped
