@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,client,test]'
+	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,client,bench,test]'
 	touch $@
 
 models: setup
@@ -57,8 +57,13 @@ BURNERS ?= 1
 test-busy: setup-test models browser brokers lint
 	$(BIN)/python tests/busy.py --per-core $(BURNERS) -- $(BIN)/pytest
 
-bench: models
-	$(BIN)/python bench/stream.py --overload 1.5
+# The benchmark report for this machine (edge bench): docs/benchmarks.md and its charts in
+# docs/benchmarks/. About ten minutes a model; run it on a quiet machine (it refuses a busy one).
+BENCH_OUT ?= docs
+bench: setup-test models
+	$(BIN)/edge bench --out $(BENCH_OUT) --image "$$($(BIN)/python -c 'from tests.imagedata \
+	  import sample_image as s; print("blazeface=%s,ppocr_det=%s" % (s("astronaut.png"), \
+	  s("page.png")))')"
 
 clean:
 	rm -rf $(VENV) .cache artifacts

@@ -100,17 +100,18 @@ def main() -> None:
             os.waitpid(pid, 0)
         sock.close()
 
-    from bench.stream import free_port, serve_command, wait_ready
+    from edge.bench.servers import Server, free_port, serve_command, wait_ready
 
     gport = free_port()
     url = f"http://127.0.0.1:{gport}"
     env = {**os.environ, "EDGE_LOG_LEVEL": "warning", "EDGE_WATCH_MODELS_S": "0"}
+    env["EDGE_GRPC_PORT"] = "0"
     proc = subprocess.Popen(
         serve_command(ROOT / "models", gport, "--processes", str(p), "--max-streams", "1000"),
         env=env,
     )
     try:
-        asyncio.run(wait_ready(url))
+        asyncio.run(wait_ready(Server(url, proc)))
         gateway = [asyncio.run(burst_gateway(url, n)) for _ in range(args.rounds)]
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -30,8 +30,8 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stream import free_port, serve_command, wait_ready  # noqa: E402
 from edge import engine  # noqa: E402
+from edge.bench.servers import Server, free_port, serve_command, wait_ready  # noqa: E402
 from edge.decode import decode  # noqa: E402
 from edge.modelspec import ModelSpec  # noqa: E402
 from edge.shadow import box_iou  # noqa: E402
@@ -157,7 +157,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "EDGE_LOG_LEVEL": "info", "EDGE_LOG_FORMAT": "text"}
     env.setdefault("EDGE_PROVIDERS", "tensorrt,cuda,cpu")
-    env |= {"EDGE_MAX_FPS_PER_CLIENT": "0", "EDGE_MAX_FPS_PER_STREAM": "0"}
+    env |= {"EDGE_MAX_FPS_PER_CLIENT": "0", "EDGE_MAX_FPS_PER_STREAM": "0", "EDGE_GRPC_PORT": "0"}
     t_start = time.monotonic()
     with args.log.open("w") as log:
         proc = subprocess.Popen(
@@ -167,7 +167,7 @@ def main() -> None:
             stderr=subprocess.STDOUT,
         )
         try:
-            asyncio.run(wait_ready(url))
+            asyncio.run(wait_ready(Server(url, proc)))
             report["ready_after_s"] = round(time.monotonic() - t_start, 1)
             report |= asyncio.run(stream_checks(url, frames))
         finally:

@@ -1,5 +1,6 @@
-"""`edge serve`, `edge models pull|list` and `edge stream`: the entry point parses settings once
-(`edge stream` is a client of a gateway and takes none; edge.client.run does its work)."""
+"""`edge serve`, `edge models pull|list`, `edge stream` and `edge bench`: the entry point
+parses settings once (`edge stream` is a client of a gateway and takes none; edge.client.run
+does its work; edge.bench does `edge bench`'s)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     ls = msub.add_parser("list", help="show the models in the repository")
     ls.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
     _stream_parser(sub)
+    from edge.bench.options import arguments
+
+    arguments(sub.add_parser("bench", help="measure the gateway on this machine, as a report"))
     return p
 
 
@@ -134,9 +138,12 @@ def _processes(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.command == "stream":
         return _stream(args)
+    if args.command == "bench":
+        return _bench(args, argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "action", "names")}
     if overrides.get("sinks") is not None:
         overrides["sinks"] = tuple(overrides["sinks"])
@@ -174,6 +181,20 @@ def _stream(args: argparse.Namespace) -> int:
             transport=args.transport,
         )
     )
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from edge.bench.options import from_args
+
+    try:
+        settings = Settings.from_sources(overrides={"models": args.repository})
+        options = from_args(args, settings.models, argv[1:])
+    except (SettingsError, ValueError) as e:
+        print(f"edge bench: {e}", file=sys.stderr)
+        return 2
+    from edge.bench.run import main as bench
+
+    return bench(options)
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:

@@ -24,7 +24,7 @@ from edge.kserve.errors import KServeError
 from edge.kserve.infer import infer
 from edge.kserve.metadata import Target
 from edge.ratelimit import CLIENTS, client_of
-from edge.rpc import streaming
+from edge.rpc import calls
 from edge.rpc.gen import grpc_predict_v2_pb2 as pb
 from edge.rpc.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from edge.rpc.kserve_messages import Malformed, parser, to_request, to_response, typed_values
@@ -123,7 +123,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        refused = streaming.refusal(self.services)
+        refused = calls.refusal(self.services)
         if refused is not None:
             code, reason, message = refused
             await context.abort(code, f"{reason}: {message}")
@@ -133,7 +133,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
                 req = await asyncio.to_thread(to_request, request, limit)
             else:
                 req = to_request(request, limit)
-            with client_of(self.app[CLIENTS], streaming.peer_host(context.peer())):
+            with client_of(self.app[CLIENTS], calls.peer_host(context.peer())):
                 response = await infer(self.services, req, TRANSPORT)
         except KServeError as e:
             await context.abort(GRPC_CODE[e.kind], e.message)
@@ -144,4 +144,4 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         # Read with context.read() (one reader task); the iterator is left alone.
         translation = StreamTranslation(self.services)
-        await streaming.serve_stream(self.app, context, translation, TRANSPORT)
+        await calls.serve_stream(self.app, context, translation, TRANSPORT)

@@ -1,0 +1,59 @@
+"""The gRPC transport's client for the bench: one `PredictStream` call per stream of the
+gateway's InferenceService (proto/inference.proto); each request is a frame, each response
+answers one frame by its seq, read into the WebSocket's JSON terms."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import grpc
+
+from edge.bench.links import EndOfStream, Link
+from edge.rpc.gen import inference_pb2 as pb
+from edge.rpc.gen.inference_pb2_grpc import InferenceServiceStub
+
+KINDS = {pb.InferenceResponse.RESULT: "result", pb.InferenceResponse.DROPPED: "dropped",
+         pb.InferenceResponse.ERROR: "error"}  # fmt: skip
+#: how long the channel may take to connect
+CONNECT_WITHIN_S = 30.0
+
+
+class GrpcLink(Link):
+    def __init__(self, channel: grpc.aio.Channel, model: str) -> None:
+        super().__init__()
+        self.channel = channel
+        self.call: Any = InferenceServiceStub(channel).PredictStream()
+        self.model = model
+
+    @classmethod
+    async def open(cls, _http: aiohttp.ClientSession, url: str, model: str) -> Link:
+        """`url` is grpc://host:port."""
+        channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"))
+        try:
+            await asyncio.wait_for(channel.channel_ready(), CONNECT_WITHIN_S)
+        except BaseException:
+            await channel.close()
+            raise
+        return cls(channel, model)
+
+    async def send(self, frame: bytes) -> None:
+        # the first request names the model; the later ones leave it as it is
+        model, self.model = self.model, ""
+        self.sent_at.append(time.monotonic())
+        await self.call.write(pb.InferenceRequest(payload=frame, model_id=model))
+
+    async def recv(self) -> dict[str, Any]:
+        try:
+            response = await self.call.read()
+        except grpc.aio.AioRpcError:
+            raise EndOfStream from None
+        if response is grpc.aio.EOF:
+            raise EndOfStream
+        return {"type": KINDS[response.status], "seq": response.seq}
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await self.channel.close()
