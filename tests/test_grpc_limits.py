@@ -86,12 +86,16 @@ async def test_oversize_frames_are_refused_then_the_stream_is_cut(
     face_repo: Path, face_jpeg: bytes
 ) -> None:
     """A frame over max_frame_bytes is answered bad_frame (Predict: INVALID_ARGUMENT); three
-    in a row end the stream RESOURCE_EXHAUSTED; a message over 4 x the limit is refused by
-    gRPC itself, RESOURCE_EXHAUSTED."""
+    in a row end the stream RESOURCE_EXHAUSTED; a message over 4 x the limit (and over
+    max_infer_bytes, KServe's tensor limit) is refused by gRPC itself, RESOURCE_EXHAUSTED."""
     limit = 2 * len(face_jpeg)
     big, huge = b"\xff\xd8" + b"\0" * limit, b"\0" * (4 * limit + 1)
     async with (
-        gc.grpc_gateway(settings_for(face_repo, max_frame_bytes=limit)) as (_, _, target),
+        gc.grpc_gateway(settings_for(face_repo, max_frame_bytes=limit, max_infer_bytes=limit)) as (
+            _,
+            _,
+            target,
+        ),
         grpc.aio.insecure_channel(target) as channel,
     ):
         stub = gc.stub(channel)

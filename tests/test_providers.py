@@ -12,9 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge import engine, providers
+from edge import engine, providers, versions
 from edge.modelspec import ModelSpec
-from edge.repository import Repository
 from edge.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -127,14 +126,14 @@ def test_first_tensorrt_build_is_visible_while_loading(monkeypatch, tmp_path: Pa
     vdir = tmp_path / "m" / "1"
     vdir.mkdir(parents=True)
     (vdir / "model.onnx").write_bytes(b"x")
-    repo = Repository(Settings(models=tmp_path, trt_cache=tmp_path / "trt"))
+    settings = Settings(models=tmp_path, trt_cache=tmp_path / "trt")
     spec = type("S", (), {"providers": ()})()
-    reason = repo._loading_reason(spec, vdir)  # type: ignore[arg-type]  # noqa: SLF001
+    reason = versions.loading_reason(settings, spec, vdir)  # type: ignore[arg-type]
     assert "building a TensorRT engine" in reason
     cache = providers.engine_cache_dir(tmp_path / "trt", vdir / "model.onnx")
     cache.mkdir(parents=True)
     (cache / "TensorrtExecutionProvider_abc.engine").write_bytes(b"e")
-    assert "cached" in repo._loading_reason(spec, vdir)  # type: ignore[arg-type]  # noqa: SLF001
+    assert "cached" in versions.loading_reason(settings, spec, vdir)  # type: ignore[arg-type]
 
 
 def test_tensorrt_without_libnvinfer_is_skipped_with_a_reason(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
