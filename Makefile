@@ -4,7 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: setup setup-test models serve test test-busy lint bench browser brokers clean
+.PHONY: setup setup-test models serve test test-busy test-pythons lint bench browser brokers clean
+
+# The package's extras the server is installed with, and those the tests add: one list each, so
+# a new extra reaches `setup`, `setup-test` and every interpreter of `test-pythons` at once.
+EXTRAS := webrtc,otel,auth,sinks
+TEST_EXTRAS := $(EXTRAS),test
 
 # The gateway's own packages (with WebRTC, OpenTelemetry and result sink support).
 setup: $(VENV)/.installed
@@ -12,14 +17,14 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 # Plus what the tests use (pytest, hypothesis, Playwright's driver, linters).
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,test]'
+	$(BIN)/python -m pip install -q -e '.[$(TEST_EXTRAS)]'
 	touch $@
 
 models: setup
@@ -57,8 +62,30 @@ BURNERS ?= 1
 test-busy: setup-test models browser brokers lint
 	$(BIN)/python tests/busy.py --per-core $(BURNERS) -- $(BIN)/pytest
 
+# The unit and integration tests on the other supported interpreters, each in its own venv
+# (.venv-3.10, ...): pyenv's (~/.pyenv/versions/3.X.*) or python3.X on PATH. The browser test
+# stays with `make test` (one Chromium run says nothing new per interpreter). Times in
+# docs/deploy.md ("Python versions"); too long for CI's `make test`, which runs 3.11 only.
+PYTHONS ?= 3.10 3.12 3.13
+PYENV_ROOT ?= $(HOME)/.pyenv
+PYTEST_PYTHONS ?= -m 'not e2e'
+python_for = $(firstword $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)) \
+  $(shell command -v python$(1)))
+
+.venv-%/.installed-test: pyproject.toml
+	@test -n "$(call python_for,$*)" || { echo "no Python $* (pyenv or python$* on PATH)" >&2; exit 1; }
+	$(call python_for,$*) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q -e '.[$(TEST_EXTRAS)]'
+	touch $@
+
+test-pythons: models brokers $(foreach v,$(PYTHONS),.venv-$(v)/.installed-test)
+	@failed=; for v in $(PYTHONS); do \
+	  echo "==> Python $$v"; .venv-$$v/bin/pytest $(PYTEST_PYTHONS) || failed="$$failed $$v"; \
+	done; test -z "$$failed" || { echo "test-pythons: failed on$$failed" >&2; exit 1; }
+
 bench: models
 	$(BIN)/python bench/stream.py --overload 1.5
 
 clean:
-	rm -rf $(VENV) .cache artifacts
+	rm -rf $(VENV) $(foreach v,$(PYTHONS),.venv-$(v)) .cache artifacts
