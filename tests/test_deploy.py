@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from packaging.specifiers import SpecifierSet
 
+from edge.compat import tomllib
 from tests.kustomize import render, yaml_docs
 
 pytestmark = pytest.mark.unit
@@ -153,6 +155,16 @@ def test_jetson_image_prefers_tensorrt_with_a_cache() -> None:
     env = dockerfile_env(JETSON / "Dockerfile")
     assert env["EDGE_PROVIDERS"] == "tensorrt,cuda,cpu"
     assert env["EDGE_TRT_CACHE"].startswith("/var/cache/")
+
+
+def test_jetson_image_runs_jetpacks_python_which_the_package_supports() -> None:
+    """JetPack 6's Python is 3.10 and NVIDIA's onnxruntime-gpu wheels are cp310: the image
+    must ask for that wheel tag, run that Python, and the package must still admit it."""
+    text = (JETSON / "Dockerfile").read_text()
+    assert "-cp310-cp310-" in text and "sys.version_info[:2] == (3, 10)" in text
+    assert not re.search(r"python3\.1[1-9]", text), "JetPack's python3, not another one"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert SpecifierSet(project["requires-python"]).contains("3.10")
 
 
 def test_build_context_keeps_what_dockerfiles_copy() -> None:
