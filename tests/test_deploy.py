@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import io
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,43 @@ def test_grace_period_covers_prestop_and_drain() -> None:
     assert pre.get("exec", {}).get("command", ["sleep"])[0].endswith("sleep")
     drain = float(config()["EDGE_DRAIN_SECONDS"])
     assert pod_spec()["terminationGracePeriodSeconds"] > sleep + drain
+
+
+def cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def megabytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9, "": 1}
+    found = re.fullmatch(r"([\d.]+)([A-Za-z]*)", quantity)
+    assert found, f"not a quantity: {quantity}"
+    return float(found.group(1)) * units[found.group(2)] / 1e6
+
+
+def memory_per_process() -> tuple[float, float]:
+    """(supervisor, one serving process) in MB, as measured in docs/deploy.md."""
+    found = re.search(r"about (\d+) MB resident; the supervisor about (\d+) MB", DOCS.read_text())
+    assert found, "docs/deploy.md, 'Serving processes and memory': the measured figures"
+    return float(found.group(2)), float(found.group(1))
+
+
+def test_processes_cpu_and_memory_agree() -> None:
+    """One serving process per CPU of the limit (set from it, so the two cannot drift), one
+    inference thread each, and memory for the supervisor plus every process by the figures
+    docs/deploy.md measured, with a fifth to spare for frames, buffers and the allocator."""
+    c = server()
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["EDGE_PROCESSES"]["valueFrom"]["resourceFieldRef"]
+    assert ref["resource"] == "limits.cpu" and ref["containerName"] == c["name"]
+    assert str(ref.get("divisor", "1")) == "1"
+    assert "EDGE_PROCESSES" not in config(), "the Deployment sets it from the CPU limit"
+    assert config()["EDGE_WORKERS"] == "1" and "EDGE_WORKERS" not in env
+    res = c["resources"]
+    assert res["requests"] == res["limits"], "Guaranteed QoS: requests equal limits"
+    processes = math.ceil(cpus(res["limits"]["cpu"]))
+    supervisor, per_process = memory_per_process()
+    need = 1.2 * (supervisor + processes * per_process)
+    assert megabytes(res["limits"]["memory"]) >= need, f"{processes} processes need {need} MB"
 
 
 def test_pod_runs_non_root_read_only_with_writable_tmp() -> None:
