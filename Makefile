@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: setup setup-test models serve test test-busy test-pythons lint bench browser brokers clean
+.PHONY: setup setup-test models serve test test-busy test-pythons test-smoke lint bench browser brokers clean
 
 # The package's extras the server is installed with, and those the tests add: one list each, so
 # a new extra reaches `setup`, `setup-test` and every interpreter of `test-pythons` at once.
@@ -83,6 +83,15 @@ test-pythons: models brokers $(foreach v,$(PYTHONS),.venv-$(v)/.installed-test)
 	@failed=; for v in $(PYTHONS); do \
 	  echo "==> Python $$v"; .venv-$$v/bin/pytest $(PYTEST_PYTHONS) || failed="$$failed $$v"; \
 	done; test -z "$$failed" || { echo "test-pythons: failed on$$failed" >&2; exit 1; }
+
+# CI's short run on Python 3.10 (JetPack 6's, and the oldest supported): the unit tests, and
+# the integration tests of the code that runs on 3.10's backports (edge/compat.py: timeouts in
+# streams, WebRTC, sinks and the supervisor; model.toml). About 2 minutes on the 2-core box.
+SMOKE_TESTS ?= tests/test_stream.py tests/test_processes.py tests/test_models.py \
+  tests/test_sinks.py tests/test_webrtc.py
+test-smoke: models brokers .venv-3.10/.installed-test
+	.venv-3.10/bin/pytest -m 'unit and not network'
+	.venv-3.10/bin/pytest -m integration $(SMOKE_TESTS)
 
 bench: models
 	$(BIN)/python bench/stream.py --overload 1.5
