@@ -20,13 +20,11 @@ import pytest
 from yamllint import config as yamllint_config
 from yamllint import linter as yamllint_linter
 
+from tests.deploy_util import DOCKERFILES, K8S, ROOT, manifest_files
 from tests.kustomize import render, render_in_python, yaml_docs
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "deploy" / "k8s"
-DOCKERFILES = [ROOT / "Dockerfile.arm64", ROOT / "deploy" / "jetson" / "Dockerfile"]
 KUSTOMIZATIONS = [K8S, K8S / "monitoring"]
 #: The Kubernetes releases the manifests must be valid for (docs/deploy.md, "Kubernetes"):
 #: the oldest supported one and the newest whose schemas kubernetes-validate ships.
@@ -73,11 +71,6 @@ def test_hadolint_settings_are_in_effect(tmp_path: Path) -> None:
 
 
 # -- Kubernetes -------------------------------------------------------------------------------
-def manifest_files() -> list[Path]:
-    return [p for p in sorted(K8S.rglob("*.yaml"))
-            if p.name != "kustomization.yaml" and not p.name.endswith("-values.yaml")]  # fmt: skip
-
-
 def validate(obj: dict[str, Any], version: str) -> None:
     """Strict schema validation: unknown fields fail too (a misspelt field is otherwise
     dropped by the API server without a word, or refused at apply time). A kind the schemas
