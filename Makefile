@@ -4,7 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: setup setup-test models serve test test-busy lint bench browser brokers clean
+.PHONY: setup setup-test models serve test test-busy test-pythons test-smoke lint bench browser brokers clean
+
+# The package's extras the server is installed with, and those the tests add: one list each, so
+# a new extra reaches `setup`, `setup-test` and every interpreter of `test-pythons` at once.
+EXTRAS := webrtc,otel,auth,sinks,client
+TEST_EXTRAS := $(EXTRAS),bench,test
 
 # The gateway's own packages (with WebRTC, OpenTelemetry and result sink support).
 setup: $(VENV)/.installed
@@ -12,14 +17,14 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,client]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 # Plus what the tests use (pytest, hypothesis, Playwright's driver, linters).
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[webrtc,otel,auth,sinks,client,bench,test]'
+	$(BIN)/python -m pip install -q -e '.[$(TEST_EXTRAS)]'
 	touch $@
 
 models: setup
@@ -57,6 +62,37 @@ BURNERS ?= 1
 test-busy: setup-test models browser brokers lint
 	$(BIN)/python tests/busy.py --per-core $(BURNERS) -- $(BIN)/pytest
 
+# The unit and integration tests on the other supported interpreters, each in its own venv
+# (.venv-3.10, ...): pyenv's (~/.pyenv/versions/3.X.*) or python3.X on PATH. The browser test
+# and the aarch64 wheel check (which covers every Python from any one) stay with `make test`.
+# Times in docs/deploy.md ("Python versions"); too long for CI's `make test`, which runs 3.11.
+PYTHONS ?= 3.10 3.12 3.13
+PYENV_ROOT ?= $(HOME)/.pyenv
+PYTEST_PYTHONS ?= -m 'not e2e and not network'
+python_for = $(firstword $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)) \
+  $(shell command -v python$(1)))
+
+.venv-%/.installed-test: pyproject.toml
+	@test -n "$(call python_for,$*)" || { echo "no Python $* (pyenv or python$* on PATH)" >&2; exit 1; }
+	$(call python_for,$*) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q -e '.[$(TEST_EXTRAS)]'
+	touch $@
+
+test-pythons: models brokers $(foreach v,$(PYTHONS),.venv-$(v)/.installed-test)
+	@failed=; for v in $(PYTHONS); do \
+	  echo "==> Python $$v"; .venv-$$v/bin/pytest $(PYTEST_PYTHONS) || failed="$$failed $$v"; \
+	done; test -z "$$failed" || { echo "test-pythons: failed on$$failed" >&2; exit 1; }
+
+# CI's short run on Python 3.10 (JetPack 6's, and the oldest supported): the unit tests, and
+# the integration tests of the code that runs on 3.10's backports (edge/compat.py: timeouts in
+# streams, WebRTC, sinks and the supervisor; model.toml). About 2 minutes on the 2-core box.
+SMOKE_TESTS ?= tests/test_stream.py tests/test_processes.py tests/test_models.py \
+  tests/test_sinks.py tests/test_webrtc.py
+test-smoke: models brokers .venv-3.10/.installed-test
+	.venv-3.10/bin/pytest -m 'unit and not network'
+	.venv-3.10/bin/pytest -m integration $(SMOKE_TESTS)
+
 # The benchmark report for this machine (edge bench): docs/benchmarks.md and its charts in
 # docs/benchmarks/. About ten minutes a model; run it on a quiet machine (it refuses a busy one).
 BENCH_OUT ?= docs
@@ -66,4 +102,4 @@ bench: setup-test models
 	  s("page.png")))')"
 
 clean:
-	rm -rf $(VENV) .cache artifacts
+	rm -rf $(VENV) $(foreach v,$(PYTHONS),.venv-$(v)) .cache artifacts

@@ -22,7 +22,7 @@ _FUNCTION_NODE = 7
 _NODE_ATTRIBUTE = 5
 _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
-_TENSOR_DATA_LOCATION, _EXTERNAL = 14, 1
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
 _MAX_DEPTH = 32  # subgraphs nest (If inside Loop ...); deeper than this is refused, not followed
 
 
@@ -78,12 +78,21 @@ def _sparse(buf: memoryview) -> None:
 
 
 def _tensor(buf: memoryview) -> None:
+    external, location = False, ""
     for number, value in _fields(buf):
         if number == _TENSOR_DATA_LOCATION and value == _EXTERNAL:
-            raise ExternalData(
-                "a tensor keeps its data in an external file; external data is refused "
-                "(save the model as one file)"
-            )
+            external = True
+        elif number == _TENSOR_EXTERNAL_DATA and isinstance(value, memoryview):
+            entry = dict(_fields(value))
+            key, where = entry.get(1), entry.get(2)
+            if isinstance(key, memoryview) and bytes(key) == b"location":
+                if isinstance(where, memoryview):
+                    location = bytes(where[:200]).decode("utf-8", "replace")
+    if external:
+        raise ExternalData(
+            f"a tensor keeps its data in an external file ({location or 'unnamed'}); external "
+            "data is refused (save the model as one file)"
+        )
 
 
 def _fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview]]:
