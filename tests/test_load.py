@@ -28,7 +28,7 @@ from tests.conftest import GatewayProcess, jpeg, wait_ready
 from tests.operations_util import scrape, total
 from tests.pace import deadline, measure_frame_cost, wait_until
 
-SECONDS = float(os.environ.get("EDGE_LOAD_SECONDS", "120"))
+SECONDS = float(os.environ.get("EDGE_LOAD_SECONDS", "60"))
 STREAMS = int(os.environ.get("EDGE_LOAD_STREAMS", "24"))
 FPS = float(os.environ.get("EDGE_LOAD_FPS", "30"))
 #: latency is compared between the first and the last window: 10 minutes, or a third of a run
