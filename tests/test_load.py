@@ -2,7 +2,7 @@
 
 Many concurrent streams (EDGE_LOAD_STREAMS, default 24) each send frames at a camera's rate
 (EDGE_LOAD_FPS, default 30: more in total than the model runs on a small machine) to
-`edge serve`, a separate process on loopback, for EDGE_LOAD_SECONDS (default 120), then stop.
+`edge serve`, a separate process on loopback, for EDGE_LOAD_SECONDS (default 60), then stop.
 Checked: every frame answered exactly once (and the server's counters agree), the server's
 memory and file descriptors flat, the latency clients measure bounded and not growing.
 
