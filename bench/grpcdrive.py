@@ -9,11 +9,10 @@ from typing import Any
 
 import grpc
 
+from edge.bench.grpclink import OWN_CONNECTION
 from edge.rpc.gen import inference_pb2 as pb
 
 METHOD = "/inference.InferenceService/PredictStream"
-#: each stream a connection of its own (as each WebSocket is), not one shared per process
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 async def drive_grpc(

@@ -19,6 +19,10 @@ KINDS = {pb.InferenceResponse.RESULT: "result", pb.InferenceResponse.DROPPED: "d
          pb.InferenceResponse.ERROR: "error"}  # fmt: skip
 #: how long the channel may take to connect
 CONNECT_WITHIN_S = 30.0
+#: each stream a connection of its own, as each camera has (and each WebSocket is): gRPC
+#: otherwise shares one connection between the channels a process opens to one target, and
+#: every stream would land on the one serving process that accepted it
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 class GrpcLink(Link):
@@ -31,7 +35,7 @@ class GrpcLink(Link):
     @classmethod
     async def open(cls, _http: aiohttp.ClientSession, url: str, model: str) -> Link:
         """`url` is grpc://host:port."""
-        channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"))
+        channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"), options=OWN_CONNECTION)
         try:
             await asyncio.wait_for(channel.channel_ready(), CONNECT_WITHIN_S)
         except BaseException:
