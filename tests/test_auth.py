@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import logging
 import signal
@@ -17,10 +15,8 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from edge import logs
 from edge.auth import parse_origin
@@ -28,6 +24,7 @@ from edge.settings import Settings, SettingsError
 from edge.tokens import Authenticator, Refused
 from tests.conftest import GatewayProcess, running, settings_for, wait_ready
 from tests.pace import deadline
+from tests.tls_util import make_tls
 from tests.wsclient import next_reply
 
 GOOD = "good-token-0123456789abcdef"
@@ -350,41 +347,17 @@ def test_log_formatters_redact_tokens() -> None:
 
 
 # -- TLS ---------------------------------------------------------------------------------------
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = _rsa()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(_pem(key))
-    return cert_path, key_path
-
-
 @pytest.mark.integration
 async def test_edge_serve_speaks_tls(
     spawn_gateway: Callable[..., GatewayProcess], face_repo: Path, face_jpeg: bytes,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """`edge serve` with a certificate answers https:// and wss://, verified against it."""
-    cert, key = _self_signed(tmp_path)
+    ca, cert, key = make_tls(tmp_path)
     gw = spawn_gateway(face_repo, {"EDGE_TLS_CERT": str(cert), "EDGE_TLS_KEY": str(key),
                                    "EDGE_AUTH_TOKENS": GOOD})  # fmt: skip
     url = gw.url.replace("http://", "https://")
-    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx = ssl.create_default_context(cafile=str(ca))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
         ends = time.monotonic() + 60  # as long as tests.conftest.wait_ready gives a server
         while True:

@@ -26,7 +26,6 @@ from tests.client_util import (
     check_books,
     check_fresh,
     hellos,
-    make_tls,
     make_video,
     start_stream,
     stop_all,
@@ -36,6 +35,7 @@ from tests.conftest import GatewayProcess, free_port, running, settings_for, wai
 from tests.operations_util import scrape, total
 from tests.pace import deadline, wait_until
 from tests.test_stream import ASTRONAUT_FACE, iou
+from tests.tls_util import make_tls
 from tests.wsclient import open_stream, read_into
 
 ONE_PROCESS = {"EDGE_PROCESSES": "1"}

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import random
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,20 +147,27 @@ async def test_rate_and_stream_limits_apply_to_grpc(face_repo: Path, face_jpeg: 
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await other.read()
         assert e.value.code() == Code.UNAVAILABLE and "max_streams" in str(e.value.details())
+        flood = time.monotonic()
         for seq in range(1, 41):  # a flood: far more than 5 a second
             books.sent_at[seq] = 0.0
             await call.write(gc.request(face_jpeg))
         await call.done_writing()
         await asyncio.wait_for(gc.read_rest(call, books), deadline(frames=40))
+        took = time.monotonic() - flood
         assert books.unanswered() == [] and books.answered_twice() == []
-        assert books.kinds().get("dropped:rate_limited", 0) >= 40 - 5 - 5
+        # the stream's budget: a second's burst of 5, plus 5 for each second the flood took to
+        # arrive here (however slow this machine is); the rest is dropped rate_limited
+        passed = 40 - books.kinds().get("dropped:rate_limited", 0)
+        assert passed <= 5 + 5 * took + 1, (passed, took)
         # 40 at once, against the client's budget of 20 a second (a second's worth of burst)
+        asked = time.monotonic()
         replies = await asyncio.gather(
             *(stub.Predict(gc.request(face_jpeg), timeout=deadline(frames=40)) for _ in range(40)),
             return_exceptions=True,
         )
+        took = time.monotonic() - asked
         codes = [r.code() if isinstance(r, grpc.aio.AioRpcError) else Code.OK for r in replies]
-        assert codes.count(Code.RESOURCE_EXHAUSTED) >= 10, codes
+        assert codes.count(Code.OK) <= 20 + 20 * took + 1, (codes, took)
         assert set(codes) <= {Code.OK, Code.RESOURCE_EXHAUSTED}, codes
 
 

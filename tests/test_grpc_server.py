@@ -20,8 +20,8 @@ from edge.rpc.gen import inference_pb2 as ours
 from tests import grpcclient as gc
 from tests.conftest import GatewayProcess, free_port, settings_for, wait_ready
 from tests.pace import deadline, wait_until
-from tests.test_auth import _self_signed
 from tests.test_overload import NO_RATE_LIMITS
+from tests.tls_util import make_tls
 
 pytestmark = pytest.mark.integration
 TOKEN = "grpc-test-token-0123456789abcdef"
@@ -99,10 +99,10 @@ async def test_tls_when_the_gateway_has_a_certificate(
     face_repo: Path, face_jpeg: bytes, tmp_path: Path
 ) -> None:
     """With a certificate gRPC is TLS only: a client trusting it is served; plaintext is not."""
-    cert, key = _self_signed(tmp_path)
+    ca, cert, key = make_tls(tmp_path)
     settings = settings_for(face_repo, tls_cert=cert, tls_key=key)
     async with gc.grpc_gateway(settings) as (_, _, target):
-        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
         async with grpc.aio.secure_channel(target, creds) as channel:
             ok = await gc.stub(channel).Predict(gc.request(face_jpeg), timeout=deadline())
             assert gc.full(ok).detections

@@ -39,8 +39,8 @@ from tests.sinks_util import (
     socket_results,
     until,
 )
-from tests.test_auth import _self_signed
 from tests.test_overload import NO_RATE_LIMITS
+from tests.tls_util import make_tls
 from tests.wsclient import Books, next_reply, open_stream, read_into
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -356,10 +356,10 @@ async def test_mqtts_publishes_over_tls_trusting_the_given_ca(
     brokers: Callable[..., Broker], tmp_path: Path, face_repo: Path, photos: list[bytes]
 ) -> None:
     """`mqtts://` with `ca=`: the sink verifies the broker's certificate and publishes."""
-    cert, key = _self_signed(tmp_path)
+    ca, cert, key = make_tls(tmp_path)
     mq = brokers(mosquitto(tmp_path, tls=(cert, key)))
-    trust = ssl.create_default_context(cafile=str(cert))
-    settings = sink_settings(face_repo, f"mqtts://127.0.0.1:{mq.port}/edge?ca={cert}")
+    trust = ssl.create_default_context(cafile=str(ca))
+    settings = sink_settings(face_repo, f"mqtts://127.0.0.1:{mq.port}/edge?ca={ca}")
     async with (
         mqtt_messages(mq.port, tls=trust) as got,
         running(settings) as (url, _),
