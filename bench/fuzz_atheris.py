@@ -1,7 +1,8 @@
 """Coverage-guided fuzzing (atheris, libFuzzer) of the parsers a client reaches. By hand, not CI.
 
 Targets:
-  decode    edge.decode.decode on raw bytes (the first byte picks the pixel limit), plus the
+  decode    edge.inference.decode.decode on raw bytes (the first byte picks the pixel limit), plus
+  the
             pixel-limit rule: an image is returned only when its header size is within it;
   pipeline  decode then each task's preprocess (BlazeFace, DB text): the frame-level pipeline
             a worker runs before inference; tensors must be finite and of the model's shape;
@@ -37,11 +38,11 @@ with atheris.instrument_imports(include=["edge", "PIL", "json"]):
     from PIL import ImageFile, PngImagePlugin  # noqa: F401
 
     from edge.codec import ProtocolError, parse_control
-    from edge.decode import decode
     from edge.frames import FrameError
-    from edge.modelspec import ModelSpec
-    from edge.repository import Route, UnknownModel
-    from edge.tasks import get_task
+    from edge.inference.decode import decode
+    from edge.inference.modelspec import ModelSpec
+    from edge.inference.tasks import get_task
+    from edge.models.repository import Route, UnknownModel
 
 from tests.fuzz_util import seed_images  # noqa: E402
 

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stream import frame_bytes  # noqa: E402
 
-from edge import engine  # noqa: E402
-from edge.decode import decode  # noqa: E402
-from edge.modelspec import ModelSpec  # noqa: E402
+from edge.inference import engine  # noqa: E402
+from edge.inference.decode import decode  # noqa: E402
+from edge.inference.modelspec import ModelSpec  # noqa: E402
 
 _BLOCK = b"x" * 8192
 

@@ -30,11 +30,11 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge import engine  # noqa: E402
 from edge.bench.servers import Server, free_port, serve_command, wait_ready  # noqa: E402
-from edge.decode import decode  # noqa: E402
-from edge.modelspec import ModelSpec  # noqa: E402
-from edge.shadow import box_iou  # noqa: E402
+from edge.inference import engine  # noqa: E402
+from edge.inference.decode import decode  # noqa: E402
+from edge.inference.modelspec import ModelSpec  # noqa: E402
+from edge.models.shadow import box_iou  # noqa: E402
 from tests.conftest import jpeg, png  # noqa: E402
 
 FRAMES = {

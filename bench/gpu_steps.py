@@ -9,7 +9,7 @@ The stream benchmark found the text model at about a tenth of the raw sessions' 
   engine  `LoadedModel.run` with the same batch: padding, the session's own thread, outputs;
   fresh   the same, with a new batch array stacked from the frames' tensors each time;
   host    what a worker does per batch: decode and preprocess each frame, stack, run,
-          postprocess each frame and encode its reply (edge/pipeline.py without the sockets).
+          postprocess each frame and encode its reply (edge/core/pipeline.py without the sockets).
 
 Frames per second per step, and each as a ratio to `raw`. On a box without a GPU,
 `--gpu-layout` lays the CPU sessions out as on a GPU (two sessions on threads of their own).
@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layout import timed  # noqa: E402
 from stream import frame_bytes, with_max_batch  # noqa: E402
 
-from edge import codec, engine, providers  # noqa: E402
-from edge.decode import decode  # noqa: E402
+from edge import codec  # noqa: E402
 from edge.frames import Timing  # noqa: E402
-from edge.modelspec import ModelSpec  # noqa: E402
+from edge.inference import engine, providers  # noqa: E402
+from edge.inference.decode import decode  # noqa: E402
+from edge.inference.modelspec import ModelSpec  # noqa: E402
 
 
 def main() -> None:

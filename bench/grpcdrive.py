@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from edge.bench.grpclink import OWN_CONNECTION
-from edge.rpc.gen import inference_pb2 as pb
+from edge.transports.grpc.gen import inference_pb2 as pb
 
 METHOD = "/inference.InferenceService/PredictStream"
 

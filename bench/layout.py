@@ -4,7 +4,7 @@ For each model, on this machine, in this run, frames per second of raw ONNX Runt
   - `k x 1`: k sessions of one intra-op thread, run by k threads at once (frames in parallel);
   - `1 x k`: one session of k threads, run by one thread (each frame uses every core);
   - `1 x k, batch b`: the same with batches of b (for models with a dynamic batch axis).
-The automatic layout in edge/engine.py (`choose_layout`) follows what this shows.
+The automatic layout in edge/inference/engine.py (`choose_layout`) follows what this shows.
 
     python bench/layout.py --seconds 5
 """

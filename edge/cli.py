@@ -198,7 +198,7 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
-    from edge import pull
+    from edge.models import pull
 
     if args.action == "pull":
         try:
@@ -216,7 +216,7 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from edge import pull
+    from edge.models import pull
 
     missing = [n for n in pull.missing_models(settings.models) if (settings.models / n).is_dir()]
     if missing:
@@ -229,10 +229,10 @@ def _serve(settings: Settings) -> int:
     n = process_count(settings)
     settings = replace(settings, processes=n)
     if n > 1:
-        from edge.supervisor import Supervisor
+        from edge.process.supervisor import Supervisor
 
         return Supervisor(settings, n).run()
-    from edge.serving import serve
+    from edge.process.serving import serve
 
     try:
         asyncio.run(serve(settings))

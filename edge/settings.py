@@ -35,7 +35,7 @@ class Settings:
     models: Path = DEFAULT_MODELS
     default_model: str = "blazeface"
     #: serving processes behind the one port; 0 (`auto`): one per CPU core, or on a GPU
-    #: machine enough to keep the GPU fed (edge.supervisor.process_count); 1: no supervisor
+    #: machine enough to keep the GPU fed (edge.process.supervisor.process_count); 1: no supervisor
     processes: int = 0
     #: worker threads per serving process that decode and run models; 0: the CPU cores
     #: shared out among the processes

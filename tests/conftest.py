@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from edge.app import create_app
-from edge.pull import pull
+from edge.models.pull import pull
+from edge.process.app import create_app
 from edge.settings import Settings
 from edge.tracing import FrameTracer
 from tests.imagedata import sample_image
@@ -148,8 +148,8 @@ class GatewayProcess:
             for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
                 with contextlib.suppress(FileNotFoundError):
                     argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                    if b"edge.serving" in argv:
-                        out[int(argv[argv.index(b"edge.serving") + 2])] = int(child)
+                    if b"edge.process.serving" in argv:
+                        out[int(argv[argv.index(b"edge.process.serving") + 2])] = int(child)
         return out
 
     def rss_mb(self) -> float:

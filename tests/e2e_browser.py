@@ -13,7 +13,7 @@ from aiohttp import web
 from PIL import Image
 from playwright.async_api import Browser, async_playwright
 
-from edge.app import create_app
+from edge.process.app import create_app
 from edge.settings import Settings
 from tests.conftest import wait_ready
 from tests.imagedata import sample_image

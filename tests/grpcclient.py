@@ -2,7 +2,8 @@
 contract (fields 1 and 2 only), so a test that uses them proves wire compatibility.
 
 The original stubs register `inference.InferenceRequest` in protobuf's default pool; the
-gateway's own modules live in a pool of their own (edge.rpc.gen.POOL), so both load in one
+gateway's own modules live in a pool of their own (edge.transports.grpc.gen.POOL), so both load in
+one
 process. What the original contract cannot read (seq, status, detections) the tests read by
 decoding the same bytes with the gateway's full message (`full`).
 """
@@ -23,8 +24,8 @@ from typing import Any
 
 import grpc
 
-from edge.rpc.gen import inference_pb2 as ours
 from edge.settings import Settings
+from edge.transports.grpc.gen import inference_pb2 as ours
 from tests.conftest import free_port, running
 from tests.wsclient import Books
 

@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.frames import Image
-from edge.modelspec import ModelSpec
-from edge.pull import pull
-from edge.tasks import Task, get_task
+from edge.inference.modelspec import ModelSpec
+from edge.inference.tasks import Task, get_task
+from edge.models.pull import pull
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from edge.decode import decode
+from edge.inference.decode import decode
 from tests.conftest import jpeg
 from tests.models_fixture import loaded
 

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge import logs
-from edge.auth import parse_origin
+from edge.access.auth import parse_origin
+from edge.access.tokens import Authenticator, Refused
 from edge.settings import Settings, SettingsError
-from edge.tokens import Authenticator, Refused
 from tests.conftest import GatewayProcess, running, settings_for, wait_ready
 from tests.pace import deadline
 from tests.tls_util import make_tls

@@ -15,12 +15,12 @@ import aiohttp
 import numpy as np
 import pytest
 
-from edge import batching, engine, providers
-from edge.appkeys import SERVICES
-from edge.batching import BatchSizer
-from edge.decode import decode
-from edge.modelspec import ModelSpec, ModelSpecError
-from edge.repository import Route
+from edge.core.services import SERVICES
+from edge.inference import batching, engine, providers
+from edge.inference.batching import BatchSizer
+from edge.inference.decode import decode
+from edge.inference.modelspec import ModelSpec, ModelSpecError
+from edge.models.repository import Route
 from tests.conftest import jpeg, running, settings_for
 from tests.operations_util import scrape, total
 from tests.overload_util import blast

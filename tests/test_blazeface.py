@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from edge.frames import Image
-from edge.modelspec import ModelSpec
-from edge.tasks.blazeface import BlazeFace, make_anchors, split_outputs
+from edge.inference.modelspec import ModelSpec
+from edge.inference.tasks.blazeface import BlazeFace, make_anchors, split_outputs
 from tests.imagedata import load_rgb
 from tests.models_fixture import as_image, loaded, run_model
 

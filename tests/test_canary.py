@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edge.appkeys import SERVICES
-from edge.repository import Route
+from edge.core.services import SERVICES
+from edge.models.repository import Route
 from tests import canary_models
 from tests.conftest import running, settings_for
 from tests.operations_util import scrape, total

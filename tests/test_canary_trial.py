@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from edge.canary import CanaryPolicy, CanaryPolicyError, Trial, Verdict
-from edge.canaryboard import Board
-from edge.modelspec import ModelSpec, ModelSpecError
-from edge.shared import Shared
+from edge.inference.modelspec import ModelSpec, ModelSpecError
+from edge.models.canary.board import Board
+from edge.models.canary.trial import CanaryPolicy, CanaryPolicyError, Trial, Verdict
+from edge.sharedmem import Shared
 
 pytestmark = pytest.mark.unit
 

@@ -159,8 +159,9 @@ def webrtc_routed(app: web.Application) -> None:
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
     if ("POST", "/v1/webrtc/offer") not in routes:
         pytest.fail(
-            "POST /v1/webrtc/offer is not routed: edge/transports/webrtc.py is missing or not "
-            "added to edge/app.py, so the dashboard cannot use WebRTC"
+            "POST /v1/webrtc/offer is not routed: edge/transports/webrtc/offer.py is missing or "
+            "not "
+            "added to edge/process/app.py, so the dashboard cannot use WebRTC"
         )
 
 

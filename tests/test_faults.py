@@ -17,8 +17,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from edge.appkeys import SERVICES
-from edge.repository import Route
+from edge.core.services import SERVICES
+from edge.models.repository import Route
 from tests import rawws
 from tests.conftest import GatewayProcess, free_port, jpeg, running, settings_for, wait_ready
 from tests.fuzz_util import png_parser_crash

@@ -1,7 +1,7 @@
 """Property-based fuzzing of every parser the gateway has, and of the server behind them.
 
-Units: frames (edge.decode.decode, then each task's preprocess), control messages
-(edge.codec.parse_control), model routes (edge.repository.Route.parse). Against the real app:
+Units: frames (edge.inference.decode.decode, then each task's preprocess), control messages
+(edge.codec.parse_control), model routes (edge.models.repository.Route.parse). Against the real app:
 the `model` query parameter and the unary infer endpoint, the WebRTC offer endpoint, and a
 stream fed a random sequence of good and bad messages. The rule everywhere: every input is
 answered with a value or a typed error, never another exception, and what comes after a bad
@@ -31,14 +31,14 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from PIL import ImageFile
 
-from edge.appkeys import SERVICES
 from edge.codec import Control, ProtocolError, parse_control
-from edge.decode import decode
+from edge.core.services import SERVICES
 from edge.frames import FrameError
-from edge.modelspec import ModelSpec
-from edge.repository import Route, UnknownModel
+from edge.inference.decode import decode
+from edge.inference.modelspec import ModelSpec
+from edge.inference.tasks import get_task
+from edge.models.repository import Route, UnknownModel
 from edge.sinks.base import MAX_TOPIC, TOPIC
-from edge.tasks import get_task
 from tests.conftest import MODELS, ROOT, jpeg, running, settings_for
 from tests.fuzz_util import (
     JPEG_MAGIC,

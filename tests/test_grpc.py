@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from edge.rpc.gen import inference_pb2 as ours
+from edge.transports.grpc.gen import inference_pb2 as ours
 from tests import grpcclient as gc
 from tests.conftest import ROOT, settings_for
 from tests.operations_util import scrape, total

@@ -1,5 +1,6 @@
-"""The modules generated from proto/ that the repository holds (edge/rpc/gen) are what the
-protos make today: a proto changed without `python -m edge.rpc.codegen` fails here."""
+"""The modules generated from proto/ that the repository holds (edge/transports/grpc/gen) are what
+the
+protos make today: a proto changed without `python -m edge.transports.grpc.codegen` fails here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.rpc import codegen
+from edge.transports.grpc import codegen
 
 pytestmark = pytest.mark.unit
 
@@ -32,11 +33,12 @@ def test_committed_modules_match_the_protos(tmp_path: Path) -> None:
     fresh = codegen.generate(tmp_path)
     assert fresh, "nothing generated"
     committed = {p.name for p in codegen.GEN_DIR.iterdir() if "_pb2" in p.name}
-    assert committed == {p.name for p in fresh}, "run python -m edge.rpc.codegen"
+    assert committed == {p.name for p in fresh}, "run python -m edge.transports.grpc.codegen"
     for path in fresh:
         old = (codegen.GEN_DIR / path.name).read_text()
         assert _normalised(old) == _normalised(path.read_text()), (
-            f"edge/rpc/gen/{path.name} is stale: run python -m edge.rpc.codegen"
+            f"edge/transports/grpc/gen/{path.name} is stale: "
+            "run python -m edge.transports.grpc.codegen"
         )
 
 
@@ -51,7 +53,7 @@ def test_generated_types_live_in_the_gateways_own_pool() -> None:
     in a pool of their own, or importing both fails."""
     from google.protobuf import descriptor_pool
 
-    from edge.rpc.gen import POOL, inference_pb2
+    from edge.transports.grpc.gen import POOL, inference_pb2
     from tests.grpcclient import original
 
     mine = inference_pb2.InferenceRequest.DESCRIPTOR
@@ -65,7 +67,7 @@ def test_protos_that_import_each_other_compile_into_the_package(
 ) -> None:
     """A proto taken as it is published imports its sibling as "x.proto" (Triton's
     grpc_service.proto imports model_config.proto): the generated module must import the
-    sibling from edge.rpc.gen, not as a top-level module that does not exist."""
+    sibling from edge.transports.grpc.gen, not as a top-level module that does not exist."""
     protos = tmp_path / "proto"
     protos.mkdir()
     (protos / "first.proto").write_text(
@@ -79,5 +81,5 @@ def test_protos_that_import_each_other_compile_into_the_package(
     out = tmp_path / "out"
     codegen.generate(out, ["first.proto", "second.proto"])
     text = (out / "second_pb2.py").read_text()
-    assert "from edge.rpc.gen import first_pb2" in text
+    assert "from edge.transports.grpc.gen import first_pb2" in text
     assert "\nimport first_pb2" not in text and "_descriptor_pool.Default()" not in text

@@ -15,7 +15,7 @@ import aiohttp
 import grpc
 import pytest
 
-from edge.rpc.gen import inference_pb2 as ours
+from edge.transports.grpc.gen import inference_pb2 as ours
 from tests import grpcclient as gc
 from tests.conftest import GatewayProcess, free_port, settings_for, wait_ready
 from tests.operations_util import scrape, total

@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from edge.app import drain
-from edge.appkeys import SERVICES
-from edge.rpc.gen import inference_pb2 as ours
+from edge.core.services import SERVICES
+from edge.process.app import drain
+from edge.transports.grpc.gen import inference_pb2 as ours
 from tests import grpcclient as gc
 from tests.conftest import GatewayProcess, free_port, settings_for, wait_ready
 from tests.pace import deadline, wait_until
@@ -184,8 +184,8 @@ async def test_drain_answers_every_frame_and_ends_streams_unavailable(
 
 async def test_health_is_not_serving_until_the_models_are_warm(face_repo: Path) -> None:
     """Health follows readiness: before the models load it says NOT_SERVING."""
-    from edge.app import create_app
-    from edge.rpc.server import GrpcServer
+    from edge.process.app import create_app
+    from edge.transports.grpc.server import GrpcServer
 
     settings = settings_for(face_repo, grpc_port=free_port())
     app = create_app(settings)

@@ -15,9 +15,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.frames import Image
-from edge.modelspec import ModelSpec
-from edge.tasks import TASKS, get_task
-from edge.tasks.yolo import detect_format
+from edge.inference.modelspec import ModelSpec
+from edge.inference.tasks import TASKS, get_task
+from edge.inference.tasks.yolo import detect_format
 
 pytestmark = pytest.mark.unit
 

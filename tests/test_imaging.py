@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.frames import Image
-from edge.tasks.imaging import (
+from edge.inference.tasks.imaging import (
     iou_one_to_many,
     letterbox,
     nms,

@@ -18,7 +18,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from edge.rpc.gen import grpc_predict_v2_pb2 as ours
+from edge.transports.grpc.gen import grpc_predict_v2_pb2 as ours
 from tests.conftest import settings_for
 from tests.grpcclient import grpc_gateway
 from tests.pace import deadline, poll

@@ -9,12 +9,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from edge.access.ratelimit import StreamQuota, TokenBucket, allow_frame
 from edge.compat import timeout
-from edge.outbox import Outbox
-from edge.ratelimit import StreamQuota, TokenBucket, allow_frame
-from edge.repository import Route
+from edge.core.outbox import Outbox
+from edge.core.stream import Stream
+from edge.models.repository import Route
 from edge.settings import Settings
-from edge.stream import Stream
 from tests.conftest import jpeg, running, settings_for
 from tests.operations_util import scrape, total
 from tests.pace import deadline

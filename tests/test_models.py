@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from edge.onnxfile import ExternalData, check_self_contained
+from edge.inference.onnxfile import ExternalData, check_self_contained
 from tests.conftest import GatewayProcess, png, running, settings_for, wait_ready
 from tests.operations_util import scrape, total
 from tests.overload_util import blast
@@ -280,7 +280,7 @@ async def test_model_files_reaching_outside_are_refused(pulled: Path, tmp_path: 
         rows = await loaded_versions(http, url, deadline(frames=50))
     assert rows["1"]["state"] == "ready" and rows["1"]["serving"]
     assert rows["2"]["state"] == "failed" and "symlink" in str(rows["2"]["reason"])
-    # refused by the gateway before onnxruntime reads it (edge/onnxfile.py), whatever the
+    # refused by the gateway before onnxruntime reads it (edge/inference/onnxfile.py), whatever the
     # onnxruntime release would do with the path; the reason names the file reached for
     reason = str(rows["3"]["reason"])
     assert rows["3"]["state"] == "failed" and "external" in reason and "outside.bin" in reason

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from edge.outbox import Outbox, SlowConsumer
+from edge.core.outbox import Outbox, SlowConsumer
 from tests.pace import deadline
 
 pytestmark = pytest.mark.unit

@@ -273,7 +273,7 @@ async def test_reload_and_load_reach_every_process(
 def test_shared_counts_hold_across_processes_and_die_with_one(tmp_path: Path) -> None:
     """Two processes' views of one file: a limit counts both; when one dies, the supervisor's
     `forget` gives back every slot it held, and only those."""
-    from edge.shared import Shared
+    from edge.sharedmem import Shared
 
     made = Shared.create(tmp_path / "shared", 2, 64)
     a, b = made.attach(0), Shared(2, 64, 1, tmp_path / "shared")
@@ -294,12 +294,12 @@ def test_shared_counts_hold_across_processes_and_die_with_one(tmp_path: Path) ->
 def test_a_clients_frame_budget_is_shared_fairly_among_its_streams() -> None:
     """Guards against first-come-first-served: one client's 4 streams, one sending 4x as fast
     as the others, each get about a quarter of max_fps_per_client, not what they grab."""
-    from edge import ratelimit
-    from edge.outbox import Outbox
-    from edge.repository import Route
+    from edge.access import ratelimit
+    from edge.core.outbox import Outbox
+    from edge.core.stream import Stream
+    from edge.models.repository import Route
     from edge.settings import Settings
-    from edge.shared import Shared
-    from edge.stream import Stream
+    from edge.sharedmem import Shared
 
     async def send(_text: str) -> None:
         pass

@@ -12,8 +12,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge import engine, providers, versions
-from edge.modelspec import ModelSpec
+from edge.inference import engine, providers
+from edge.inference.modelspec import ModelSpec
+from edge.models import versions
 from edge.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -102,7 +103,7 @@ def test_a_provider_that_fails_at_load_falls_back(monkeypatch, pulled: Path, cap
     monkeypatch.setattr(ort, "InferenceSession", session)
     monkeypatch.setattr(providers, "available", lambda: JETSON)
     monkeypatch.setattr(providers, "tensorrt_runtime", lambda: True)
-    from edge.modelspec import ModelSpec
+    from edge.inference.modelspec import ModelSpec
 
     spec = ModelSpec.load(pulled / "blazeface")
     with caplog.at_level(logging.WARNING, logger="edge.engine"):
@@ -171,7 +172,7 @@ def test_auto_keeps_the_provider_that_serves_more_frames(
     """Guards against `auto` comparing one call's latency (a GPU always wins that) instead of
     what the machine serves: every core's single-threaded session against the GPU's batch.
     The GPU cannot exist here, so the timings are given."""
-    from edge import autoprovider
+    from edge.inference import autoprovider
 
     monkeypatch.setattr(providers, "auto_candidates", lambda: ["cuda", "cpu"])
     made: list[tuple[str, int]] = []

@@ -13,8 +13,16 @@ from typing import Any
 
 import pytest
 
-from edge import pull as pull_module
-from edge.pull import WEIGHTS, PullError, Weights, missing_models, pull, pull_one, sha256_file
+from edge.models import pull as pull_module
+from edge.models.pull import (
+    WEIGHTS,
+    PullError,
+    Weights,
+    missing_models,
+    pull,
+    pull_one,
+    sha256_file,
+)
 from tests.models_fixture import pulled_models
 
 pytestmark = pytest.mark.unit

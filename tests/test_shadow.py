@@ -2,7 +2,7 @@
 
 import pytest
 
-from edge.shadow import agree
+from edge.models.shadow import agree
 
 pytestmark = pytest.mark.unit
 

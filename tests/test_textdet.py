@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.frames import Image
-from edge.modelspec import ModelSpec
-from edge.tasks.regions import (
+from edge.inference.modelspec import ModelSpec
+from edge.inference.tasks.regions import (
     Polygons,
     Regions,
     clockwise_from_top_left,
@@ -27,7 +27,7 @@ from edge.tasks.regions import (
     label_regions,
     min_area_rects,
 )
-from edge.tasks.textdet import DBText
+from edge.inference.tasks.textdet import DBText
 from tests.imagedata import load_rgb
 from tests.models_fixture import as_image, loaded, run_model
 

@@ -38,14 +38,14 @@ from av import VideoFrame
 from PIL import Image
 from pyee.asyncio import AsyncIOEventEmitter
 
-from edge.app import drain
-from edge.appkeys import SERVICES
 from edge.compat import timeout
-from edge.outbox import Outbox
+from edge.core.outbox import Outbox
+from edge.core.services import SERVICES
+from edge.process.app import drain
 from edge.settings import Settings, SettingsError
-from edge.transports.annotate import BOX_YUV, boxes, draw_box
-from edge.transports.rtcmedia import ChannelWriter
-from edge.transports.webrtc import PEERS, ice_configuration
+from edge.transports.webrtc.annotate import BOX_YUV, boxes, draw_box
+from edge.transports.webrtc.media import ChannelWriter
+from edge.transports.webrtc.offer import PEERS, ice_configuration
 from tests.conftest import running, settings_for, wait_ready
 from tests.imagedata import load_rgb
 from tests.pace import deadline, outpacing_fps, wait_until

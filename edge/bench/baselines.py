@@ -25,9 +25,9 @@ from typing import Any, cast
 import numpy as np
 import onnxruntime as ort
 
-from edge.decode import decode
-from edge.modelspec import ModelSpec
-from edge.tasks import get_task
+from edge.inference.decode import decode
+from edge.inference.modelspec import ModelSpec
+from edge.inference.tasks import get_task
 
 ORT_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
              "xnnpack": "XnnpackExecutionProvider", "cpu": "CPUExecutionProvider"}  # fmt: skip

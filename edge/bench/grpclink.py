@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import grpc
 
-from edge.bench.links import EndOfStream, Link
-from edge.rpc.gen import inference_pb2 as pb
-from edge.rpc.gen.inference_pb2_grpc import InferenceServiceStub
+from edge.bench.link import EndOfStream, Link
+from edge.transports.grpc.gen import inference_pb2 as pb
+from edge.transports.grpc.gen.inference_pb2_grpc import InferenceServiceStub
 
 KINDS = {pb.InferenceResponse.RESULT: "result", pb.InferenceResponse.DROPPED: "dropped",
          pb.InferenceResponse.ERROR: "error"}  # fmt: skip

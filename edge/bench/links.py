@@ -1,55 +1,22 @@
-"""One small client per transport, all behind one interface (`Link`), so a scenario does not
-know which transport carries its frames. A transport is a name in TRANSPORTS and an opener:
-`opener(name)(http, url, model)` connects one stream and returns its Link once the server's
-hello has arrived (or, for gRPC, which has none, once the channel is ready). `url` is the
-server's address for that transport (`Server.address`): http://host:port for WebSocket and
-WebRTC, grpc://host:port for gRPC."""
+"""One small client per transport, all behind one interface (`edge.bench.link.Link`), so a
+scenario does not know which transport carries its frames. A transport is a name in TRANSPORTS
+and an opener: `opener(name)(http, url, model)` connects one stream and returns its Link once
+the server's hello has arrived (or, for gRPC, which has none, once the channel is ready). `url`
+is the server's address for that transport (`Server.address`): http://host:port for WebSocket
+and WebRTC, grpc://host:port for gRPC."""
 
 from __future__ import annotations
 
-import json
-import time
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiohttp
 
+from edge.bench.link import EndOfStream, Link, TransportUnavailable, WebSocketLink
+
+__all__ = ["TRANSPORTS", "EndOfStream", "Link", "Opener", "TransportUnavailable", "opener"]
+
 #: every transport `edge bench --transports` knows, in the order the report lists them
 TRANSPORTS = ("websocket", "webrtc", "grpc")
-
-
-class EndOfStream(Exception):
-    """The server closed the stream: no more replies will come."""
-
-
-class TransportUnavailable(Exception):
-    """This build cannot drive the transport asked for (the message says why)."""
-
-
-class Link(ABC):
-    """One stream to a server: frames out, replies (the protocol's JSON messages) in.
-
-    `sent_at[seq]` is when frame `seq` left the client (`time.monotonic()`), as the server
-    numbers frames; `skipped` counts frames the link replaced at the source before they left
-    (a transport that paces itself, as a video track does, takes only the newest)."""
-
-    def __init__(self) -> None:
-        self.sent_at: list[float] = []
-        self.skipped = 0
-
-    @abstractmethod
-    async def send(self, frame: bytes) -> None:
-        """Offer one encoded frame (JPEG)."""
-
-    @abstractmethod
-    async def recv(self) -> dict[str, Any]:
-        """The next reply; EndOfStream once the server has closed the stream."""
-
-    @abstractmethod
-    async def close(self) -> None:
-        """Hang up (idempotent)."""
-
 
 Opener = Callable[[aiohttp.ClientSession, str, str], Awaitable[Link]]
 
@@ -70,44 +37,6 @@ def opener(name: str) -> Opener:
         try:
             from edge.bench.grpclink import GrpcLink
         except ImportError as e:
-            raise TransportUnavailable(f"grpc needs grpcio and edge.rpc: {e}") from None
+            raise TransportUnavailable(f"grpc needs grpcio and edge.transports.grpc: {e}") from None
         return GrpcLink.open
     raise TransportUnavailable(f"unknown transport {name!r}; known: {', '.join(TRANSPORTS)}")
-
-
-class WebSocketLink(Link):
-    """`/v1/stream`: every binary message is a frame, every text message a reply."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
-        super().__init__()
-        self.ws = ws
-
-    @classmethod
-    async def open(cls, http: aiohttp.ClientSession, url: str, model: str) -> Link:
-        ws_url = url.replace("http", "ws", 1) + "/v1/stream"
-        ws = await http.ws_connect(ws_url, params={"model": model}, max_msg_size=0)
-        hello = await ws.receive()
-        if hello.type != aiohttp.WSMsgType.TEXT or json.loads(hello.data)["type"] != "hello":
-            await ws.close()
-            raise ConnectionError(f"{ws_url}: no hello but {hello.type.name} {hello.data!r}")
-        return cls(ws)
-
-    async def send(self, frame: bytes) -> None:
-        self.sent_at.append(time.monotonic())
-        await self.ws.send_bytes(frame)
-
-    async def recv(self) -> dict[str, Any]:
-        while True:
-            msg = await self.ws.receive()
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                return dict(json.loads(msg.data))
-            if msg.type in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            ):
-                raise EndOfStream
-
-    async def close(self) -> None:
-        await self.ws.close()

@@ -20,7 +20,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 from PIL import Image
 
-from edge.bench.links import EndOfStream, Link
+from edge.bench.link import EndOfStream, Link
 
 #: how long ICE and DTLS on loopback may take before the hello arrives
 CONNECT_WITHIN_S = 60.0

@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 
 from edge import codec
-from edge.appkeys import Services
-from edge.engine import LoadedModel
+from edge.core import streams as common
+from edge.core.services import Services
 from edge.frames import RawInput
+from edge.inference.engine import LoadedModel
 from edge.kserve import metadata
 from edge.kserve.errors import KServeError, invalid
 from edge.kserve.messages import InferRequest, InferResponse
 from edge.kserve.metadata import IMAGE, Target, TensorSpec
 from edge.kserve.tensors import Tensor, datatype_of
-from edge.repository import Route, UnknownModel
-from edge.transports import common
+from edge.models.repository import Route, UnknownModel
 
 
 async def infer(services: Services, request: InferRequest, transport: str) -> InferResponse:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge import __version__
-from edge.engine import LoadedModel
+from edge.inference.engine import LoadedModel
+from edge.inference.tasks.blazeface import KEYPOINTS
 from edge.kserve.errors import KServeError
 from edge.kserve.tensors import ONNX_TYPES, datatype_of
-from edge.repository import Repository, Route, UnknownModel
-from edge.tasks.blazeface import KEYPOINTS
+from edge.models.repository import Repository, Route, UnknownModel
 
 SERVER = "edge-gateway"
 EXTENSIONS = ("binary_tensor_data",)

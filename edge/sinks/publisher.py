@@ -1,7 +1,8 @@
 """Where streams meet the sinks: a tap per stream, the sinks of this serving process.
 
 `Publisher.tap(stream)` is what a stream's outbox calls for each result it queues for its
-client and each drop notice (edge/outbox.py): it builds one `Item` and offers it to every sink's
+client and each drop notice (edge/core/outbox.py): it builds one `Item` and offers it to every
+sink's
 queue, without waiting, on the event loop. With no sink configured a stream has no tap and
 the frame path does nothing more. Each serving process runs its own sinks, for its own streams.
 """
@@ -12,14 +13,30 @@ import asyncio
 import logging
 import socket
 import time
+from typing import Protocol
 
 from edge.metrics import Metrics
 from edge.settings import Settings
 from edge.sinks import kind, parse_all
 from edge.sinks.runner import Item, SinkRunner
-from edge.stream import Stream
 
 log = logging.getLogger("edge.sinks")
+
+
+class Source(Protocol):
+    """What a tap reads of its stream (edge.core.stream.Stream), each time it publishes."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def publish(self) -> bool: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def model_label(self) -> str: ...
 
 
 class Publisher:
@@ -39,7 +56,7 @@ class Publisher:
         self.wants_drops = any(r.wants_drops for r in self.runners)
         self._grace = min(2.0, settings.sink_timeout_s)
 
-    def tap(self, stream: Stream) -> StreamTap | None:
+    def tap(self, stream: Source) -> StreamTap | None:
         return StreamTap(self, stream) if self.runners else None
 
     def offer(self, item: Item) -> None:
@@ -61,7 +78,7 @@ class StreamTap:
 
     __slots__ = ("_publisher", "_stream")
 
-    def __init__(self, publisher: Publisher, stream: Stream) -> None:
+    def __init__(self, publisher: Publisher, stream: Source) -> None:
         self._publisher = publisher
         self._stream = stream
 

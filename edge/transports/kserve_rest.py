@@ -2,8 +2,8 @@
 HTTP to edge.kserve. Errors are the protocol's: an HTTP status and `{"error": "..."}`.
 
 Health probes (`/v2/health/...`) are open like /healthz; every other `/v2` request goes
-through the same guard as `/v1/` (edge.auth) and each frame counts against the client's
-frame-rate limits (edge.ratelimit), as a unary /v1 call does.
+through the same guard as `/v1/` (edge.access.auth) and each frame counts against the client's
+frame-rate limits (edge.access.ratelimit), as a unary /v1 call does.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from edge.appkeys import SERVICES, Services
 from edge.compat import timeout
+from edge.core.services import SERVICES, Services
 from edge.kserve import metadata, rest
 from edge.kserve.errors import KServeError
 from edge.kserve.infer import infer

@@ -2,9 +2,9 @@
 
 Only this handler reads the socket; it never waits on inference, so the socket is drained all
 the time and frames never pile up in kernel buffers. Writing is delegated to the stream's one
-sender task (edge.outbox).
+sender task (edge.core.outbox).
 
-Who may connect is decided by edge.auth's middleware before the handler runs. An upgrade that
+Who may connect is decided by edge.access.auth's middleware before the handler runs. An upgrade that
 carried no token but offered the `edge.v1` subprotocol is let through pending, and its first
 message must then be `{"type":"auth","token":"..."}` (browsers cannot set headers on a
 WebSocket); until it is, the server sends nothing, not even hello.
@@ -19,14 +19,15 @@ import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from edge import auth, codec
-from edge.appkeys import SERVICES, Services
-from edge.outbox import SlowConsumer
-from edge.repository import Route, UnknownModel
+from edge import codec
+from edge.access import auth
+from edge.core import streams as common
+from edge.core.outbox import SlowConsumer
+from edge.core.services import SERVICES, Services
+from edge.core.session import StreamSession
+from edge.core.stream import Stream
+from edge.models.repository import Route, UnknownModel
 from edge.settings import Settings
-from edge.stream import Stream
-from edge.transports import common
-from edge.transports.session import StreamSession
 
 log = logging.getLogger("edge.websocket")
 

@@ -1,0 +1,2 @@
+"""The frame path, whatever the wire: streams, admission, the session template, the scheduler, the
+pipeline, the outbox."""

@@ -1,0 +1,56 @@
+"""Typed application state: the services a running gateway owns, under one `web.AppKey`."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from edge.access.ratelimit import StreamQuota
+from edge.core.scheduler import Scheduler
+from edge.metrics import Metrics
+from edge.models.repository import Repository
+from edge.settings import Settings
+from edge.sharedmem import Cluster
+from edge.sinks.publisher import Publisher
+
+if TYPE_CHECKING:
+    from edge.core.session import StreamSession
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    repo: Repository
+    scheduler: Scheduler
+    #: model loading and other slow one-off work, never the frame workers
+    background: ThreadPoolExecutor
+    #: this serving process's place among the others, and the state they share
+    cluster: Cluster
+    #: streams open in the whole gateway, at most max_streams
+    streams: StreamQuota
+    #: this process's result sinks (MQTT, NATS, ...), none unless configured
+    publisher: Publisher
+    sessions: weakref.WeakSet[StreamSession] = field(default_factory=weakref.WeakSet)
+    draining: bool = False
+    #: the event loop lags behind (edge.process.loopmonitor): new streams are refused until it
+    # catches up
+    saturated: bool = False
+    #: set to rescan the model repository now (SIGHUP)
+    reload: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def session_opened(self, session: StreamSession) -> None:
+        self.sessions.add(session)
+        self.cluster.shared.me["streams"] = len(self.sessions)  # the supervisor's load figure
+
+    def session_closed(self, session: StreamSession) -> None:
+        self.sessions.discard(session)
+        self.cluster.shared.me["streams"] = len(self.sessions)
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,243 @@
+"""Canary trials: a new model version serves a share of streams while every frame it answers
+is also run on the version it would replace, and a verdict is reached from the figures.
+
+The figures, per trial (docs/models.md, "Canary rollout"):
+
+- **error rate**: canary frames answered with an inference or postprocess error, against the
+  incumbent's error rate on the frames it served in the same window;
+- **latency ratio**: the canary's p95 cost per frame over the incumbent's p95 on the same
+  batches, each run right after the other on the same worker thread (paired, so the load of
+  the moment weighs on both), and the same ratio of the medians; a version is too slow when
+  either is over the limit. The cost is `LoadedModel.run_costed`'s: the worker's CPU time on a
+  single-threaded CPU session, else the seconds. With the seconds, the waits for a core and
+  for the interpreter lock add the same milliseconds to both versions' runs on a busy host
+  and pull both ratios towards 1 (on the shared 2-core box, a version with 3 to 4 times the
+  work showed p95 ratios of 2.0 to 2.4, and a copy of the serving version once a median ratio
+  of 2.1); with the CPU time, 2.8 to 4.1 and 0.98 to 1.05 (docs/benchmarks.md).
+- **agreement**: the mean agreement of the canary's detections with the incumbent's on the
+  same frames (`edge.models.shadow.agree`, 0 to 1).
+
+It is promoted once it has answered `frames` frames within every limit, and rolled back as
+soon as the evidence is decisive: when the errors or the disagreement already exceed what the
+whole budget allows, or when, after a quarter of the budget, the median ratio is over the
+limit (the median of that many runs is not moved by a few slow ones). Only the first verdict
+is returned.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+_LIMITS = {
+    "share": (0.0, 1.0),
+    "max_error_rate": (0.0, 1.0),
+    "min_agreement": (0.0, 1.0),
+}
+
+
+#: a limit met exactly is met, whatever the rounding of (1 - 0.8) x 100
+_EPS = 1e-9
+
+
+class CanaryPolicyError(ValueError):
+    """A canary setting has a bad value; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """How a new version is tried: `[canary]` in model.toml, or the load call's body."""
+
+    #: a newly arriving version enters as a canary (false: it replaces the serving one at once)
+    enabled: bool = True
+    #: the fraction of streams the canary serves (each stream's share is fixed when it opens)
+    share: float = 0.25
+    #: canary frames answered before it can be promoted
+    frames: int = 300
+    #: canary errors allowed beyond the incumbent's error rate in the same window
+    max_error_rate: float = 0.02
+    #: the canary's p95 session time per frame over the incumbent's, on the same batches
+    max_latency_ratio: float = 1.5
+    #: the mean agreement of its detections with the incumbent's, on the same frames
+    min_agreement: float = 0.8
+
+    def updated(self, raw: Mapping[str, Any], where: str) -> CanaryPolicy:
+        """This policy with the keys of `raw` replaced, each checked."""
+        known = {f.name for f in fields(self)}
+        unknown = set(raw) - known
+        if unknown:
+            raise CanaryPolicyError(
+                f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}"
+            )
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key == "enabled":
+                if not isinstance(value, bool):
+                    raise CanaryPolicyError(f"{where}: enabled must be true or false")
+                values[key] = value
+            elif key == "frames":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise CanaryPolicyError(f"{where}: frames must be an integer >= 1")
+                values[key] = value
+            else:
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise CanaryPolicyError(f"{where}: {key} must be a number")
+                lo, hi = _LIMITS.get(key, (1.0, math.inf))
+                if not lo <= float(value) <= hi or (key == "share" and value == 0):
+                    bounds = f"in ({lo:g}, {hi:g}]" if key == "share" else f">= {lo:g}"
+                    if key in ("max_error_rate", "min_agreement"):
+                        bounds = "between 0 and 1"
+                    raise CanaryPolicyError(f"{where}: {key} must be {bounds}, not {value!r}")
+                values[key] = float(value)
+        return replace(self, **values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: str  # promoted | rolled_back
+    reason: str
+    figures: dict[str, float]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else math.nan
+
+
+class Trial:
+    """The evidence one serving process gathers on a canary; fed by worker threads."""
+
+    def __init__(self, policy: CanaryPolicy) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self.served = self.errors = 0  # canary frames, and those answered with an error
+        self.incumbent_served = self.incumbent_errors = 0
+        self.compared = 0  # canary frames whose detections were compared with the incumbent's
+        self._agreement = 0.0
+        #: per compared batch, session seconds per frame: the canary's and the incumbent's
+        self._canary_s: list[float] = []
+        self._incumbent_s: list[float] = []
+        self.verdict: Verdict | None = None
+
+    def incumbent_batch(self, frames: int, errors: int) -> None:
+        with self._lock:
+            self.incumbent_served += frames
+            self.incumbent_errors += errors
+
+    def canary_batch(
+        self,
+        frames: int,
+        errors: int,
+        agreements: Sequence[float] = (),
+        seconds: tuple[float, float] | None = None,
+    ) -> Verdict | None:
+        """Record one canary batch: its frames, those that failed, the agreement of each
+        compared frame, and (canary, incumbent) session seconds per frame. Returns the verdict
+        the first time one is reached, else None."""
+        with self._lock:
+            if self.verdict is not None:
+                return None
+            self.served += frames
+            self.errors += errors
+            self.compared += len(agreements)
+            self._agreement += sum(agreements)
+            if seconds is not None and len(self._canary_s) < 4 * self.policy.frames:
+                self._canary_s.append(seconds[0])
+                self._incumbent_s.append(seconds[1])
+            self.verdict = self._judge()
+            return self.verdict
+
+    def figures(self) -> dict[str, float]:
+        with self._lock:
+            return self._figures()
+
+    def _figures(self) -> dict[str, float]:
+        canary_p95 = percentile(self._canary_s, 95)
+        incumbent_p95 = percentile(self._incumbent_s, 95)
+        canary_p50 = percentile(self._canary_s, 50)
+        incumbent_p50 = percentile(self._incumbent_s, 50)
+        return {
+            "frames": self.served,
+            "errors": self.errors,
+            "error_rate": self.errors / self.served if self.served else 0.0,
+            "incumbent_error_rate": self._incumbent_rate(),
+            "compared": self.compared,
+            "agreement": self._agreement / self.compared if self.compared else math.nan,
+            "latency_p95_ms": canary_p95 * 1e3,
+            "incumbent_latency_p95_ms": incumbent_p95 * 1e3,
+            "latency_ratio": canary_p95 / incumbent_p95 if incumbent_p95 > 0 else math.nan,
+            "latency_p50_ratio": canary_p50 / incumbent_p50 if incumbent_p50 > 0 else math.nan,
+        }
+
+    def _incumbent_rate(self) -> float:
+        return self.incumbent_errors / self.incumbent_served if self.incumbent_served else 0.0
+
+    def _judge(self) -> Verdict | None:
+        p, f = self.policy, self._figures()
+        budget = p.frames
+        error_limit = p.max_error_rate + self._incumbent_rate()
+        # decisive before the budget is spent: no outcome of the frames left could pass
+        if self.errors > error_limit * budget + _EPS:
+            return self._fail(f, [self._error_text(f, error_limit, early=True)])
+        if self.compared - self._agreement > (1 - p.min_agreement) * budget + _EPS:
+            return self._fail(f, [self._agreement_text(f, early=True)])
+        ratio, median = f["latency_ratio"], f["latency_p50_ratio"]
+        if len(self._canary_s) >= max(10, budget // 4) and median > p.max_latency_ratio:
+            return self._fail(f, [self._latency_text(f, early=True)])
+        if self.served < budget:
+            return None
+        failed = []
+        if f["error_rate"] > error_limit + _EPS:
+            failed.append(self._error_text(f, error_limit))
+        if not self.compared or f["agreement"] < p.min_agreement - _EPS:
+            failed.append(self._agreement_text(f))
+        if not max(ratio, median) <= p.max_latency_ratio:  # NaN (nothing compared) fails
+            failed.append(self._latency_text(f))
+        if failed:
+            return self._fail(f, failed)
+        return Verdict(
+            "promoted",
+            f"passed {self.served} frames: error rate {f['error_rate']:.1%} (incumbent "
+            f"{f['incumbent_error_rate']:.1%}), latency ratio p95 {ratio:.2f} and median "
+            f"{median:.2f} (limit {p.max_latency_ratio:g}), agreement "
+            f"{f['agreement']:.3f} (at least {p.min_agreement:g})",
+            f,
+        )
+
+    def _fail(self, f: dict[str, float], reasons: list[str]) -> Verdict:
+        return Verdict("rolled_back", "; ".join(reasons), f)
+
+    def _error_text(self, f: dict[str, float], limit: float, early: bool = False) -> str:
+        if early:
+            return (
+                f"errors: {self.errors} of {self.served} frames failed, more than "
+                f"{limit:.1%} of the {self.policy.frames}-frame budget allows (incumbent "
+                f"{f['incumbent_error_rate']:.1%})"
+            )
+        return f"errors: rate {f['error_rate']:.1%} over the limit {limit:.1%}"
+
+    def _agreement_text(self, f: dict[str, float], early: bool = False) -> str:
+        p = self.policy
+        if early:
+            return (
+                f"agreement: {f['agreement']:.3f} on {self.compared} frames; the "
+                f"{p.frames}-frame budget can no longer reach {p.min_agreement:g}"
+            )
+        return f"agreement: {f['agreement']:.3f} under {p.min_agreement:g}"
+
+    def _latency_text(self, f: dict[str, float], early: bool = False) -> str:
+        p = self.policy
+        return (
+            f"latency: p95 {f['latency_p95_ms']:.2f} ms against the incumbent's "
+            f"{f['incumbent_latency_p95_ms']:.2f} ms on the same batches; ratio p95 "
+            f"{f['latency_ratio']:.2f}, median {f['latency_p50_ratio']:.2f}, limit "
+            f"{p.max_latency_ratio:g}"
+            + (f" (after {len(self._canary_s)} batches)" if early else "")
+        )

@@ -1,0 +1,224 @@
+"""The gRPC InferenceService (proto/inference.proto, package `inference`): Predict and
+PredictStream, a thin adapter between its messages and the pipeline's frames and replies.
+
+`model_id` routes as the WebSocket's `?model=` does (`name`, `name@version`, empty for the
+default model); `threshold` and `max_frame_age_ms` are the WebSocket's config settings, carried
+by any request. Predict answers one frame or ends with a status code; PredictStream is a
+GrpcStreamSession (edge.transports.grpc.streaming) whose every frame is answered with a response
+carrying
+its seq and a status: RESULT, DROPPED with a reason, or ERROR with a code and a message.
+Classification results fill the original contract's `scores` and `label` as well.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.message import DecodeError
+
+from edge.access.ratelimit import CLIENTS, client_of
+from edge.core import streams as common
+from edge.core.services import SERVICES, Services
+from edge.core.stream import Stream
+from edge.models.repository import Route, UnknownModel
+from edge.transports.grpc import calls
+from edge.transports.grpc.gen import inference_pb2, inference_pb2_grpc
+
+TRANSPORT = "grpc"
+SERVICE = "inference.InferenceService"
+Response = inference_pb2.InferenceResponse
+Code = grpc.StatusCode
+#: a frame error's code as a Predict status
+ERROR_STATUS = {
+    "bad_frame": Code.INVALID_ARGUMENT,
+    "bad_message": Code.INVALID_ARGUMENT,
+    "unknown_model": Code.NOT_FOUND,
+    "model_unavailable": Code.UNAVAILABLE,
+}
+_MAX_AGE_MS = 3.6e6
+
+
+def register(server: grpc.aio.Server, app: web.Application) -> str:
+    """Requests arrive as bytes and are parsed here, so a malformed one is answered
+    INVALID_ARGUMENT (on a stream: that frame ERROR bad_message, the stream goes on) rather
+    than failing in gRPC's own deserializer with UNKNOWN."""
+    service = InferenceService(app)
+    write = Response.SerializeToString
+    handlers = {
+        "Predict": grpc.unary_unary_rpc_method_handler(service.Predict, None, write),
+        "PredictStream": grpc.stream_stream_rpc_method_handler(service.PredictStream, None, write),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    return SERVICE
+
+
+def parse(raw: bytes) -> inference_pb2.InferenceRequest:
+    """An InferenceRequest from its bytes, or ValueError saying they are not one."""
+    try:
+        return inference_pb2.InferenceRequest.FromString(raw)
+    except DecodeError as e:
+        raise ValueError(f"not an InferenceRequest: {e}") from None
+
+
+class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
+    """The servicer; its methods take requests as bytes (see `register`)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.services: Services = app[SERVICES]
+
+    async def Predict(  # noqa: N802 (the method's name in the proto)
+        self, raw: bytes, context: grpc.aio.ServicerContext
+    ) -> Response:
+        services = self.services
+        refused = calls.refusal(services)
+        if refused is not None:
+            code, reason, message = refused
+            await context.abort(code, f"{reason}: {message}")
+        try:
+            request = parse(raw)
+        except ValueError as e:
+            await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
+        try:
+            route = Route.parse(request.model_id or services.settings.default_model)
+            route = services.repo.assign(route, "unary")
+            services.repo.resolve(route)
+        except UnknownModel as e:
+            await context.abort(Code.NOT_FOUND, f"unknown_model: {e}")
+        try:
+            threshold, max_age_ms = request_settings(request)
+        except ValueError as e:
+            await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
+        max_age_s = max_age_ms / 1000 if max_age_ms else None
+        with client_of(self.app[CLIENTS], calls.peer_host(context.peer())):
+            reply = await common.infer_once(
+                services, TRANSPORT, route, request.payload, threshold, max_age_s
+            )
+        if reply is None:
+            await context.abort(Code.DEADLINE_EXCEEDED, "timeout: no result in time")
+        elif reply["type"] == "error":
+            code = ERROR_STATUS.get(reply["code"], Code.INTERNAL)
+            context.set_trailing_metadata((("edge-error-code", reply["code"]),))
+            await context.abort(code, f"{reply['code']}: {reply['message']}")
+        elif reply["type"] == "dropped":  # rate limited, or the gateway is overloaded
+            limited = reply["reason"] == "rate_limited"
+            code = Code.RESOURCE_EXHAUSTED if limited else Code.UNAVAILABLE
+            context.set_trailing_metadata((("edge-drop-reason", reply["reason"]),))
+            await context.abort(code, f"dropped: {reply['reason']}")
+        return result_response(reply)  # type: ignore[arg-type]
+
+    async def PredictStream(  # noqa: N802 (the method's name in the proto)
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> None:
+        # Read with context.read() (one reader task); the iterator is left alone.
+        await calls.serve_stream(self.app, context, Translation(), TRANSPORT)
+
+
+class Translation:
+    """InferenceRequest in, the stream's reply messages out as InferenceResponses."""
+
+    def __init__(self) -> None:
+        self._model_id = ""  # the model_id the stream is on, as the client wrote it
+
+    def route(self, first: bytes, default_model: str) -> Route:
+        """The first request's model; one that does not parse gets the default model (and
+        is answered bad_message by `take`)."""
+        try:
+            self._model_id = parse(first).model_id
+        except ValueError:
+            self._model_id = ""
+        return Route.parse(self._model_id or default_model)
+
+    def take(self, services: Services, stream: Stream, seq: int, raw: bytes) -> bytes | None:
+        try:
+            request = parse(raw)
+            threshold, max_age_ms = request_settings(request)
+        except ValueError as e:
+            common.refuse_frame(services, stream, seq, "bad_message", str(e))
+            return None
+        if request.model_id and request.model_id != self._model_id:
+            try:
+                route = services.repo.assign(Route.parse(request.model_id), stream.id)
+                model = services.repo.resolve(route)
+            except UnknownModel as e:
+                common.refuse_frame(services, stream, seq, "unknown_model", str(e))
+                return None
+            stream.route, stream.model_label = route, model.name
+            self._model_id = request.model_id
+        if threshold is not None:
+            stream.threshold = threshold
+        if max_age_ms is not None:
+            stream.max_age_s = max_age_ms / 1000 if max_age_ms else None
+        return bytes(request.payload)
+
+    def responses(self, message: dict[str, Any]) -> list[Response]:
+        return responses(message)
+
+
+def request_settings(request: inference_pb2.InferenceRequest) -> tuple[float | None, float | None]:
+    """(threshold, max_frame_age_ms) as the request sets them (None: unset; an age of 0
+    clears the deadline), or ValueError saying what is wrong."""
+    threshold = age = None
+    if request.HasField("threshold"):
+        threshold = request.threshold
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise ValueError("threshold must be between 0 and 1")
+    if request.HasField("max_frame_age_ms"):
+        age = request.max_frame_age_ms
+        if not (math.isfinite(age) and (age == 0 or 1.0 <= age <= _MAX_AGE_MS)):
+            raise ValueError("max_frame_age_ms must be 0 (no deadline) or between 1 and 3600000")
+    return threshold, age
+
+
+def responses(message: dict[str, Any]) -> list[Response]:
+    """One reply message of the stream (docs/protocol.md) as responses, one per frame."""
+    kind = message.get("type")
+    if kind == "result":
+        return [result_response(message)]
+    if kind == "dropped":
+        seqs = message["seqs"] if "seqs" in message else [message["seq"]]
+        return [Response(status=Response.DROPPED, seq=s, reason=message["reason"]) for s in seqs]
+    if kind == "error" and "seq" in message:
+        return [
+            Response(
+                status=Response.ERROR,
+                seq=message["seq"],
+                code=message["code"],
+                message=message["message"],
+            )
+        ]
+    return []  # config, stats, goaway: the WebSocket's own messages
+
+
+def result_response(message: dict[str, Any]) -> Response:
+    r = Response(
+        status=Response.RESULT,
+        seq=message.get("seq", 0),
+        model=message["model"],
+        width=message["width"],
+        height=message["height"],
+    )
+    timing = message.get("timing")
+    if timing:
+        r.timing.queue_ms = timing["queue_ms"]
+        r.timing.inference_ms = timing["inference_ms"]
+        r.timing.total_ms = timing["total_ms"]
+    for d in message.get("detections", ()):
+        det = r.detections.add(label=d.get("label", ""), score=d.get("score", 0.0))
+        box = d.get("box")
+        if box:
+            det.box.x1, det.box.y1, det.box.x2, det.box.y2 = box
+        for x, y in d.get("keypoints", ()):
+            det.keypoints.add(x=x, y=y)
+        for x, y in d.get("polygon", ()):
+            det.polygon.add(x=x, y=y)
+    classes = message.get("classes", ())
+    for c in classes:
+        r.classes.add(index=c["index"], label=c["label"], score=c["score"])
+        r.scores.append(c["score"])
+    if classes:
+        r.label = classes[0]["index"]
+    return r

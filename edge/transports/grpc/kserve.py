@@ -1,0 +1,153 @@
+"""KServe v2 over gRPC (proto/grpc_predict_v2.proto, `inference.GRPCInferenceService`): a thin
+adapter between its messages and edge.kserve, as edge/transports/kserve_rest.py is for REST.
+
+ModelInfer takes inputs as `raw_input_contents` (what tritonclient sends) or typed `contents`,
+and answers every output in `raw_output_contents`. ModelStreamInfer is a GrpcStreamSession
+(edge.transports.grpc.streaming): each request is a frame (an image of `NAME`, or one row of
+`NAME.raw`), latest request wins while the model is behind, and every request is answered
+once, with a response or with an `error_message` naming its id (superseded, rate limited, a
+bad image). Errors of the unary calls are status codes (`GRPC_CODE`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from edge.access.ratelimit import CLIENTS, client_of
+from edge.core.services import SERVICES, Services
+from edge.kserve import metadata
+from edge.kserve.errors import KServeError
+from edge.kserve.infer import infer
+from edge.kserve.metadata import Target
+from edge.transports.grpc import calls
+from edge.transports.grpc.gen import grpc_predict_v2_pb2 as pb
+from edge.transports.grpc.gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from edge.transports.grpc.kserve_messages import (
+    Malformed,
+    parser,
+    to_request,
+    to_response,
+    typed_values,
+)
+from edge.transports.grpc.kserve_stream import StreamTranslation
+from edge.transports.kserve_rest import not_ready
+
+TRANSPORT = "kserve-grpc"
+SERVICE = "inference.GRPCInferenceService"
+Code = grpc.StatusCode
+GRPC_CODE = {
+    "invalid": Code.INVALID_ARGUMENT,
+    "not_found": Code.NOT_FOUND,
+    "too_large": Code.RESOURCE_EXHAUSTED,
+    "rate_limited": Code.RESOURCE_EXHAUSTED,
+    "internal": Code.INTERNAL,
+    "unavailable": Code.UNAVAILABLE,
+}
+#: requests with more typed values than this are converted off the event loop
+INLINE_VALUES = 16 * 1024
+
+
+def register(server: grpc.aio.Server, app: web.Application) -> str:
+    """Add the service, as the generated `add_..._to_server` would, but with requests parsed
+    by `_parse`: bytes that are no message end the call with INVALID_ARGUMENT, not UNKNOWN and
+    a traceback in the log per call."""
+    servicer = KServeService(app)
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        parse = parser(getattr(pb, method.input_type.name))
+        write = getattr(pb, method.output_type.name).SerializeToString
+        impl = getattr(servicer, method.name)
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                impl, request_deserializer=parse, response_serializer=write
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _checked(impl), request_deserializer=parse, response_serializer=write
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+    return SERVICE
+
+
+def _checked(impl: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await context.abort(Code.INVALID_ARGUMENT, f"not a protobuf message: {request.error}")
+        return await impl(request, context)
+
+    return call
+
+
+class KServeService(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.services: Services = app[SERVICES]
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:  # noqa: N802
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:  # noqa: N802
+        return pb.ServerReadyResponse(ready=not not_ready(self.services))
+
+    async def ModelReady(  # noqa: N802
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
+        try:
+            metadata.resolve(self.services.repo, Target.parse(request.name), request.version)
+        except KServeError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**metadata.server_metadata())
+
+    async def ModelMetadata(  # noqa: N802
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            target = Target.parse(request.name)
+            meta = metadata.model_metadata(self.services.repo, target, request.version)
+        except KServeError as e:
+            await context.abort(GRPC_CODE[e.kind], e.message)
+        tensors = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensors(**t) for t in meta["inputs"]],
+            outputs=[tensors(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(  # noqa: N802
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        refused = calls.refusal(self.services)
+        if refused is not None:
+            code, reason, message = refused
+            await context.abort(code, f"{reason}: {message}")
+        try:
+            limit = self.services.settings.max_frame_bytes
+            if typed_values(request) > INLINE_VALUES:  # megabytes of typed values: a thread
+                req = await asyncio.to_thread(to_request, request, limit)
+            else:
+                req = to_request(request, limit)
+            with client_of(self.app[CLIENTS], calls.peer_host(context.peer())):
+                response = await infer(self.services, req, TRANSPORT)
+        except KServeError as e:
+            await context.abort(GRPC_CODE[e.kind], e.message)
+        return to_response(response)
+
+    async def ModelStreamInfer(  # noqa: N802
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> None:
+        # Read with context.read() (one reader task); the iterator is left alone.
+        translation = StreamTranslation(self.services)
+        await calls.serve_stream(self.app, context, translation, TRANSPORT)

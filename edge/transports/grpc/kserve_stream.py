@@ -1,0 +1,123 @@
+"""ModelStreamInfer's requests and responses on a GrpcStreamSession
+(edge.transports.grpc.streaming):
+what Triton's streaming clients send, as the stream's frames, and the stream's replies as
+ModelStreamInferResponses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge import codec
+from edge.core import streams as common
+from edge.core.services import Services
+from edge.core.stream import Stream
+from edge.frames import RawInput
+from edge.kserve import metadata
+from edge.kserve.errors import KServeError, invalid
+from edge.kserve.infer import as_tensor, image_of, pipeline_tensors, raw_rows
+from edge.kserve.messages import InferResponse
+from edge.kserve.metadata import Target
+from edge.models.repository import Route, UnknownModel
+from edge.transports.grpc.gen import grpc_predict_v2_pb2 as pb
+from edge.transports.grpc.kserve_messages import MAX_ID, Malformed, to_request, to_response
+
+
+class StreamTranslation:
+    """ModelInferRequests of one model in (either form; a raw request is one row, one frame),
+    ModelStreamInferResponses out.
+
+    Each request's id is kept until its answer is sent (ids only, at most MAX_ID characters
+    each; a client that stops reading is cut off after send_timeout_s, as on the WebSocket)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._target: Target | None = None
+        self._version = ""
+        self._ids: dict[int, str] = {}
+        self._wanted: dict[int, set[str]] = {}
+        self._outputs: tuple[metadata.TensorSpec, ...] = ()
+        self._names: list[str] = []  # the raw form's outputs
+
+    def route(self, first: pb.ModelInferRequest, default_model: str) -> Route:
+        if isinstance(first, Malformed):
+            raise UnknownModel(f"the first request is not a protobuf message: {first.error}")
+        try:
+            target = Target.parse(first.model_name or default_model)
+        except KServeError as e:
+            raise UnknownModel(e.message) from None
+        route = Route(target.name, first.model_version or None)
+        model = self.services.repo.resolve(route)  # raises UnknownModel
+        self._target, self._version = target, first.model_version
+        self._outputs = metadata.pipeline_outputs(model)
+        self._names = list(model.output_names)
+        return route
+
+    def take(
+        self, services: Services, stream: Stream, seq: int, request: pb.ModelInferRequest
+    ) -> bytes | RawInput | None:
+        assert self._target is not None
+        if isinstance(request, Malformed):
+            message = f"not a protobuf message: {request.error}"
+            common.refuse_frame(services, stream, seq, "bad_message", message)
+            return None
+        self._ids[seq] = request.id[:MAX_ID]
+        try:
+            if request.model_name != self._target.public or request.model_version != self._version:
+                raise invalid(
+                    f"this stream is on {self._target.public!r}; open another for "
+                    f"{request.model_name!r}"
+                )
+            req = to_request(request, services.settings.max_frame_bytes)
+            model = services.repo.resolve(stream.route)
+            data: bytes | RawInput
+            if self._target.raw:
+                rows = raw_rows(model, req)
+                if len(rows) != 1:
+                    raise invalid("on a stream each request is one frame: send one row")
+                data, stream.publish = rows[0], False  # network outputs are not results
+            else:
+                data = image_of(services, model, req)
+            th = req.parameters.get("threshold")
+            if th is not None:
+                if isinstance(th, bool) or not isinstance(th, int | float) or not 0 <= th <= 1:
+                    raise invalid("the threshold parameter must be a number between 0 and 1")
+                stream.threshold = float(th)
+        except (KServeError, UnknownModel) as e:
+            message = e.message if isinstance(e, KServeError) else str(e)
+            common.refuse_frame(services, stream, seq, "bad_message", message)
+            return None
+        if req.outputs:
+            self._wanted[seq] = {o.name for o in req.outputs}
+        return data
+
+    def responses(self, message: dict[str, Any]) -> list[pb.ModelStreamInferResponse]:
+        kind = message.get("type")
+        if kind == "result":
+            seq = message["seq"]
+            rid, wanted = self._ids.pop(seq, ""), self._wanted.pop(seq, None)
+            if "outputs" in message:  # the raw form: the network's own, one row
+                arrays = codec.from_arrays(message["outputs"])
+                outputs = [as_tensor(n, a[None]) for n, a in zip(self._names, arrays, strict=True)]
+            else:
+                outputs = pipeline_tensors(self._outputs, dict(message))
+            if wanted:
+                outputs = [t for t in outputs if t.name in wanted]
+            assert self._target is not None
+            version = message["model"].partition("@")[2]
+            response = to_response(InferResponse(self._target.public, version, outputs, rid))
+            return [pb.ModelStreamInferResponse(infer_response=response)]
+        if kind == "dropped":
+            seqs = message["seqs"] if "seqs" in message else [message["seq"]]
+            reason = message["reason"]
+            return [self._error(s, f"dropped ({reason})") for s in seqs]
+        if kind == "error" and "seq" in message:
+            return [self._error(message["seq"], f"{message['code']}: {message['message']}")]
+        return []
+
+    def _error(self, seq: int, what: str) -> pb.ModelStreamInferResponse:
+        rid = self._ids.pop(seq, "")
+        self._wanted.pop(seq, None)
+        return pb.ModelStreamInferResponse(
+            error_message=f"request {rid!r} (seq {seq}): {what}",
+            infer_response=pb.ModelInferResponse(id=rid),
+        )

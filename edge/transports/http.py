@@ -1,0 +1,169 @@
+"""Plain HTTP endpoints: health, readiness, model listing, unary inference, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from edge.compat import timeout
+from edge.core import streams as common
+from edge.core.services import SERVICES, Services
+from edge.models.canary.trial import CanaryPolicy, CanaryPolicyError
+from edge.models.repository import Route, UnknownModel
+
+TRANSPORT = "http"
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    if services.draining:
+        return web.json_response({"ready": False, "reasons": ["draining"]}, status=503)
+    reasons = [] if services.repo.ready else services.repo.not_ready_reasons()
+    reasons += services.cluster.not_ready()  # the other serving processes, if any
+    if reasons:
+        return web.json_response({"ready": False, "reasons": reasons}, status=503)
+    return web.json_response({"ready": True})
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response({"models": request.app[SERVICES].repo.describe()})
+
+
+@routes.post("/v1/models/{name}/load")
+async def load_model(request: web.Request) -> web.Response:
+    """Rescan a model in every process. An optional JSON body: `canary` (settings for the
+    next trial of this model, over model.toml's `[canary]`), `retry` (true: try rolled-back
+    versions again; `version` names one)."""
+    services = request.app[SERVICES]
+    name = request.match_info["name"]
+    if name not in services.repo.names():
+        return web.json_response({"error": "unknown_model", "message": name}, status=404)
+    body = await read_body(request, services.settings.request_timeout_s)
+    try:
+        order = json.loads(body) if body.strip() else {}
+        if not isinstance(order, dict) or set(order) - {"canary", "retry", "version"}:
+            raise ValueError('the body is a JSON object with "canary", "retry" and "version"')
+        canary = order.get("canary", {})
+        if not isinstance(canary, dict) or not isinstance(order.get("retry", False), bool):
+            raise ValueError('"canary" is an object of canary settings and "retry" a boolean')
+        CanaryPolicy().updated(canary, "canary")  # checked before anything changes
+    except (ValueError, CanaryPolicyError) as e:
+        return _bad(str(e), 400, "bad_request")
+    board = services.repo.board
+    if canary:
+        board.set_policy(name, canary)
+    if order.get("retry"):
+        board.retry(name, None if order.get("version") is None else str(order["version"]))
+    reloaded = await reload_everywhere(services, name)
+    rows = [r for r in services.repo.describe() if r["name"] == name]
+    return web.json_response(
+        {"models": rows, "processes": {"rescanned": reloaded, "of": services.cluster.size}}
+    )
+
+
+async def reload_everywhere(services: Services, name: str) -> int:
+    """Rescan `name` here and have every other serving process rescan too (through the
+    supervisor); wait, bounded by request_timeout_s, until each has. Returns how many did."""
+    cluster = services.cluster
+    shared = cluster.shared
+    with shared.locked():
+        shared.header["reload_gen"] += 1
+        asked = int(shared.header["reload_gen"])
+    if cluster.supervisor_pid:
+        os.kill(cluster.supervisor_pid, signal.SIGUSR1)  # it sends every process SIGHUP
+    await services.repo.refresh(services.background, [name])
+    shared.me["reload_done"] = max(int(shared.me["reload_done"]), asked)
+
+    def done() -> int:
+        members = shared.members
+        return int(((members["reload_done"] >= asked) & (members["pid"] != 0)).sum())
+
+    deadline = time.monotonic() + services.settings.request_timeout_s
+    for _ in range(100_000):  # polls shared memory: nothing here could set an Event
+        if done() >= int((shared.members["pid"] != 0).sum()) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    return done()
+
+
+@routes.post("/v1/models/{name}/infer")
+async def infer(request: web.Request) -> web.Response:
+    """The unary Predict call: one image in the body, its result JSON back."""
+    services = request.app[SERVICES]
+    settings = services.settings
+    try:
+        route = services.repo.assign(Route.parse(request.match_info["name"]), "unary")
+        services.repo.resolve(route)
+    except UnknownModel as e:
+        return web.json_response({"error": "unknown_model", "message": str(e)}, status=404)
+    if request.content_length is not None and request.content_length > settings.max_frame_bytes:
+        return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
+    try:
+        body = await read_body(request, settings.request_timeout_s)
+    except web.HTTPRequestEntityTooLarge:
+        return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
+    if len(body) > settings.max_frame_bytes:
+        return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
+    threshold = request.query.get("threshold")
+    try:
+        th = None if threshold is None else float(threshold)
+        if th is not None and not 0.0 <= th <= 1.0:
+            raise ValueError
+    except ValueError:
+        return _bad("threshold must be a number between 0 and 1", 400, "bad_request")
+
+    # Through the same scheduler as the streams: fair with them, batched, counted.
+    reply = await common.infer_once(services, TRANSPORT, route, body, th)
+    if reply is None:
+        return _bad("no result in time", 503, "timeout")
+    if reply.get("type") == "error":
+        return web.json_response(reply, status=400)
+    if reply.get("type") == "dropped":  # rate limited, or the gateway is overloaded
+        limited = reply.get("reason") == "rate_limited"
+        return web.json_response(
+            reply, status=429 if limited else 503, headers={"Retry-After": "1"}
+        )
+    return web.json_response(reply)
+
+
+async def read_body(request: web.Request, within: float) -> bytes:
+    """The whole request body, bounded by the app's client_max_size, in at most `within`
+    seconds: a body trickled in a byte at a time is answered 408, not waited on for ever."""
+    try:
+        async with timeout(within):
+            return await request.read()
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=json.dumps(
+                {
+                    "error": "request_timeout",
+                    "message": f"request body not received within {within:g} s",
+                }
+            ),
+            content_type="application/json",
+        ) from None
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    data = request.app[SERVICES].metrics.exposition()
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _bad(message: str, status: int, code: str = "bad_frame") -> web.Response:
+    return web.json_response({"type": "error", "code": code, "message": message}, status=status)
