@@ -1,8 +1,8 @@
 """Where a batch's time goes on the GPU layout, step by step, without the network.
 
 The stream benchmark found the text model at about a tenth of the raw sessions' rate on a GPU
-(docs/gpu.md). This splits the workers' batch path into cumulative steps, each run by
-`--threads` threads at once for `--seconds`, on this machine, in this run:
+(docs/benchmarks.md, "GPU runs"). This splits the workers' batch path into cumulative steps,
+each run by `--threads` threads at once for `--seconds`, on this machine, in this run:
 
   raw     the model's sessions called directly with one preprocessed batch, one thread per
           session (bench/stream.py's raw baseline);
