@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge.bench.baselines import CeilingPool, RawSession, ort_providers, plain_loop  # noqa: E402
 from edge.bench.frames import frame_jpeg  # noqa: E402
-from edge.bench.load import Run, drive_from  # noqa: E402
+from edge.bench.load import Load, Run, drive_from  # noqa: E402
 from edge.bench.servers import (  # noqa: E402
     Server,
     batch_sizes,
@@ -79,7 +79,7 @@ def drive(
     clients: int, url: str, model: str, data: bytes, streams: int, fps: float, seconds: float
 ) -> Run:
     """`streams` WebSocket streams at `fps` each for `seconds`, from `clients` processes."""
-    return drive_from(clients, "websocket", url, model, data, streams, fps, seconds)
+    return drive_from(clients, Load("websocket", url, model, data, streams, fps, seconds))
 
 
 def summarize(ages: list[tuple[float, float]], seconds: float) -> dict[str, float]:

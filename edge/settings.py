@@ -22,6 +22,14 @@ TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+]+")
 _ORIGIN = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
+#: sizes and counts that must be at least 1
+_SIZES = ("max_frame_bytes", "max_pixels", "max_png_pixels", "max_message_bytes",
+          "max_infer_bytes", "max_pending_results", "max_streams")  # fmt: skip
+#: limits that 0 turns off
+_LIMITS = ("max_fps_per_stream", "max_fps_per_client", "max_streams_per_token",
+           "max_oversize_frames")  # fmt: skip
+
+
 class SettingsError(ValueError):
     """A setting has a bad value; the message names the setting and how to fix it."""
 
@@ -135,17 +143,7 @@ class Settings:
             raise SettingsError("processes must be auto (0) or 1..256")
         if self.max_loop_lag_ms < 0:
             raise SettingsError("max_loop_lag_ms must be >= 0 (0 turns the check off)")
-        for name in (
-            "max_frame_bytes",
-            "max_pixels",
-            "max_png_pixels",
-            "max_message_bytes",
-            "max_infer_bytes",
-            "max_pending_results",
-            "max_streams",
-        ):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{name} must be >= 1")
+        _at_least(self, _SIZES, 1)
         if self.drain_seconds < 0 or self.send_timeout_s <= 0:
             raise SettingsError("drain_seconds must be >= 0 and send_timeout_s > 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -154,14 +152,7 @@ class Settings:
             raise SettingsError("log_format must be auto, json or text")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("tls_cert and tls_key go together: set both or neither")
-        for name in (
-            "max_fps_per_stream",
-            "max_fps_per_client",
-            "max_streams_per_token",
-            "max_oversize_frames",
-        ):
-            if getattr(self, name) < 0:
-                raise SettingsError(f"{name} must be >= 0 (0 turns the limit off)")
+        _at_least(self, _LIMITS, 0, " (0 turns the limit off)")
         if self.auth_timeout_s <= 0:
             raise SettingsError("auth_timeout_s must be > 0 (seconds to wait for an auth message)")
         for name in ("auth_tokens_file", "jwt_public_key"):
@@ -242,6 +233,12 @@ def read_token_file(path: Path) -> tuple[str, ...]:
     for n, token in enumerate(tokens, 1):
         _check_token(f"auth_tokens_file ({path}, token {n})", token)
     return tokens
+
+
+def _at_least(settings: Settings, names: tuple[str, ...], least: int, note: str = "") -> None:
+    for name in names:
+        if getattr(settings, name) < least:
+            raise SettingsError(f"{name} must be >= {least}{note}")
 
 
 def _check_token(where: str, token: str) -> None:

@@ -15,7 +15,7 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
@@ -28,6 +28,20 @@ QUIET_S = 1.0
 SETTLE_MAX_S = 120.0
 #: client processes start together this long after they are asked to (spawn and connect)
 PROCESS_LEAD_S = 3.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a run offers: `streams` streams of `data` at `fps` each for `seconds`, to `model`
+    over `transport` at `url`."""
+
+    transport: str
+    url: str
+    model: str
+    data: bytes
+    streams: int
+    fps: float
+    seconds: float
 
 
 @dataclass
@@ -70,24 +84,16 @@ def merge(runs: list[Run]) -> Run:
     return out
 
 
-async def drive(
-    transport: str,
-    url: str,
-    model: str,
-    data: bytes,
-    streams: int,
-    fps: float,
-    seconds: float,
-    start_at: float = 0.0,
-    progress_every: float = 0.0,
-) -> Run:
-    """`streams` streams of `data` at `fps` each for `seconds`, over `transport`. Every stream
-    connects first; the run starts at `start_at` (time.monotonic()) or once all are open."""
-    run = Run(streams, streams * fps, seconds, per_stream=[0] * streams)
-    connect = opener(transport)
+async def drive(load: Load, start_at: float = 0.0, progress_every: float = 0.0) -> Run:
+    """Offer `load`. Every stream connects first; the run starts at `start_at`
+    (time.monotonic()) or once all are open."""
+    streams, fps = load.streams, load.fps
+    run = Run(streams, streams * fps, load.seconds, per_stream=[0] * streams)
+    connect = opener(load.transport)
     async with aiohttp.ClientSession() as http:
         opened = await asyncio.gather(
-            *(connect(http, url, model) for _ in range(streams)), return_exceptions=True
+            *(connect(http, load.url, load.model) for _ in range(streams)),
+            return_exceptions=True,
         )
         links = [link for link in opened if isinstance(link, Link)]
         try:
@@ -99,7 +105,7 @@ async def drive(
             ticker = asyncio.create_task(_progress(run, progress_every), name="bench-progress")
             try:
                 await asyncio.gather(
-                    *(_stream(run, k, link, data, fps) for k, link in enumerate(links))
+                    *(_stream(run, k, link, load.data, fps) for k, link in enumerate(links))
                 )
             finally:
                 ticker.cancel()
@@ -182,33 +188,17 @@ async def _progress(run: Run, every: float) -> None:
             )
 
 
-def _drive_in_process(
-    transport: str, url: str, model: str, data: bytes, streams: int, fps: float,
-    seconds: float, start_at: float, progress_every: float,
-) -> Run:  # fmt: skip
-    return asyncio.run(
-        drive(transport, url, model, data, streams, fps, seconds, start_at, progress_every)
-    )
+def _drive_in_process(load: Load, start_at: float, progress_every: float) -> Run:
+    return asyncio.run(drive(load, start_at, progress_every))
 
 
-def drive_from(
-    clients: int,
-    transport: str,
-    url: str,
-    model: str,
-    data: bytes,
-    streams: int,
-    fps: float,
-    seconds: float,
-    progress_every: float = 0.0,
-) -> Run:
+def drive_from(clients: int, load: Load, progress_every: float = 0.0) -> Run:
     """`drive` from `clients` separate processes (streams spread over them), merged: on a
     many-core machine one Python client cannot offer what the gateway can serve."""
+    streams = load.streams
     clients = max(1, min(clients, streams))
     if clients == 1:
-        return asyncio.run(
-            drive(transport, url, model, data, streams, fps, seconds, 0.0, progress_every)
-        )
+        return asyncio.run(drive(load, 0.0, progress_every))
     shares = [streams // clients + (i < streams % clients) for i in range(clients)]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(clients, mp_context=ctx) as pool:
@@ -216,16 +206,10 @@ def drive_from(
         futures = [
             pool.submit(
                 _drive_in_process,
-                transport,
-                url,
-                model,
-                data,
-                n,
-                fps,
-                seconds,
+                replace(load, streams=n),
                 start_at,
                 progress_every if i == 0 else 0.0,
-            )  # fmt: skip
+            )
             for i, n in enumerate(shares)
         ]
         return merge([f.result() for f in futures])

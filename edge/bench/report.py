@@ -31,6 +31,18 @@ COLUMNS = (
     "CPU per result (ms)",
     "ratio to the ceiling",
 )
+LOAD_COLUMNS = (
+    "transport", "offered (x ceiling)", "offered (frames/s)", "sent (frames/s)",
+    "throughput (results/s)", "ratio to the ceiling", "dropped as stale", "unanswered",
+    "answered twice", "p50 / p99 latency (ms)",
+)  # fmt: skip
+FAIRNESS_COLUMNS = (
+    "transport", "run", "streams", "results per stream (min - max)", "Jain's index",
+)  # fmt: skip
+AGE_COLUMNS = (
+    "server", "throughput (results/s)", "p50 latency (ms)", "p99 latency (ms)", "max (ms)",
+    "median age, first third -> last third (ms)", "unanswered",
+)  # fmt: skip
 
 
 def write(results: BenchResults, out: Path) -> Path:
@@ -97,30 +109,20 @@ def _model(m: ModelResults, charts: dict[str, str]) -> str:
         "### Throughput against offered load",
         "",
     ]
-    out += _chart(charts, "load", "results a second against frames offered a second")
+    out += _figure(charts, "load", "results a second against frames offered a second",
+                   LOAD_COLUMNS, [_load_row(r, m.ceiling()) for r in m.find("load")])  # fmt: skip
     out += [
-        _table(
-            ("transport", "offered (x ceiling)", "offered (frames/s)", "sent (frames/s)",
-             "throughput (results/s)", "ratio to the ceiling", "dropped as stale",
-             "unanswered", "answered twice", "p50 / p99 latency (ms)"),
-            [_load_row(r, m.ceiling()) for r in m.find("load")],
-        ),
-        "",
         "Sent can fall short of offered when the clients cannot keep up (they skip a frame "
         "rather than send it late). Over WebRTC the last frame a stream sends may never be "
         "decoded (docs/webrtc.md), so up to one frame a stream stays unanswered.",
         "",
         "### Fairness",
         "",
-    ]  # fmt: skip
-    out += _chart(charts, "fairness", "results per stream")
+    ]
     fair = [r for r in m.runs if r.scenario in ("fairness", "load") and r.run.per_stream]
+    out += _figure(charts, "fairness", "results per stream", FAIRNESS_COLUMNS,
+                   [_fair_row(r) for r in fair])  # fmt: skip
     out += [
-        _table(
-            ("transport", "run", "streams", "results per stream (min - max)", "Jain's index"),
-            [_fair_row(r) for r in fair],
-        ),
-        "",
         "### Frame age over a long overload",
         "",
         "The same streams at the same overload against the gateway and against a naive "
@@ -128,15 +130,9 @@ def _model(m: ModelResults, charts: dict[str, str]) -> str:
         "its frames wait in the socket buffers and age; the gateway answers the newest.",
         "",
     ]
-    out += _chart(charts, "age", "frame age over time, gateway and naive server")
-    out += [
-        _table(
-            ("server", "throughput (results/s)", "p50 latency (ms)", "p99 latency (ms)",
-             "max (ms)", "median age, first third -> last third (ms)", "unanswered"),
-            [_age_row(r) for r in m.find("age", "gateway") + m.find("age", "naive")],
-        ),
-        "",
-    ]  # fmt: skip
+    ages = m.find("age", "gateway") + m.find("age", "naive")
+    out += _figure(charts, "age", "frame age over time, gateway and naive server", AGE_COLUMNS,
+                   [_age_row(r) for r in ages])  # fmt: skip
     if m.batches:
         b = m.batches
         out += [
@@ -240,6 +236,13 @@ def _median(values: list[float]) -> str:
 
 def _chart(charts: dict[str, str], kind: str, alt: str) -> list[str]:
     return [f"![{alt}]({charts[kind]})", ""] if kind in charts else []
+
+
+def _figure(
+    charts: dict[str, str], kind: str, alt: str, head: tuple[str, ...], rows: list[list[str]]
+) -> list[str]:
+    """The chart of `kind` (when drawn), then its figures as a table."""
+    return [*_chart(charts, kind, alt), _table(head, rows), ""]
 
 
 def _table(head: tuple[str, ...], rows: list[list[str]]) -> str:

@@ -21,6 +21,7 @@ from av import VideoFrame
 from PIL import Image
 
 from edge.bench.link import EndOfStream, Link
+from edge.client.mailbox import EndOfSource, Frame, LatestFrame
 
 #: how long ICE and DTLS on loopback may take before the hello arrives
 CONNECT_WITHIN_S = 60.0
@@ -28,29 +29,28 @@ CLOCK = fractions.Fraction(1, 90_000)
 
 
 class LatestFrameTrack(MediaStreamTrack):
-    """A camera whose next picture is the newest one offered: one slot, no queue."""
+    """A camera whose next picture is the newest one offered: the client's one-slot mailbox
+    (edge.client.mailbox), no queue."""
 
     kind = "video"
 
     def __init__(self, link: RtcLink) -> None:
         super().__init__()
         self.link = link
-        self.slot: VideoFrame | None = None
-        self.filled = asyncio.Event()
+        self.mailbox = LatestFrame()
         self.t0 = time.monotonic()
 
     def offer(self, frame: VideoFrame) -> None:
-        self.link.skipped += self.slot is not None
-        self.slot = frame
-        self.filled.set()
+        replaced = self.mailbox.put(Frame(0, b"", time.monotonic(), picture=frame))
+        self.link.skipped += replaced is not None
 
     async def recv(self) -> VideoFrame:
-        while self.slot is None:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self.filled.clear()
-            await self.filled.wait()
-        frame, self.slot = self.slot, None
+        try:
+            frame: VideoFrame = (await self.mailbox.get()).picture
+        except EndOfSource:
+            raise MediaStreamError from None
+        if self.readyState != "live":
+            raise MediaStreamError
         now = time.monotonic()
         frame.pts, frame.time_base = round((now - self.t0) * 90_000), CLOCK
         self.link.sent_at.append(now)  # the server's seq is the frame's index on the track
@@ -58,7 +58,7 @@ class LatestFrameTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
-        self.filled.set()
+        self.mailbox.end()
 
 
 class RtcLink(Link):

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge.bench.load import drive_from
+from edge.bench.load import Load, drive_from
 from edge.bench.results import Measured
 from edge.bench.servers import Server
 
@@ -125,9 +125,9 @@ def measure(
 ) -> Measured:  # fmt: skip
     """One load run against `server`, with its CPU time over the run's window."""
     every = 10.0 if seconds >= 20 else 0.0
-    url = server.address(transport)
+    load = Load(transport, server.address(transport), model, data, streams, fps, seconds)
     with CpuSampler(server) as cpu:
-        run = drive_from(plan.clients, transport, url, model, data, streams, fps, seconds, every)
+        run = drive_from(plan.clients, load, every)
     used = cpu.between(run.t0, run.t0 + seconds)
     return Measured(scenario, kind, transport, factor, run, used)
 
@@ -136,67 +136,25 @@ def gateway_runs(
     server: Server, transport: str, model: str, data: bytes, ceiling: float, plan: Plan, say: Say
 ) -> list[Measured]:
     """Unloaded, the load sweep and fairness, against the gateway over one transport."""
-    out = []
+
+    def run(scenario: str, what: str, streams: int, fps: float, seconds: float,
+            factor: float) -> Measured:  # fmt: skip
+        each = "1 stream" if streams == 1 else f"{streams} streams"
+        say(f"{model} over {transport}: {what}, {each} x {fps:.1f} fps, {seconds:g} s")
+        return measure(server, transport, model, data, streams, fps, seconds, plan, scenario,
+                       "gateway", factor)  # fmt: skip
+
     cores = float(os.cpu_count() or 1)
     fps = max(1.0, min(30.0, 0.25 * ceiling / cores))  # a quarter of one core's loop
-    say(f"{model} over {transport}: unloaded, 1 stream at {fps:.0f} fps")
-    out.append(
-        measure(
-            server,
-            transport,
-            model,
-            data,
-            1,
-            fps,
-            plan.unloaded_seconds,
-            plan,
-            "unloaded",
-            "gateway",
-            fps / ceiling,
-        )  # fmt: skip
-    )
+    out = [run("unloaded", "unloaded", 1, fps, plan.unloaded_seconds, fps / ceiling)]
     for factor in plan.factors:
         per_stream = factor * ceiling / plan.streams
-        say(
-            f"{model} over {transport}: {factor:g}x the ceiling, {plan.streams} streams x "
-            f"{per_stream:.1f} fps, {plan.seconds:g} s"
-        )
-        out.append(
-            measure(
-                server,
-                transport,
-                model,
-                data,
-                plan.streams,
-                per_stream,
-                plan.seconds,
-                plan,
-                "load",
-                "gateway",
-                factor,
-            )  # fmt: skip
-        )
+        what = f"{factor:g}x the ceiling"
+        out.append(run("load", what, plan.streams, per_stream, plan.seconds, factor))
     per_stream = plan.headline * ceiling / plan.fairness_streams
-    say(
-        f"{model} over {transport}: fairness, {plan.fairness_streams} streams x "
-        f"{per_stream:.1f} fps, {plan.seconds:g} s"
-    )
-    out.append(
-        measure(
-            server,
-            transport,
-            model,
-            data,
-            plan.fairness_streams,
-            per_stream,
-            plan.seconds,
-            plan,
-            "fairness",
-            "gateway",
-            plan.headline,
-        )  # fmt: skip
-    )
-    return out
+    fairness = run("fairness", "fairness", plan.fairness_streams, per_stream, plan.seconds,
+                   plan.headline)  # fmt: skip
+    return [*out, fairness]
 
 
 def age_run(

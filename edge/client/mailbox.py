@@ -20,8 +20,8 @@ class Frame:
     index: int
     data: bytes
     read_at: float
-    #: the decoded RGB picture (height x width x 3 uint8) for transports that send video
-    #: (WebRTC); `data` is then empty
+    #: the decoded picture for transports that send video (WebRTC): RGB, height x width x 3
+    #: uint8 (the bench's track puts an av.VideoFrame); `data` is then empty
     picture: Any = field(default=None, repr=False, compare=False)
 
 

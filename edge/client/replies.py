@@ -14,8 +14,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Timing:
+    """The gateway's own clock for one result, in milliseconds."""
+
+    #: from the frame's arrival to a worker taking it
     queue_ms: float
+    #: the model run (for the whole batch the frame ran in)
     inference_ms: float
+    #: from arrival to the result ready
     total_ms: float
 
 
@@ -30,6 +35,9 @@ class Detection:
 
 @dataclass(frozen=True)
 class Classification:
+    """One class of a classification result: `index` into the network's output, `label`
+    from the model's labels (the index as text when it has none)."""
+
     index: int
     label: str
     score: float

@@ -1,4 +1,4 @@
-"""Stage 5: the way out. One sender per stream, with a bounded backlog.
+"""The way out. One sender per stream, with a bounded backlog.
 
 Results and errors queue up to a limit; drop notices are kept as runs of seqs and merged into
 one message each, so a client that stops reading costs O(1) memory: once its backlog is full

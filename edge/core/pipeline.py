@@ -1,4 +1,4 @@
-"""Stage 3, on a worker thread: one batch of frames from bytes to encoded replies.
+"""On a worker thread: one batch of frames from bytes to encoded replies.
 
 Decode (told the smallest size the model needs), preprocess, one session run for the batch,
 postprocess and JSON-encode each frame, record metrics and spans, sample a shadow run, feed a

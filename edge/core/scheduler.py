@@ -1,4 +1,4 @@
-"""Stages 2 to 4: from the latest-frame slots to results, on worker threads.
+"""From the latest-frame slots to results, on worker threads.
 
 Each stream has a one-slot mailbox (`Stream.slot`) holding its newest frame; a newer frame
 replaces it and the old one is reported `stale`. Streams with a frame waiting sit once each in

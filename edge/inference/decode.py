@@ -1,4 +1,4 @@
-"""Stage 1: encoded bytes to RGB pixels, checked before any pixel is decoded.
+"""Encoded bytes to RGB pixels, checked before any pixel is decoded.
 
 Only JPEG and PNG are accepted, recognised by their magic bytes. Dimensions are read from the
 header first, so a decompression bomb is refused before it allocates anything. JPEG decodes

@@ -1,4 +1,4 @@
-"""Stage 3: a loaded, warmed model version: its task plugin and its ONNX Runtime sessions.
+"""A loaded, warmed model version: its task plugin and its ONNX Runtime sessions.
 
 A model in the repository is data, not code: the file is read as bytes, ONNX external data is
 refused (edge/inference/onnxfile.py), symlinks are refused, and no custom-op library is ever

@@ -5,8 +5,8 @@ call: fair with the streams, batched with every other frame of its model, counte
 metrics under the transport's label, answered once. A request is checked against the model
 before anything is queued, so a bad tensor never reaches a worker.
 
-- pipeline (`NAME`): the `image` element is the frame; the result message becomes typed
-  tensors (metadata.PIPELINE_OUTPUTS) and its JSON (`result`).
+- pipeline (`NAME`): the `image` element is the frame; the result message becomes the typed
+  tensors its task declares (`Task.outputs`) and its JSON (`result`).
 - raw (`NAME.raw`): each row of the input is one frame (`RawInput`) that skips decode,
   preprocess and postprocess; the rows' outputs are stacked back into the batch.
 """
@@ -24,11 +24,12 @@ from edge.core import streams as common
 from edge.core.services import Services
 from edge.frames import RawInput
 from edge.inference.engine import LoadedModel
+from edge.inference.tasks.base import Output, Task
 from edge.kserve import metadata
 from edge.kserve.errors import KServeError, invalid
 from edge.kserve.messages import InferRequest, InferResponse
-from edge.kserve.metadata import IMAGE, Target, TensorSpec
-from edge.kserve.tensors import Tensor, datatype_of
+from edge.kserve.metadata import IMAGE, RESULT, Target, TensorSpec
+from edge.kserve.tensors import DTYPES, Tensor, datatype_of
 from edge.models.repository import Route, UnknownModel
 
 
@@ -58,7 +59,7 @@ async def infer(services: Services, request: InferRequest, transport: str) -> In
         _check_outputs(target, request, [t.name for t in metadata.pipeline_outputs(model)])
         reply = await one_frame(services, transport, route, image, threshold)
         _raise_for(reply)
-        outputs = pipeline_tensors(metadata.pipeline_outputs(model), reply)
+        outputs = pipeline_tensors(model.task, reply)
     wanted = {o.name for o in request.outputs}
     if wanted:
         outputs = [t for t in outputs if t.name in wanted]
@@ -155,28 +156,26 @@ def _raise_for(reply: dict[str, Any]) -> None:
     raise KServeError("internal", f"{code}: {message}")
 
 
-def pipeline_tensors(specs: tuple[TensorSpec, ...], reply: dict[str, Any]) -> list[Tensor]:
-    """A result message as the pipeline's output tensors `specs` (metadata.PIPELINE_OUTPUTS)."""
+def pipeline_tensors(task: Task, reply: dict[str, Any]) -> list[Tensor]:
+    """A result message as the pipeline's output tensors (metadata.pipeline_outputs): each
+    output the task declares, from that field of every row, then the message's JSON."""
     reply.pop("seq", None)
-    dets = reply.get("detections", [])
-    classes = reply.get("classes", [])
-    rows = dets or classes
-    values: dict[str, np.ndarray] = {
-        "boxes": np.array([d["box"] for d in dets], np.float32).reshape(-1, 4),
-        "scores": np.array([d["score"] for d in rows], np.float32),
-        "labels": _strings([d["label"] for d in rows]),
-        "keypoints": np.array([d.get("keypoints", []) for d in dets], np.float32),
-        "polygons": np.array([d.get("polygon", []) for d in dets], np.float32),
-        "classes": np.array([d["index"] for d in classes], np.int64),
-        "result": _strings([json.dumps(reply, separators=(",", ":"))]),
-    }
-    out = []
-    for spec in specs:
-        array = values[spec.name]
-        if array.size == 0:  # no rows: the spec's shape with 0 for the open size
-            array = array.reshape([0 if d < 0 else d for d in spec.shape])
-        out.append(Tensor(spec.name, spec.datatype, array.shape, array))
-    return out
+    rows = reply.get(task.rows, [])
+    columns: list[tuple[Output | TensorSpec, list[Any]]] = [
+        (o, [row[o.field] for row in rows]) for o in task.outputs
+    ]
+    columns.append((RESULT, [json.dumps(reply, separators=(",", ":"))]))
+    return [_tensor(spec, values) for spec, values in columns]
+
+
+def _tensor(spec: Output | TensorSpec, values: list[Any]) -> Tensor:
+    if spec.datatype == "BYTES":
+        array = _strings(values)
+    else:
+        array = np.array(values, DTYPES[spec.datatype])
+    if array.size == 0:  # no rows: the declared shape with 0 for the open size
+        array = array.reshape([0 if d < 0 else d for d in spec.shape])
+    return Tensor(spec.name, spec.datatype, array.shape, array)
 
 
 def _strings(items: list[str]) -> np.ndarray:

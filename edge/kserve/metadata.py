@@ -4,7 +4,8 @@ Every model of the repository is served two ways, under two names:
 
 - `NAME`, the pipeline: one input `image` (BYTES [1], an encoded JPEG or PNG) that runs
   through decode, preprocess, the network and the task's postprocess like a WebSocket frame;
-  outputs the result as typed tensors (`PIPELINE_OUTPUTS`) and as its JSON (`result`).
+  outputs the result as the typed tensors its task declares (`Task.outputs`) and as its JSON
+  (`result`).
 - `NAME.raw`, the network: its ONNX input and outputs as they are, the input at the size the
   gateway feeds it (`model.toml`'s `input`), batched with every other frame of the model.
 """
@@ -16,7 +17,6 @@ from typing import Any
 
 from edge import __version__
 from edge.inference.engine import LoadedModel
-from edge.inference.tasks.blazeface import KEYPOINTS
 from edge.kserve.errors import KServeError
 from edge.kserve.tensors import ONNX_TYPES, datatype_of
 from edge.models.repository import Repository, Route, UnknownModel
@@ -41,23 +41,7 @@ class TensorSpec:
 
 
 IMAGE_INPUT = TensorSpec(IMAGE, "BYTES", (1,))
-BOXES = TensorSpec("boxes", "FP32", (-1, 4))  # x1, y1, x2, y2 in pixels of the frame as sent
-SCORES = TensorSpec("scores", "FP32", (-1,))
-LABELS = TensorSpec("labels", "BYTES", (-1,))
 RESULT = TensorSpec("result", "BYTES", (1,))  # the result message's JSON, as on the WebSocket
-#: the pipeline's outputs by task kind (`Task.kind`), in order
-PIPELINE_OUTPUTS: dict[str, tuple[TensorSpec, ...]] = {
-    "face_detection": (
-        BOXES,
-        SCORES,
-        LABELS,
-        TensorSpec("keypoints", "FP32", (-1, len(KEYPOINTS), 2)),
-        RESULT,
-    ),
-    "object_detection": (BOXES, SCORES, LABELS, RESULT),
-    "text_detection": (BOXES, SCORES, LABELS, TensorSpec("polygons", "FP32", (-1, 4, 2)), RESULT),
-    "classification": (TensorSpec("classes", "INT64", (-1,)), SCORES, LABELS, RESULT),
-}
 
 
 @dataclass(frozen=True)
@@ -137,7 +121,9 @@ def model_metadata(repo: Repository, target: Target, version: str) -> dict[str, 
 
 
 def pipeline_outputs(model: LoadedModel) -> tuple[TensorSpec, ...]:
-    return PIPELINE_OUTPUTS.get(model.task.kind, (RESULT,))
+    """The outputs the model's task declares (`Task.outputs`), in order, then `result`."""
+    declared = (TensorSpec(o.name, o.datatype, o.shape) for o in model.task.outputs)
+    return (*declared, RESULT)
 
 
 def raw_input(model: LoadedModel) -> TensorSpec:

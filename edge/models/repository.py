@@ -250,19 +250,10 @@ class Repository:
         log.info("model %s@%s: loading %s", spec.name, vdir.name, state.reason)
         s = self.settings
         try:
-            model = await loop.run_in_executor(
-                executor,
-                lambda: engine.load(
-                    self.root,
-                    spec,
-                    vdir,
-                    workers=s.worker_count,
-                    preference=s.providers,
-                    trt_cache=s.trt_cache,
-                    trt_fp16=s.trt_fp16,
-                    trt_workspace_mb=s.trt_workspace_mb,
-                ),
-            )
+            model = await loop.run_in_executor(executor, lambda: engine.load(
+                self.root, spec, vdir, workers=s.worker_count, preference=s.providers,
+                trt_cache=s.trt_cache, trt_fp16=s.trt_fp16, trt_workspace_mb=s.trt_workspace_mb,
+            ))  # fmt: skip
         except ModelLoadError as e:
             state.state, state.reason = "failed", str(e)
             log.error(

@@ -4,12 +4,17 @@ A task turns a decoded `Image` into the network's input tensor and the network's
 the result payload. It never runs the network itself: the engine owns sessions, batching and
 threads. Both methods run on worker threads, never on the event loop, and must be thread-safe
 (keep per-call state in `ctx`, not on `self`).
+
+A task also declares what its payloads carry as tensors (`rows`, `outputs`), so that a
+protocol serving results as tensors (KServe's pipeline form) reads them from the task rather
+than knowing every task.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,11 +23,35 @@ from edge.frames import Image
 from edge.inference.modelspec import ModelSpec
 
 
+@dataclass(frozen=True)
+class Output:
+    """One tensor a task's payloads carry: one element per row of the payload's `Task.rows`
+    list, each row's `field`, stacked."""
+
+    name: str
+    #: the Open Inference Protocol's datatype: "FP32", "INT64", "BYTES" (strings, UTF-8)
+    datatype: str
+    #: -1: the number of rows
+    shape: tuple[int, ...]
+    #: the key of each row that fills it
+    field: str
+
+
+#: what every detection task's rows carry: box x1, y1, x2, y2 in frame pixels, score, label
+BOXES = Output("boxes", "FP32", (-1, 4), "box")
+SCORES = Output("scores", "FP32", (-1,), "score")
+LABELS = Output("labels", "BYTES", (-1,), "label")
+
+
 class Task(ABC):
     #: the name model.toml uses in `task = "..."`
     name: ClassVar[str]
     #: what `/v1/models` reports as the model's task ("face_detection", "text_detection", ...)
     kind: ClassVar[str]
+    #: the payload's list of rows ("detections", "classes") that `outputs` are read from
+    rows: ClassVar[str] = "detections"
+    #: the tensors the payloads carry, in the order a protocol serves them
+    outputs: ClassVar[tuple[Output, ...]] = ()
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

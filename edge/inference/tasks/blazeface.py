@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.frames import Image
 from edge.inference.modelspec import ModelSpec
-from edge.inference.tasks.base import Task
+from edge.inference.tasks.base import BOXES, LABELS, SCORES, Output, Task
 from edge.inference.tasks.imaging import Letterbox, letterbox, normalize, sigmoid, weighted_nms
 from edge.inference.tasks.options import need_fraction, read_options
 
@@ -46,6 +46,13 @@ _ANCHORS.flags.writeable = False  # shared by every worker thread
 class BlazeFace(Task):
     name = "blazeface"
     kind = "face_detection"
+    #: each face's keypoints, in the order of KEYPOINTS, as x, y in frame pixels
+    outputs = (
+        BOXES,
+        SCORES,
+        LABELS,
+        Output("keypoints", "FP32", (-1, len(KEYPOINTS), 2), "keypoints"),
+    )
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

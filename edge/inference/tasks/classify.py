@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.frames import Image
 from edge.inference.modelspec import ModelSpec
-from edge.inference.tasks.base import Task
+from edge.inference.tasks.base import LABELS, SCORES, Output, Task
 from edge.inference.tasks.imaging import letterbox, normalize, resize, stretch
 from edge.inference.tasks.options import read_options
 
@@ -43,6 +43,8 @@ def center_crop(image: Image, width: int, height: int) -> np.ndarray:
 class Classification(Task):
     name = "classification"
     kind = "classification"
+    rows = "classes"
+    outputs = (Output("classes", "INT64", (-1,), "index"), SCORES, LABELS)
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge.frames import Image
 from edge.inference.modelspec import ModelSpec
-from edge.inference.tasks.base import Task
+from edge.inference.tasks.base import BOXES, LABELS, SCORES, Output, Task
 from edge.inference.tasks.imaging import Letterbox, letterbox, normalize
 from edge.inference.tasks.options import need_fraction, read_options
 from edge.inference.tasks.regions import (
@@ -52,6 +52,8 @@ _DEFAULTS: dict[str, Any] = {
 class DBText(Task):
     name = "db_text"
     kind = "text_detection"
+    #: each polygon's four corners clockwise from the top left, in frame pixels
+    outputs = (BOXES, SCORES, LABELS, Output("polygons", "FP32", (-1, 4, 2), "polygon"))
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

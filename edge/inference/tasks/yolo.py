@@ -25,7 +25,7 @@ import numpy as np
 
 from edge.frames import Image
 from edge.inference.modelspec import ModelSpec
-from edge.inference.tasks.base import Task
+from edge.inference.tasks.base import BOXES, LABELS, SCORES, Task
 from edge.inference.tasks.imaging import (
     Letterbox,
     cxcywh_to_xyxy,
@@ -58,6 +58,7 @@ def detect_format(shape: tuple[int, ...], classes: int) -> str:
 class Yolo(Task):
     name = "yolo"
     kind = "object_detection"
+    outputs = (BOXES, SCORES, LABELS)
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

@@ -12,7 +12,7 @@ from edge.core import streams as common
 from edge.core.services import Services
 from edge.core.stream import Stream
 from edge.frames import RawInput
-from edge.kserve import metadata
+from edge.inference.tasks.base import Task
 from edge.kserve.errors import KServeError, invalid
 from edge.kserve.infer import as_tensor, image_of, pipeline_tensors, raw_rows
 from edge.kserve.messages import InferResponse
@@ -35,7 +35,7 @@ class StreamTranslation:
         self._version = ""
         self._ids: dict[int, str] = {}
         self._wanted: dict[int, set[str]] = {}
-        self._outputs: tuple[metadata.TensorSpec, ...] = ()
+        self._task: Task | None = None  # the pipeline form's
         self._names: list[str] = []  # the raw form's outputs
 
     def route(self, first: pb.ModelInferRequest, default_model: str) -> Route:
@@ -48,7 +48,7 @@ class StreamTranslation:
         route = Route(target.name, first.model_version or None)
         model = self.services.repo.resolve(route)  # raises UnknownModel
         self._target, self._version = target, first.model_version
-        self._outputs = metadata.pipeline_outputs(model)
+        self._task = model.task
         self._names = list(model.output_names)
         return route
 
@@ -99,7 +99,8 @@ class StreamTranslation:
                 arrays = codec.from_arrays(message["outputs"])
                 outputs = [as_tensor(n, a[None]) for n, a in zip(self._names, arrays, strict=True)]
             else:
-                outputs = pipeline_tensors(self._outputs, dict(message))
+                assert self._task is not None
+                outputs = pipeline_tensors(self._task, dict(message))
             if wanted:
                 outputs = [t for t in outputs if t.name in wanted]
             assert self._target is not None
