@@ -359,10 +359,7 @@ async def test_a_promoted_version_serves_every_way_in(
     the version serving by pinning it, is answered, instead of unknown_model / unavailable."""
     repo = face_repo_copy(pulled, tmp_path / "repo")
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
-        add_version(pulled, repo, "2")
-        body = {"canary": {"share": 1.0, "frames": 20}}
-        async with http.post(url + "/v1/models/blazeface/load", json=body) as r:
-            assert r.status == 200
+        await _every_stream_tries(http, url, pulled, repo, frames=20)
         ws, books = await open_stream(http, url)
         reader = asyncio.create_task(read_into(ws, books))
         sender = asyncio.create_task(blast(ws, books, face_jpeg, 3600, FPS))
@@ -379,3 +376,13 @@ async def test_a_promoted_version_serves_every_way_in(
         image["parameters"] = {"content_type": "base64"}
         async with http.post(url + "/v2/models/blazeface/infer", json={"inputs": [image]}) as r:
             assert r.status == 200, await r.text()
+
+
+async def _every_stream_tries(
+    http: aiohttp.ClientSession, url: str, pulled: Path, repo: Path, frames: int
+) -> None:
+    """Version 2 arrives as a canary that every stream tries, decided after `frames`."""
+    add_version(pulled, repo, "2")
+    body = {"canary": {"share": 1.0, "frames": frames}}
+    async with http.post(url + "/v1/models/blazeface/load", json=body) as r:
+        assert r.status == 200
