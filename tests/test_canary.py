@@ -6,6 +6,7 @@ rollout"); every frame of the running streams is answered exactly once throughou
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,3 +349,40 @@ async def test_a_version_that_fails_at_run_time_is_rolled_back(
     assert books.answered_twice() == []
     codes = [m[0].get("code") for m in books.replies.values() if m[0]["type"] == "error"]
     assert codes and set(codes) == {"inference_failed"}
+
+
+async def test_a_promoted_version_serves_every_way_in(
+    pulled: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
+    """Guards against a promoted version that routing refuses: once promoted (state
+    `promoted`, not `ready`), a stream pinned to it opens and a KServe request, which runs on
+    the version serving by pinning it, is answered, instead of unknown_model / unavailable."""
+    repo = face_repo_copy(pulled, tmp_path / "repo")
+    async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
+        await _every_stream_tries(http, url, pulled, repo, frames=20)
+        ws, books = await open_stream(http, url)
+        reader = asyncio.create_task(read_into(ws, books))
+        sender = asyncio.create_task(blast(ws, books, face_jpeg, 3600, FPS))
+        row = await _decided(http, url, deadline(frames=60))
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await ws.close()
+        await asyncio.wait_for(reader, deadline())
+        assert row["state"] == "promoted", row
+        pinned, _ = await open_stream(http, url, "blazeface@2")
+        await pinned.close()
+        data = base64.b64encode(face_jpeg).decode()
+        image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [data]}
+        image["parameters"] = {"content_type": "base64"}
+        async with http.post(url + "/v2/models/blazeface/infer", json={"inputs": [image]}) as r:
+            assert r.status == 200, await r.text()
+
+
+async def _every_stream_tries(
+    http: aiohttp.ClientSession, url: str, pulled: Path, repo: Path, frames: int
+) -> None:
+    """Version 2 arrives as a canary that every stream tries, decided after `frames`."""
+    add_version(pulled, repo, "2")
+    body = {"canary": {"share": 1.0, "frames": frames}}
+    async with http.post(url + "/v1/models/blazeface/load", json=body) as r:
+        assert r.status == 200

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
+from edge.inference.canarypolicy import CanaryPolicy, CanaryPolicyError
 from edge.inference.modelspec import ModelSpec, ModelSpecError
 from edge.models.canary.board import Board
-from edge.models.canary.trial import CanaryPolicy, CanaryPolicyError, Trial, Verdict
+from edge.models.canary.trial import Trial, Verdict
 from edge.sharedmem import Shared
 
 pytestmark = pytest.mark.unit

@@ -25,7 +25,6 @@ from edge.frames import Frame, FrameError, Image, RawInput, Timing
 from edge.inference.decode import decode
 from edge.inference.engine import LoadedModel
 from edge.metrics import Metrics
-from edge.models.canary.rollout import Canary
 from edge.models.repository import Repository
 from edge.models.shadow import run_shadow, second_opinion
 from edge.tracing import FrameTracer
@@ -202,46 +201,20 @@ class Pipeline:
         payloads: list[dict[str, object] | None],
         cost_s: float | None,
     ) -> None:
-        """Feed the canary trial this batch takes part in, if any: the incumbent's errors, or
-        the canary's, with its batch run on the incumbent too (latency and agreement); the
-        run's cost is `LoadedModel.run_costed`'s."""
-        canary = self._repo.trial_of(model)
-        if canary is None:
-            return
-        # raw inputs (KServe's NAME.raw, no image, no payload) are not part of the trial
+        """Feed the canary trial this batch takes part in, if any (edge/models/canary/): the
+        frames with an image (a raw input, KServe's NAME.raw, is not judged), and the batch
+        run on the incumbent too when asked (`cost_s` is None when the batch failed)."""
         judged = [p for r, p in zip(ready, payloads, strict=True) if r[2] is not None]
-        n, errors = len(judged), judged.count(None)
-        if n == 0:
-            return
-        if model is canary.incumbent:
-            canary.trial.incumbent_batch(n, errors)
-            return
-        agreements: list[float] = []
-        seconds = None
-        if batch is not None and cost_s is not None and errors < n:
-            try:
-                _, inc_s, agreements = second_opinion(
-                    canary.incumbent, index, batch, ready, payloads, _thresholds(model, ready)
-                )
-                seconds = (cost_s / n, inc_s / n)
-            except Exception as e:
-                log.warning(
-                    "canary %s: incumbent %s failed: %s", model.ref, canary.incumbent.ref, e
-                )
-        verdict = canary.trial.canary_batch(n, errors, agreements, seconds)
-        self._show(canary)
-        if verdict is not None:
-            self._repo.settle(canary, verdict)
-        else:
-            self._repo.follow(canary)  # another process may have decided
 
-    def _show(self, canary: Canary) -> None:
-        f = canary.trial.figures()
-        m, labels = self._metrics, (canary.model.name, canary.model.version)
-        m.canary_frames.labels(*labels).set(f["frames"])
-        m.canary_error_rate.labels(*labels).set(f["error_rate"])
-        m.canary_latency_ratio.labels(*labels).set(f["latency_ratio"])
-        m.canary_agreement.labels(*labels).set(f["agreement"])
+        def rerun(incumbent: LoadedModel) -> tuple[float, list[float]]:
+            assert batch is not None
+            thresholds = _thresholds(model, ready)
+            _, cost, agreements = second_opinion(
+                incumbent, index, batch, ready, payloads, thresholds
+            )
+            return cost, agreements
+
+        self._repo.canaries.judge(model, judged, cost_s, rerun)
 
     def error(
         self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""

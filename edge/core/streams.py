@@ -35,8 +35,7 @@ def open_stream(
 ) -> Stream:
     """A stream bound to a model (raises UnknownModel), with its outbox wired to metrics."""
     session = session or new_session_id()
-    route = services.repo.place(services.repo.assign(route, session))
-    model = services.repo.resolve(route)
+    routed = services.repo.route(route, session)
     m = services.metrics
     settings = services.settings
     holder: list[Stream] = []
@@ -53,7 +52,11 @@ def open_stream(
         on_sent=on_sent,
     )
     stream = Stream(
-        id=session, transport=transport, route=route, outbox=outbox, model_label=model.name
+        id=session,
+        transport=transport,
+        route=routed.route,
+        outbox=outbox,
+        model_label=routed.model.name,
     )
     holder.append(stream)
     outbox.tap = services.publisher.tap(stream)
@@ -163,9 +166,8 @@ def apply_control(
         if ctl.type == "config" and ctl.config is not None:
             cfg = ctl.config
             if cfg.model is not None:
-                route = services.repo.place(services.repo.assign(Route.parse(cfg.model), stream.id))
-                model = services.repo.resolve(route)
-                stream.route, stream.model_label = route, model.name
+                routed = services.repo.route(cfg.model, stream.id)
+                stream.route, stream.model_label = routed.route, routed.model.name
                 if on_model:
                     on_model(stream)
             if cfg.threshold is not None:

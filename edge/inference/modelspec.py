@@ -18,8 +18,7 @@ Example:
     [versions]                    # optional A/B traffic split: version -> weight
     1 = 0.9
     2 = 0.1
-    [canary]                      # how a newly arriving version is tried
-    (edge/models/canary/trial.py)
+    [canary]                      # how a newly arriving version is tried (canarypolicy.py)
     share = 0.25
     frames = 300
     [options]                     # task-specific knobs (e.g. iou, unclip_ratio)
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.compat import tomllib
-from edge.models.canary.trial import CanaryPolicy, CanaryPolicyError
+from edge.inference.canarypolicy import CanaryPolicy, CanaryPolicyError
 
 _KNOWN = {
     "task",

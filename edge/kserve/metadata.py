@@ -79,7 +79,7 @@ def resolve(repo: Repository, target: Target, version: str) -> LoadedModel:
     if target.name not in repo.names():
         raise KServeError("not_found", f"no model named {target.public!r}; serving {names(repo)}")
     try:
-        return repo.resolve(Route(target.name, version or None))
+        return repo.route(Route(target.name, version or None)).model
     except UnknownModel as e:
         if version and version not in versions(repo, target.name, any_state=True):
             msg = f"model {target.public!r} has no version {version!r}"

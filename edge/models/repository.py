@@ -1,11 +1,11 @@
 """The model repository: `models/<name>/model.toml` plus `models/<name>/<version>/model.onnx`.
 
 Loads every model's serving versions in the background, keeps each version's state (loading,
-ready, failed and why), routes a stream to a version, and hot-reloads: a new or changed version
-is loaded and warmed aside, then swapped in atomically, or, newer than the one serving, put on
-trial as a canary (edge/models/canary/rollout.py); a version that fails keeps the old one serving.
-Worker
-threads call `resolve` for every frame; it only reads immutable snapshots.
+ready, failed and why), routes a stream to a version (`route`), and hot-reloads: a new or
+changed version is loaded and warmed aside, then swapped in atomically, or, newer than the one
+serving, put on trial as a canary (edge/models/canary/canaries.py, which also decides it); a
+version that fails keeps the old one serving. Worker threads call `resolve` for every frame; it
+only reads immutable snapshots.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ from edge.inference import engine
 from edge.inference.engine import LoadedModel, ModelLoadError
 from edge.inference.modelspec import ModelSpec
 from edge.models import versions as disk
-from edge.models.canary import rollout
-from edge.models.canary.board import Board
-from edge.models.canary.rollout import Canary, Decided
+from edge.models.canary.canaries import Canaries
 from edge.models.versions import ModelVersions, VersionState, version_key
 from edge.settings import Settings
-from edge.sharedmem import Shared
 
 log = logging.getLogger("edge.repository")
 
@@ -39,7 +36,8 @@ class UnknownModel(LookupError):
 
 @dataclass(frozen=True)
 class Route:
-    """Which model a stream wants: a name, maybe a pinned version, and its A/B assignment."""
+    """Which model a stream wants: a name, maybe a pinned version, and where the repository
+    placed it (`Repository.route`): its A/B version and its place among a canary's streams."""
 
     name: str
     version: str | None = None  # pinned by the client (name@version)
@@ -55,6 +53,14 @@ class Route:
         return cls(name, version or None)
 
 
+@dataclass(frozen=True)
+class Routed:
+    """A stream's route and the version that answers it now."""
+
+    route: Route
+    model: LoadedModel
+
+
 #: streams fall at 0, 0.618, 0.236, 0.854, ...: any run of them is spread evenly over [0, 1),
 #: so a canary's share holds for a handful of streams too (and the first is always in it)
 _GOLDEN = (5**0.5 - 1) / 2
@@ -64,24 +70,19 @@ class Repository:
     def __init__(
         self,
         settings: Settings,
+        canaries: Canaries,
         on_change: Callable[[], None] | None = None,
         on_failure: Callable[[str, str], None] | None = None,
-        *,
-        shared: Shared | None = None,
-        on_decision: Callable[[Decided], None] | None = None,
     ) -> None:
         self.settings = settings
+        #: the canary trials and their decisions; the pipeline feeds them (`judge`)
+        self.canaries = canaries
         self._on_failure = on_failure or (lambda _name, _version: None)
         self.root = settings.models
         self._models: dict[str, ModelVersions] = {}
         self._lock = asyncio.Lock()
         self._on_change = on_change or (lambda: None)
-        shared = shared or Shared(1, 1)
-        self.board = Board(shared)
-        self._on_decision = on_decision or (lambda _decided: None)
-        self._trials = rollout.Trials(self.board, shared.index, self._decided)
         self._opened = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def close(self) -> None:
         """Release every loaded version's session threads; call once the workers stopped."""
@@ -100,27 +101,35 @@ class Repository:
         return disk.not_ready_reasons(self._models, self.root)
 
     def describe(self) -> list[dict[str, Any]]:
-        return disk.describe(self._models)
+        return disk.describe(self._models, self.canaries.live())
 
     def names(self) -> list[str]:
         return sorted(self._models)
 
-    # -- routing (called from worker threads: reads only) ------------------------------------
-    def place(self, route: Route) -> Route:
-        """`route` with the stream's place among the streams a canary may take: one more
-        stream opened in this process (event loop only)."""
-        bucket = (self._opened * _GOLDEN) % 1.0
-        self._opened += 1
-        return Route(route.name, route.version, route.assigned, bucket)
+    # -- routing ------------------------------------------------------------------------------
+    def route(self, asked: str | Route, session: str | None = None) -> Routed:
+        """Which version answers what a client asked for: `asked`, a model name or
+        name@version (as the client wrote it, or parsed), checked (`assign`); for a stream
+        (`session`, its id; event loop only) placed too: its version of the model's traffic
+        split, sticky by `session`, and its place among the streams a canary may take.
+        Without `session` (a probe at admission, before the stream exists) checked only.
+        Raises UnknownModel."""
+        route = Route.parse(asked) if isinstance(asked, str) else Route(asked.name, asked.version)
+        if session is not None:
+            route = self._place(self.assign(route, session))
+        else:
+            self.assign(route, "probe")
+        return Routed(route, self.resolve(route))
 
     def assign(self, route: Route, key: str) -> Route:
-        """Validate a stream's route and give it a sticky A/B version, if the model splits."""
+        """Check a stream's route (the model exists; a pinned version is loaded) and give it a
+        sticky A/B version (by `key`), if the model splits its traffic."""
         m = self._models.get(route.name)
         if m is None:
             raise UnknownModel(f"no model named {route.name!r}; serving {self.names()}")
         if route.version is not None:
             v = m.versions.get(route.version)
-            if v is None or v.state != "ready":
+            if v is None or v.model is None:
                 raise UnknownModel(f"model {route.name!r} has no ready version {route.version!r}")
             return route
         if m.spec and m.spec.versions:
@@ -134,7 +143,17 @@ class Repository:
                         return Route(route.name, None, version, route.bucket)
         return route
 
+    def _place(self, route: Route) -> Route:
+        """`route` with the stream's bucket: where it falls among the streams a canary may
+        take, one more stream opened in this process."""
+        bucket = (self._opened * _GOLDEN) % 1.0
+        self._opened += 1
+        return Route(route.name, route.version, route.assigned, bucket)
+
     def resolve(self, route: Route) -> LoadedModel:
+        """The version that answers a routed stream now (worker threads too: reads only): its
+        pinned or A/B version, else the canary when the stream is in its share, else the
+        version serving."""
         m = self._models.get(route.name)
         if m is None:
             raise UnknownModel(f"no model named {route.name!r}")
@@ -145,9 +164,9 @@ class Repository:
                     return v.model
                 if route.version is not None:
                     raise UnknownModel(f"{route.name}@{want} is not loaded")
-        canary = m.canary
-        if canary is not None and route.bucket < canary.trial.policy.share:
-            return canary.model
+        canary = self.canaries.serving(route.name, route.bucket)
+        if canary is not None:
+            return canary
         if m.active is None:
             raise UnknownModel(f"model {route.name!r} is not ready")
         return m.active
@@ -157,38 +176,11 @@ class Repository:
         m = self._models.get(name)
         return m.shadow if m is not None else None
 
-    def trial_of(self, model: LoadedModel) -> Canary | None:
-        """The canary trial `model` takes part in, as the canary or as its incumbent."""
-        m = self._models.get(model.name)
-        c = m.canary if m is not None else None
-        if c is not None and (model is c.model or model is c.incumbent):
-            return c
-        return None
-
-    def settle(self, canary: Canary, verdict: rollout.Verdict) -> None:
-        """A worker reached `verdict` on `canary`: publish it (or take the decision another
-        process published first) and apply it."""
-        self._trials.settle(canary, verdict)
-
-    def follow(self, canary: Canary) -> None:
-        """Apply the decision another process took on `canary`, if there is one."""
-        self._trials.follow(canary)
-
-    def _decided(self, canary: Canary, decision: rollout.Decision, mine: bool) -> None:
-        m = self._models.get(canary.model.name)
-        if m is None or m.canary is not canary:
-            return  # superseded meanwhile
-        rollout.apply(m, canary, decision)
-        self._on_decision(Decided(canary, decision, mine))
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_change)
-
     # -- loading and hot reload (event loop) ------------------------------------------------
     async def refresh(self, executor: Executor, names: list[str] | None = None) -> None:
         """Scan the repository; load new or changed versions aside and swap them in."""
         async with self._lock:
-            loop = self._loop = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
             found = await loop.run_in_executor(executor, disk.scan, self.root)
             for name, (spec, error, versions) in found.items():
                 if names is not None and name not in names:
@@ -198,15 +190,13 @@ class Repository:
                 m.error = error
                 if spec is not None:
                     m.spec = spec
-                if m.canary is not None:
-                    self._trials.follow(m.canary)  # decided by another process meanwhile
-                rolled = rollout.not_to_serve(self.board, m, [v.name for v, _ in versions], fresh)
+                rolled = self.canaries.rescan(m, [v.name for v, _ in versions], fresh)
                 for vdir, sig in sorted(versions, key=lambda v: version_key(v[0].name)):
                     old = m.versions.get(vdir.name)
                     if old is not None and old.signature == sig and old.state != "loading":
                         continue
                     if vdir.name in rolled:
-                        rollout.mark_rolled_back(self.board, m, vdir.name, sig)
+                        self.canaries.mark_rolled_back(m, vdir.name, sig)
                         continue
                     dirs = [v.name for v, _ in versions if v.name not in rolled]
                     if spec is None or not self._wanted(spec, vdir.name, dirs, m):
@@ -230,7 +220,7 @@ class Repository:
             m.active is None
             and len(candidates) > 1
             and version == candidates[-2]
-            and self.board.on_trial(spec.name, candidates[-1])
+            and self.canaries.on_trial(spec.name, candidates[-1])
         )
 
     async def _load(
@@ -276,19 +266,8 @@ class Repository:
             )
             return
         if not spec.versions:
-            current = m.active.version if m.active else None
-            policy = self.board.policy(spec.name, spec.canary)
-            if (
-                current is not None
-                and m.active is not None
-                and version_key(vdir.name) > version_key(current)
-                and policy.enabled
-                and self.settings.canary
-            ):
-                self._trials.start(m, state, m.active, policy)
-                return
-            if current is None or version_key(vdir.name) >= version_key(current):
-                self._trials.serve(m, state)
+            if self.canaries.arrived(m, state):
+                return  # on trial
         else:
             weights = spec.versions
             best = max(

@@ -6,15 +6,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.inference import providers
 from edge.inference.engine import LoadedModel
 from edge.inference.modelspec import ModelSpec, ModelSpecError
 from edge.settings import Settings
-
-if TYPE_CHECKING:
-    from edge.models.canary.rollout import Canary
 
 #: what a scan finds per model: its spec (or why it has none), and each version's directory
 #: with the signature (mtime, size) of its model.onnx
@@ -35,7 +32,8 @@ class VersionState:
 
 @dataclass
 class ModelVersions:
-    """One model: its spec, its versions' states, the one serving, a shadow, a canary."""
+    """One model: its spec, its versions' states, the one serving, a shadow (its canary, if
+    any, is edge/models/canary/'s)."""
 
     name: str
     spec: ModelSpec | None
@@ -43,7 +41,6 @@ class ModelVersions:
     active: LoadedModel | None = None
     shadow: LoadedModel | None = None
     error: str = ""
-    canary: Canary | None = None  # a newer version on trial against `active`
     retries_seen: int = 0  # the operator's retries (edge/models/canary/board.py) already applied
 
 
@@ -104,13 +101,18 @@ def not_ready_reasons(models: dict[str, ModelVersions], root: Path) -> list[str]
     return out or (["no models found in " + str(root)] if not models else [])
 
 
-def describe(models: dict[str, ModelVersions]) -> list[dict[str, Any]]:
-    """The rows of GET /v1/models: one per model version."""
+#: the live figures of each version on trial, by (name, version)
+Live = dict[tuple[str, str], dict[str, float]]
+
+
+def describe(models: dict[str, ModelVersions], live: Live) -> list[dict[str, Any]]:
+    """The rows of GET /v1/models: one per model version; `live`, the figures of the versions
+    on trial now (edge/models/canary/canaries.py)."""
     rows = []
     for name, m in sorted(models.items()):
         active = m.active.version if m.active else None
         for v in sorted(m.versions.values(), key=lambda v: version_key(v.version)):
-            rows.append(_row(name, m, v, active))
+            rows.append(_row(name, m, v, active, live.get((name, v.version))))
         if not m.versions:
             rows.append(
                 {
@@ -126,7 +128,9 @@ def describe(models: dict[str, ModelVersions]) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(name: str, m: ModelVersions, v: VersionState, active: str | None) -> dict[str, Any]:
+def _row(
+    name: str, m: ModelVersions, v: VersionState, active: str | None, live: dict[str, float] | None
+) -> dict[str, Any]:
     spec = m.spec
     row: dict[str, Any] = {
         "name": name,
@@ -151,16 +155,16 @@ def _row(name: str, m: ModelVersions, v: VersionState, active: str | None) -> di
     if spec and spec.versions:
         row["weight"] = spec.versions.get(v.version, 0.0)
     if v.canary is not None:
-        row["canary"] = _canary(v.canary, m.canary, v.version)
+        row["canary"] = _canary(v.canary, live)
     return row
 
 
-def _canary(view: dict[str, Any], live: Canary | None, version: str) -> dict[str, Any]:
-    """A version's `canary` entry: its policy and incumbent, then the figures (live while on
+def _canary(view: dict[str, Any], live: dict[str, float] | None) -> dict[str, Any]:
+    """A version's `canary` entry: its policy and incumbent, then the figures (`live` while on
     trial), the decision and its reason."""
     out = dict(view)
-    if live is not None and live.model.version == version:
-        out["figures"] = {k: json_number(v) for k, v in live.trial.figures().items()}
+    if live is not None:
+        out["figures"] = {k: json_number(v) for k, v in live.items()}
     return out
 
 

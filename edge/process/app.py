@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,7 +25,7 @@ from edge.compat import timeout
 from edge.core.scheduler import Scheduler
 from edge.core.services import SERVICES, Services
 from edge.metrics import Metrics
-from edge.models.canary.rollout import Decided
+from edge.models.canary.canaries import Canaries
 from edge.models.repository import Repository
 from edge.process import loopmonitor as pulse
 from edge.settings import Settings
@@ -49,10 +47,9 @@ def create_app(
     metrics = Metrics(cluster.metrics_dir)
     repo = Repository(
         settings,
+        Canaries(cluster, metrics, enabled=settings.canary),
         on_change=lambda: _publish_models(app),
         on_failure=lambda name, _version: metrics.model_load_failures.labels(name).inc(),
-        shared=cluster.shared,
-        on_decision=lambda decided: _canary_decided(cluster, metrics, decided),
     )
     services = Services(
         settings=settings,
@@ -122,17 +119,6 @@ def _publish_models(app: web.Application) -> None:
     for row in services.repo.describe():
         if row["version"] is not None:
             g.labels(row["name"], row["version"]).set(1.0 if row["serving"] else 0.0)
-
-
-def _canary_decided(cluster: Cluster, metrics: Metrics, decided: Decided) -> None:
-    """Count a decision this process took, and have the other processes follow it now: the
-    supervisor makes every process rescan, and a rescan applies the board's decisions."""
-    if not decided.mine:
-        return
-    model = decided.canary.model
-    metrics.canary_decisions.labels(model.name, model.version, decided.decision.decision).inc()
-    if cluster.supervisor_pid:
-        os.kill(cluster.supervisor_pid, signal.SIGUSR1)
 
 
 async def _executor(app: web.Application) -> AsyncIterator[None]:

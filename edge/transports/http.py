@@ -14,8 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from edge.compat import timeout
 from edge.core import streams as common
 from edge.core.services import SERVICES, Services
-from edge.models.canary.trial import CanaryPolicy, CanaryPolicyError
-from edge.models.repository import Route, UnknownModel
+from edge.inference.canarypolicy import CanaryPolicy, CanaryPolicyError
+from edge.models.repository import UnknownModel
 
 TRANSPORT = "http"
 
@@ -64,11 +64,11 @@ async def load_model(request: web.Request) -> web.Response:
         CanaryPolicy().updated(canary, "canary")  # checked before anything changes
     except (ValueError, CanaryPolicyError) as e:
         return _bad(str(e), 400, "bad_request")
-    board = services.repo.board
+    canaries = services.repo.canaries
     if canary:
-        board.set_policy(name, canary)
+        canaries.set_policy(name, canary)
     if order.get("retry"):
-        board.retry(name, None if order.get("version") is None else str(order["version"]))
+        canaries.retry(name, None if order.get("version") is None else str(order["version"]))
     reloaded = await reload_everywhere(services, name)
     rows = [r for r in services.repo.describe() if r["name"] == name]
     return web.json_response(
@@ -107,8 +107,7 @@ async def infer(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
     try:
-        route = services.repo.assign(Route.parse(request.match_info["name"]), "unary")
-        services.repo.resolve(route)
+        route = services.repo.route(request.match_info["name"]).route
     except UnknownModel as e:
         return web.json_response({"error": "unknown_model", "message": str(e)}, status=404)
     if request.content_length is not None and request.content_length > settings.max_frame_bytes:

@@ -173,9 +173,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if services.saturated:
         return _refuse(services, 503, "busy", "this gateway process is behind; retry")
     try:
-        route = Route.parse(request.query.get("model", settings.default_model))
-        services.repo.assign(route, "probe")
-        services.repo.resolve(route)
+        route = services.repo.route(request.query.get("model", settings.default_model)).route
     except UnknownModel as e:
         services.metrics.streams_refused.labels(TRANSPORT, "unknown_model").inc()
         return web.json_response({"error": "unknown_model", "message": str(e)}, status=404)

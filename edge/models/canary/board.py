@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.models.canary.trial import CanaryPolicy, Verdict
+from edge.inference.canarypolicy import CanaryPolicy
+from edge.models.canary.trial import Verdict
 from edge.sharedmem import Shared
 
 log = logging.getLogger("edge.canaryboard")

@@ -1,30 +1,23 @@
-"""A model's versions changing hands: a newer version on trial as a canary beside the serving
-one, its promotion or rollback, and what /v1/models shows of it.
+"""A model's versions changing hands: a newer version put on trial as a canary beside the
+serving one, its promotion or rollback, and what /v1/models keeps of it.
 
-The repository (edge/models/repository.py) starts a trial when a newer version has loaded while
-another serves and the canary policy is on. Worker threads feed the trial (edge/core/pipeline.py)
-and, when it reaches a verdict, `Trials.settle` publishes it on the shared board
-(edge/models/canary/board.py), where the first verdict of any serving process wins, and applies the
-decision: promoted, the canary serves every stream and the incumbent retires; rolled back,
-its streams return to the incumbent (their next frame runs there, so none is lost or answered
-twice) and the version is released. Transitions take one lock (the event loop starts trials
-and swaps versions, a worker applies a verdict); `resolve` only reads.
+Functions on one model's versions (edge/models/versions.py), each called by
+edge/models/canary/canaries.py under its lock: promoted, the canary serves every stream and
+the incumbent retires; rolled back, its streams return to the incumbent (their next frame runs
+there, so none is lost or answered twice) and the version is released.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge.inference.canarypolicy import CanaryPolicy
 from edge.inference.engine import LoadedModel
 from edge.models.canary.board import Board, Decision
-from edge.models.canary.trial import CanaryPolicy, Trial, Verdict
+from edge.models.canary.trial import Trial
 from edge.models.versions import ModelVersions, VersionState, json_number
-
-__all__ = ["Canary", "Decided", "Decision", "Trials", "Verdict"]
 
 log = logging.getLogger("edge.rollout")
 
@@ -37,121 +30,60 @@ class Canary:
     incumbent: LoadedModel
     trial: Trial
     state: VersionState
+    versions: ModelVersions  # the model whose versions it changes
 
 
-@dataclass(frozen=True)
-class Decided:
-    """A decision applied in this process; `mine` when this process took it."""
-
-    canary: Canary
-    decision: Decision
-    mine: bool
-
-
-class Trials:
-    """Starts trials and applies decisions, under one lock, for one serving process."""
-
-    def __init__(
-        self, board: Board, index: int, decided: Callable[[Canary, Decision, bool], None]
-    ) -> None:
-        self._board = board
-        self._index = index
-        self._decided = decided
-        self._lock = threading.Lock()
-
-    def start(
-        self, m: ModelVersions, state: VersionState, incumbent: LoadedModel, policy: CanaryPolicy
-    ) -> None:
-        """Put the freshly loaded `state` on trial against `incumbent` (or take the decision
-        the gateway already has on it)."""
-        assert state.model is not None
-        decided = self._board.open_trial(state.name, state.version)
-        with self._lock:
-            if decided is not None:
-                log.info(
-                    "model %s@%s: %s already (by process %d): %s",
-                    state.name, state.version, decided.decision, decided.by, decided.reason,
-                )  # fmt: skip
-                state.canary = decided_view(decided)
-                if decided.decision == "promoted":
-                    serve(m, state)
-                    state.state = "promoted"
-                else:
-                    state.state, state.model, state.reason = "rolled_back", None, decided.reason
-                return
-            old = m.canary
-            if old is not None:
-                old.state.state, old.state.model = "retired", None
-                old.state.reason = f"superseded by version {state.version} before a decision"
-            state.state = "canary"
-            state.canary = {"policy": policy.as_dict(), "incumbent": incumbent.version}
-            m.canary = Canary(state.model, incumbent, Trial(policy), state)
-        log.info(
-            "model %s@%s: canary on a share of %g of the streams against version %s; promoted "
-            "after %d frames within limits (error rate +%g, latency p95 ratio %g, agreement "
-            "%g), rolled back as soon as it fails",
-            state.name, state.version, policy.share, incumbent.version, policy.frames,
-            policy.max_error_rate, policy.max_latency_ratio, policy.min_agreement,
-        )  # fmt: skip
-
-    def serve(self, m: ModelVersions, state: VersionState) -> None:
-        """`state` replaces the serving version at once (no trial; or a process that starts
-        after the gateway promoted it)."""
-        decided = self._board.decision(state.name, state.version)
-        with self._lock:
-            serve(m, state)
-            if decided is not None and decided.decision == "promoted":
-                state.state, state.canary = "promoted", decided_view(decided)
-
-    def settle(self, canary: Canary, verdict: Verdict) -> None:
-        decision, mine = self._board.decide(
-            canary.model.name, canary.model.version, verdict, self._index
-        )
-        self._apply(canary, decision, mine)
-
-    def follow(self, canary: Canary) -> None:
-        decision = self._board.decision(canary.model.name, canary.model.version)
-        if decision is not None:
-            self._apply(canary, decision, False)
-
-    def _apply(self, canary: Canary, decision: Decision, mine: bool) -> None:
-        with self._lock:
-            if canary.state.state != "canary":
-                return  # applied already, or superseded
-            self._decided(canary, decision, mine)
-        figures = ", ".join(f"{k} {json_number(v)}" for k, v in decision.figures.items())
-        who = "decided here" if mine else f"following process {decision.by}"
-        (log.info if decision.decision == "promoted" else log.warning)(
-            "model %s@%s: canary %s (%s) against version %s: %s [%s]",
-            canary.model.name, canary.model.version, decision.decision.replace("_", " "),
-            who, canary.incumbent.version, decision.reason, figures,
-            extra={"model": canary.model.ref},
-        )  # fmt: skip
+def start(
+    m: ModelVersions, state: VersionState, incumbent: LoadedModel, policy: CanaryPolicy
+) -> Canary:
+    """Put the freshly loaded `state` on trial against `incumbent`; a trial it supersedes
+    retires undecided."""
+    assert state.model is not None
+    for other in list(m.versions.values()):
+        if other is not state and other.state == "canary":
+            _supersede(other, state)
+    state.state = "canary"
+    state.canary = {"policy": policy.as_dict(), "incumbent": incumbent.version}
+    return Canary(state.model, incumbent, Trial(policy), state, m)
 
 
-def apply(m: ModelVersions, canary: Canary, decision: Decision) -> None:
-    """Make `decision` on `canary` the model's state (under the trials' lock)."""
+def take_decided(m: ModelVersions, state: VersionState, decision: Decision) -> None:
+    """`state` has loaded after the gateway decided on it: serve it, or release it."""
+    state.canary = decided_view(decision)
+    if decision.decision == "promoted":
+        serve(m, state)
+        state.state = "promoted"
+    else:
+        state.state, state.model, state.reason = "rolled_back", None, decision.reason
+
+
+def apply(canary: Canary, decision: Decision) -> None:
+    """Make `decision` on `canary` its model's state."""
     st = canary.state
     st.canary = {**(st.canary or {}), **decided_view(decision)}
     st.reason = decision.reason
-    m.canary = None
     if decision.decision == "promoted":
-        serve(m, st)
+        serve(canary.versions, st)
         st.state = "promoted"
     else:
         st.state, st.model = "rolled_back", None
 
 
 def serve(m: ModelVersions, state: VersionState) -> None:
-    """`state` serves every stream from now on; the versions it replaces retire."""
+    """`state` serves every stream from now on; the versions it replaces retire, a canary on
+    trial among them."""
     m.active = state.model
-    if m.canary is not None and m.canary.state is not state:
-        m.canary.state.reason = f"superseded by version {state.version} before a decision"
-        m.canary = None
     state.state = "ready"
     for other in list(m.versions.values()):  # the loop may add a version meanwhile
-        if other is not state and other.state in ("ready", "promoted", "canary"):
+        if other is not state and other.state == "canary":
+            _supersede(other, state)
+        elif other is not state and other.state in ("ready", "promoted"):
             other.state, other.model = "retired", None
+
+
+def _supersede(trial: VersionState, by: VersionState) -> None:
+    trial.state, trial.model = "retired", None
+    trial.reason = f"superseded by version {by.version} before a decision"
 
 
 def decided_view(decision: Decision) -> dict[str, Any]:

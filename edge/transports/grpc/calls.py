@@ -60,9 +60,7 @@ async def serve_stream(
         if first is grpc.aio.EOF:
             return None  # a call that sent nothing is answered with nothing
         try:
-            route = translation.route(first, settings.default_model)
-            services.repo.assign(route, "probe")
-            services.repo.resolve(route)
+            route = services.repo.route(translation.route(first, settings.default_model)).route
         except UnknownModel as e:
             return await _refuse(
                 services, context, transport, Code.NOT_FOUND, "unknown_model", str(e)

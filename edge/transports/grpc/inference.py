@@ -83,9 +83,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         except ValueError as e:
             await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
         try:
-            route = Route.parse(request.model_id or services.settings.default_model)
-            route = services.repo.assign(route, "unary")
-            services.repo.resolve(route)
+            route = services.repo.route(request.model_id or services.settings.default_model).route
         except UnknownModel as e:
             await context.abort(Code.NOT_FOUND, f"unknown_model: {e}")
         try:
@@ -141,12 +139,11 @@ class Translation:
             return None
         if request.model_id and request.model_id != self._model_id:
             try:
-                route = services.repo.assign(Route.parse(request.model_id), stream.id)
-                model = services.repo.resolve(route)
+                routed = services.repo.route(request.model_id, stream.id)
             except UnknownModel as e:
                 common.refuse_frame(services, stream, seq, "unknown_model", str(e))
                 return None
-            stream.route, stream.model_label = route, model.name
+            stream.route, stream.model_label = routed.route, routed.model.name
             self._model_id = request.model_id
         if threshold is not None:
             stream.threshold = threshold

@@ -45,12 +45,12 @@ class StreamTranslation:
             target = Target.parse(first.model_name or default_model)
         except KServeError as e:
             raise UnknownModel(e.message) from None
-        route = Route(target.name, first.model_version or None)
-        model = self.services.repo.resolve(route)  # raises UnknownModel
+        routed = self.services.repo.route(Route(target.name, first.model_version or None))
+        model = routed.model
         self._target, self._version = target, first.model_version
         self._task = model.task
         self._names = list(model.output_names)
-        return route
+        return routed.route
 
     def take(
         self, services: Services, stream: Stream, seq: int, request: pb.ModelInferRequest

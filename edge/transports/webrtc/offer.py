@@ -116,9 +116,7 @@ async def handle(request: web.Request) -> web.Response:
         return _refuse(services, 503, "not_ready", "models are still loading")
     try:
         offer = parse_offer(await _body(request), settings.default_model)
-        route = Route.parse(offer.model)
-        services.repo.assign(route, "probe")
-        services.repo.resolve(route)
+        route = services.repo.route(offer.model).route
     except BadOffer as e:
         services.metrics.streams_refused.labels(TRANSPORT, "bad_offer").inc()
         return web.json_response({"error": "bad_offer", "message": str(e)}, status=400)
