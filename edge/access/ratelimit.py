@@ -1,7 +1,9 @@
 """Limits on what one client may ask of the gateway: frames per second and streams per token.
 
-Frame rates are token buckets. `take_frame` asks `allow_frame` for each frame; a frame over a
-rate is answered `rate_limited` and costs no further work. Three buckets, nested:
+Frame rates are token buckets. `take_frame` (edge.core.streams) asks `allow_frame` for each
+frame of a stream; a frame over a rate is answered `rate_limited` and costs no further work.
+The buckets belong to whatever object owns the frames (a stream; this module knows nothing of
+streams), held weakly. Three buckets, nested:
 
 - the stream's own, `max_fps_per_stream`;
 - the stream's fair share of its client's budget: `max_fps_per_client` divided by the streams
@@ -33,7 +35,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from edge.core.stream import Stream
 from edge.settings import Settings
 from edge.sharedmem import Shared
 
@@ -103,40 +104,41 @@ class _ClientShare:
 
 
 @dataclass(eq=False)
-class _StreamBuckets:
-    stream: TokenBucket | None
+class _Buckets:
+    own: TokenBucket | None
     client: _ClientShare | None
 
 
 #: the client of the request being handled (set by `middleware`)
 _CLIENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar("edge_client", default=None)
-#: each stream's buckets, for as long as the stream object lives
-_BY_STREAM: weakref.WeakKeyDictionary[Stream, _StreamBuckets] = weakref.WeakKeyDictionary()
+#: each owner's buckets (a stream's), for as long as the owner lives
+_BY_OWNER: weakref.WeakKeyDictionary[object, _Buckets] = weakref.WeakKeyDictionary()
 
 
-def allow_frame(settings: Settings, stream: Stream, now: float) -> str | None:
-    """None if the frame may go on, else the limit it broke: "stream" or "client"."""
-    buckets = _BY_STREAM.get(stream)
+def allow_frame(settings: Settings, owner: object, now: float) -> str | None:
+    """None if a frame of `owner` (a stream, weakly referenced) may go on, else the limit it
+    broke: "stream" or "client"."""
+    buckets = _BY_OWNER.get(owner)
     if buckets is None:
         rate = settings.max_fps_per_stream
         own = TokenBucket(rate, now=now) if rate > 0 else None
         client = _CLIENT.get()
         share = _ClientShare(client, now) if client is not None else None
-        buckets = _BY_STREAM[stream] = _StreamBuckets(own, share)
+        buckets = _BY_OWNER[owner] = _Buckets(own, share)
         if share is not None:
-            weakref.finalize(stream, share.release)  # a transport that forgot `forget`
+            weakref.finalize(owner, share.release)  # a transport that forgot `forget`
     # Nested: only frames within their stream's rate count against the client's, so a stream
     # that floods spends its own budget and not its sibling streams'.
-    if buckets.stream is not None and not buckets.stream.take(now):
+    if buckets.own is not None and not buckets.own.take(now):
         return "stream"
     if buckets.client is not None and not buckets.client.take(now):
         return "client"
     return None
 
 
-def forget(stream: Stream) -> None:
-    """The stream has ended: it no longer counts among its client's streams."""
-    buckets = _BY_STREAM.pop(stream, None)
+def forget(owner: object) -> None:
+    """The stream `owner` has ended: it no longer counts among its client's streams."""
+    buckets = _BY_OWNER.pop(owner, None)
     if buckets is not None and buckets.client is not None:
         buckets.client.release()
 

@@ -6,20 +6,29 @@ import asyncio
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 
 from edge.access.ratelimit import StreamQuota
 from edge.core.scheduler import Scheduler
+from edge.core.stream import Stream
 from edge.metrics import Metrics
 from edge.models.repository import Repository
 from edge.settings import Settings
 from edge.sharedmem import Cluster
 from edge.sinks.publisher import Publisher
 
-if TYPE_CHECKING:
-    from edge.core.session import StreamSession
+
+class Session(Protocol):
+    """What the gateway asks of an open stream, whatever its transport (each is an
+    edge.core.session.StreamSession)."""
+
+    stream: Stream | None
+
+    async def goaway(self, retry_after_ms: int) -> None:
+        """Drain: answer every frame taken, say goaway, close as "going away"."""
+        ...
 
 
 @dataclass
@@ -36,7 +45,7 @@ class Services:
     streams: StreamQuota
     #: this process's result sinks (MQTT, NATS, ...), none unless configured
     publisher: Publisher
-    sessions: weakref.WeakSet[StreamSession] = field(default_factory=weakref.WeakSet)
+    sessions: weakref.WeakSet[Session] = field(default_factory=weakref.WeakSet)
     draining: bool = False
     #: the event loop lags behind (edge.process.loopmonitor): new streams are refused until it
     # catches up
@@ -44,11 +53,11 @@ class Services:
     #: set to rescan the model repository now (SIGHUP)
     reload: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def session_opened(self, session: StreamSession) -> None:
+    def session_opened(self, session: Session) -> None:
         self.sessions.add(session)
         self.cluster.shared.me["streams"] = len(self.sessions)  # the supervisor's load figure
 
-    def session_closed(self, session: StreamSession) -> None:
+    def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
         self.cluster.shared.me["streams"] = len(self.sessions)
 

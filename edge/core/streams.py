@@ -211,7 +211,8 @@ def _config_view(services: Services, stream: Stream) -> dict[str, object]:
 
 
 async def send_stats_periodically(stream: Stream) -> None:
-    """Owned by the transport's session: a stats message every `stats_every_s`, when set."""
+    """Owned by the stream's session (edge.core.session): a stats message every
+    `stats_every_s`, when set."""
     while True:
         await asyncio.sleep(stream.stats_every_s or 0.5)
         if stream.stats_every_s:
@@ -221,18 +222,18 @@ async def send_stats_periodically(stream: Stream) -> None:
 async def finish(services: Services, stream: Stream, grace: float, reason: str) -> None:
     """Let the frame in flight finish (bounded), account for the one still waiting, flush."""
     deadline = time.monotonic() + grace
-    await _settle(services, stream, deadline)
+    await settle(services, stream, deadline)
     left = services.scheduler.withdraw(stream)
     if left is not None:
         stream.stats.dropped += 1
         services.metrics.dropped.labels(stream.transport, stream.model_label, reason).inc()
         stream.outbox.drop(left.seq, reason)
-    await _settle(services, stream, deadline)
+    await settle(services, stream, deadline)
     await asyncio.sleep(0)  # let replies the workers already pushed reach the outbox
     await stream.outbox.flush(max(0.1, deadline - time.monotonic()))
 
 
-async def _settle(services: Services, stream: Stream, deadline: float) -> None:
+async def settle(services: Services, stream: Stream, deadline: float) -> None:
     """Wait (polling, bounded by `deadline`) until the stream has no frame waiting or running."""
     for _ in range(10_000):
         if services.scheduler.is_idle(stream) or time.monotonic() >= deadline:

@@ -3,6 +3,8 @@ for the client (`{"error": message}` over REST, the status details over gRPC).""
 
 from __future__ import annotations
 
+from edge.core.admission import Kind, Refusal
+
 #: kind -> HTTP status
 HTTP_STATUS = {
     "invalid": 400,
@@ -11,6 +13,13 @@ HTTP_STATUS = {
     "rate_limited": 429,
     "internal": 500,
     "unavailable": 503,
+}
+#: an admission refusal's kind (edge.core.admission) as the protocol's
+KIND_OF = {
+    Kind.UNAVAILABLE: "unavailable",
+    Kind.NOT_FOUND: "not_found",
+    Kind.EXHAUSTED: "rate_limited",
+    Kind.INVALID: "invalid",
 }
 
 
@@ -30,3 +39,8 @@ class KServeError(Exception):
 
 def invalid(message: str) -> KServeError:
     return KServeError("invalid", message)
+
+
+def refused(refusal: Refusal) -> KServeError:
+    """A refusal of the gateway's admission (edge.core.admission) as the protocol's error."""
+    return KServeError(KIND_OF[refusal.kind], f"{refusal.reason}: {refusal.message}")

@@ -12,10 +12,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge.compat import timeout
+from edge.core import admission
 from edge.core import streams as common
+from edge.core.admission import Kind, NotAdmitted, Refusal
 from edge.core.services import SERVICES, Services
 from edge.inference.canarypolicy import CanaryPolicy, CanaryPolicyError
-from edge.models.repository import UnknownModel
 
 TRANSPORT = "http"
 
@@ -107,9 +108,10 @@ async def infer(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
     try:
-        route = services.repo.route(request.match_info["name"]).route
-    except UnknownModel as e:
-        return web.json_response({"error": "unknown_model", "message": str(e)}, status=404)
+        admission.check_request(services, TRANSPORT)
+        route = admission.request_route(services, request.match_info["name"])
+    except NotAdmitted as e:
+        return refusal_response(e.refusal)
     if request.content_length is not None and request.content_length > settings.max_frame_bytes:
         return _bad(f"body is larger than {settings.max_frame_bytes} bytes", 413)
     try:
@@ -162,6 +164,21 @@ async def read_body(request: web.Request, within: float) -> bytes:
 async def metrics(request: web.Request) -> web.Response:
     data = request.app[SERVICES].metrics.exposition()
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+#: a refusal's kind as an HTTP status
+HTTP_STATUS = {Kind.UNAVAILABLE: 503, Kind.NOT_FOUND: 404, Kind.EXHAUSTED: 429, Kind.INVALID: 400}
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    """A refusal (edge.core.admission) over HTTP: its status, `{"error": reason, "message"}`,
+    and Retry-After when waiting may help."""
+    retry = refusal.retry_after_s
+    return web.json_response(
+        {"error": refusal.reason, "message": refusal.message},
+        status=HTTP_STATUS[refusal.kind],
+        headers=None if retry is None else {"Retry-After": str(retry)},
+    )
 
 
 def _bad(message: str, status: int, code: str = "bad_frame") -> web.Response:

@@ -17,9 +17,11 @@ from typing import Any
 from aiohttp import web
 
 from edge.compat import timeout
+from edge.core import admission
+from edge.core.admission import NotAdmitted
 from edge.core.services import SERVICES, Services
 from edge.kserve import metadata, rest
-from edge.kserve.errors import KServeError
+from edge.kserve.errors import KServeError, refused
 from edge.kserve.infer import infer
 from edge.kserve.messages import InferRequest
 from edge.kserve.metadata import Target
@@ -104,6 +106,10 @@ async def model_ready(request: web.Request) -> web.Response:
 async def model_infer(request: web.Request) -> web.Response:
     target, version = _target(request)
     services = request.app[SERVICES]
+    try:
+        admission.check_request(services, TRANSPORT)
+    except NotAdmitted as e:
+        raise refused(e.refusal) from None
     metadata.resolve(services.repo, target, version)  # 404 before the body is read
     settings = services.settings
     body = await read_body(request, settings.max_infer_bytes, settings.request_timeout_s)

@@ -22,104 +22,47 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from edge import codec
 from edge.access import auth
 from edge.core import streams as common
-from edge.core.outbox import SlowConsumer
+from edge.core.admission import Admission, NotAdmitted
 from edge.core.services import SERVICES, Services
-from edge.core.session import StreamSession
+from edge.core.session import Closing, Ending, Hello, How, StreamSession
 from edge.core.stream import Stream
-from edge.models.repository import Route, UnknownModel
+from edge.models.repository import UnknownModel
 from edge.settings import Settings
+from edge.transports.http import refusal_response
 
 log = logging.getLogger("edge.websocket")
 
 TRANSPORT = "websocket"
-CLOSE_GRACE_S = 1.0
 
 
-class WebSocketSession(StreamSession):
+#: a WebSocket close: its code and message
+Close = tuple[WSCloseCode, bytes]
+#: how the stream's endings close the socket (a reader's own close aside; else 1000)
+CLOSES: dict[How, Close] = {
+    How.SLOW_CONSUMER: (WSCloseCode.POLICY_VIOLATION, b"not reading"),
+    How.GOING_AWAY: (WSCloseCode.GOING_AWAY, b"going away"),
+    How.READER_FAILED: (WSCloseCode.INTERNAL_ERROR, b"internal error"),
+}
+
+
+class WebSocketSession(StreamSession[Close]):
     def __init__(self, services: Services, ws: web.WebSocketResponse) -> None:
-        self.services = services
+        super().__init__(services, TRANSPORT, log)
         self.ws = ws
-        self.stream: Stream | None = None
-        self._goaway: asyncio.Event = asyncio.Event()
-        self._retry_after_ms = 0
-        self._closed = asyncio.Event()
-        #: set by the reader when it ends the stream itself: (close code, close message)
-        self._close: tuple[WSCloseCode, bytes] | None = None
 
-    async def goaway(self, retry_after_ms: int) -> None:
-        self._retry_after_ms = retry_after_ms
-        self._goaway.set()
-        await self._closed.wait()
+    async def send(self, text: str) -> None:
+        await self.ws.send_str(text)
 
-    async def run(self, route: Route) -> None:
-        services, ws = self.services, self.ws
-        stream = self.stream = common.open_stream(services, TRANSPORT, route, ws.send_str)
-        model = services.repo.resolve(stream.route)
-        sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
-        reader = asyncio.create_task(self._read(stream), name=f"reader-{stream.id}")
-        ticker = asyncio.create_task(common.send_stats_periodically(stream))
-        gauge = services.metrics.active_streams.labels(TRANSPORT)
-        gauge.inc()
-        log.info(
-            "session=%s stream opened model=%s",
-            stream.id,
-            model.ref,
-            extra={"session": stream.id, "model": model.ref, "transport": TRANSPORT},
-        )
-        await ws.send_str(
-            codec.hello(
-                stream.id,
-                model.ref,
-                services.settings.max_frame_bytes,
-                process=services.cluster.index,
-            )
-        )
-        close_code, close_msg, reason = WSCloseCode.OK, b"", "closed"
-        goaway = asyncio.create_task(self._goaway.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {reader, sender, goaway}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if sender in done and isinstance(sender.exception(), SlowConsumer):
-                close_code, close_msg = WSCloseCode.POLICY_VIOLATION, b"not reading"
-                log.warning("session=%s %s", stream.id, sender.exception())
-            elif goaway in done:
-                close_code, close_msg, reason = WSCloseCode.GOING_AWAY, b"going away", "shutdown"
-            elif reader in done and self._close is not None and reader.exception() is None:
-                close_code, close_msg = self._close
-            elif reader in done and reader.exception() is not None:
-                close_code, close_msg = WSCloseCode.INTERNAL_ERROR, b"internal error"
-                log.error("session=%s reader failed: %r", stream.id, reader.exception())
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            if not sender.done():
-                await common.finish(services, stream, CLOSE_GRACE_S, reason)
-                if reason == "shutdown":
-                    stream.outbox.put(codec.message("goaway", retry_after_ms=self._retry_after_ms))
-                    await stream.outbox.flush(CLOSE_GRACE_S)
-            else:
-                services.scheduler.withdraw(stream)
-        finally:
-            for t in (reader, sender, goaway, ticker):
-                t.cancel()
-            for t in (reader, sender, goaway, ticker):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            common.close_stream(services, stream)
-            gauge.dec()
-            with contextlib.suppress(Exception):
-                await ws.close(code=close_code, message=close_msg)
-            self._closed.set()
-            log.info(
-                "session=%s stream closed code=%d %s",
-                stream.id,
-                close_code,
-                stream.stats.as_dict(),
-                extra={"session": stream.id, "transport": TRANSPORT, "code": int(close_code)},
-            )
+    async def say_hello(self, hello: Hello) -> None:
+        await self.ws.send_str(hello.text())
 
-    async def _read(self, stream: Stream) -> None:
+    async def close_wire(self, ending: Ending[Close]) -> Closing:
+        code, message = ending.close or CLOSES.get(ending.how, (WSCloseCode.OK, b""))
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=code, message=message)
+        return Closing(f"code={int(code)}", int(code))
+
+    async def read(self, stream: Stream) -> Close | None:
         """Drain the socket: frames to the scheduler, text to control; ends at close."""
         services, ws = self.services, self.ws
         settings = services.settings
@@ -135,8 +78,7 @@ class WebSocketSession(StreamSession):
                     seq += 1
                     if 0 < settings.max_oversize_frames <= oversize:
                         log.info("session=%s %d frames too large, closing", stream.id, oversize)
-                        self._close = (WSCloseCode.MESSAGE_TOO_BIG, b"frames too large")
-                        return
+                        return WSCloseCode.MESSAGE_TOO_BIG, b"frames too large"
                 elif msg.type == WSMsgType.TEXT:
                     # An auth message sent first while the upgrade carried a token, or while
                     # authentication is off, is ignored: one client works against both.
@@ -144,12 +86,13 @@ class WebSocketSession(StreamSession):
                         common.apply_control(services, stream, msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     log.info("session=%s socket error: %s", stream.id, ws.exception())
-                    return
+                    return None
                 first = False
         except asyncio.TimeoutError:
             log.info(
                 "session=%s idle for %g s, closing", stream.id, services.settings.idle_timeout_s
             )
+        return None
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -166,17 +109,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
             },
             status=400,
         )
-    if services.draining:
-        return _refuse(services, 503, "draining", "the gateway is shutting down; reconnect")
-    if not services.repo.ready:
-        return _refuse(services, 503, "not_ready", "models are still loading")
-    if services.saturated:
-        return _refuse(services, 503, "busy", "this gateway process is behind; retry")
+    admission = Admission(services, TRANSPORT)
     try:
-        route = services.repo.route(request.query.get("model", settings.default_model)).route
-    except UnknownModel as e:
-        services.metrics.streams_refused.labels(TRANSPORT, "unknown_model").inc()
-        return web.json_response({"error": "unknown_model", "message": str(e)}, status=404)
+        admission.check_gateway()
+        route = admission.check_model(request.query.get("model", settings.default_model))
+        admission.take_stream_slot()
+    except NotAdmitted as e:
+        return refusal_response(e.refusal)
     ws = web.WebSocketResponse(
         max_msg_size=settings.max_frame_bytes * 4,
         autoclose=False,
@@ -184,15 +123,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         receive_timeout=settings.idle_timeout_s or None,
         protocols=(auth.SUBPROTOCOL,),  # chosen when offered; a bearer.<token> never is
     )
-    slot = services.streams.acquire("*")  # the whole gateway's, not this process's
-    if slot is None:
-        return _refuse(
-            services,
-            503,
-            "max_streams",
-            f"the gateway serves at most {settings.max_streams} streams",
-        )
-    try:
+    with admission:
         await ws.prepare(request)
         if auth.pending(request) and not await _authenticate(request, ws, settings):
             return ws
@@ -200,17 +131,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"going away")
             return ws
         session = WebSocketSession(services, ws)
-        services.session_opened(session)
         try:
-            await session.run(route)
+            session.open(route)
         except UnknownModel as e:  # the model went away between the check and the upgrade
             await ws.send_str(codec.error(None, "unknown_model", str(e)))
             await ws.close(code=WSCloseCode.POLICY_VIOLATION)
-        finally:
-            services.session_closed(session)
+            return ws
+        await session.run()
         return ws
-    finally:
-        slot.release()
 
 
 async def _authenticate(
@@ -238,10 +166,3 @@ async def _authenticate(
         await ws.send_str(codec.error(None, code, text))
     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=code.encode())
     return False
-
-
-def _refuse(services: Services, status: int, reason: str, message: str) -> web.Response:
-    services.metrics.streams_refused.labels(TRANSPORT, reason).inc()
-    return web.json_response(
-        {"error": reason, "message": message}, status=status, headers={"Retry-After": "1"}
-    )

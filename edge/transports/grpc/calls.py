@@ -1,6 +1,7 @@
-"""A gRPC call's way in: refused with the WebSocket's reasons (as gRPC codes) while the gateway
-is not ready, draining or busy, or over a stream limit; else admitted with its slots and its
-client's frame budget, and served (a stream by edge.transports.grpc.streaming)."""
+"""A gRPC call's way in, through the gateway's one admission (edge.core.admission): refused with
+the WebSocket's reasons, as gRPC codes, while the gateway is not ready, draining or busy, or
+over a stream limit; else admitted with its slots and its client's frame budget, and served (a
+stream by edge.transports.grpc.streaming)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,27 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from edge.access.auth import GUARD, take_stream_slot
-from edge.access.ratelimit import CLIENTS, Slot, client_of
-from edge.access.tokens import Refused
-from edge.core.services import SERVICES, Services
+from edge.access.auth import GUARD
+from edge.access.ratelimit import CLIENTS, client_of
+from edge.core.admission import Admission, Kind, NotAdmitted, Refusal
+from edge.core.services import SERVICES
 from edge.models.repository import UnknownModel
 from edge.transports.grpc.guard import PRINCIPAL
 from edge.transports.grpc.streaming import GrpcStreamSession, Translation
 
 Code = grpc.StatusCode
+#: a refusal's kind as a gRPC status code
+GRPC_CODE = {
+    Kind.UNAVAILABLE: Code.UNAVAILABLE,
+    Kind.NOT_FOUND: Code.NOT_FOUND,
+    Kind.EXHAUSTED: Code.RESOURCE_EXHAUSTED,
+    Kind.INVALID: Code.INVALID_ARGUMENT,
+}
+
+
+async def abort(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
+    """End the call with `refusal` (edge.core.admission): its code, details `reason: message`."""
+    await context.abort(GRPC_CODE[refusal.kind], f"{refusal.reason}: {refusal.message}")
 
 
 async def serve_stream(
@@ -31,51 +44,26 @@ async def serve_stream(
     reasons, as gRPC codes) while not ready, draining, busy or at a stream limit."""
     services = app[SERVICES]
     settings = services.settings
-    refused = refusal(services)
-    if refused is not None:
-        return await _refuse(services, context, transport, *refused)
-    slot = services.streams.acquire("*")  # the whole gateway's, not this process's
-    if slot is None:
-        return await _refuse(
-            services,
-            context,
-            transport,
-            Code.UNAVAILABLE,
-            "max_streams",
-            f"the gateway serves at most {settings.max_streams} streams",
-        )
-    own: Slot | None = None
-    session = GrpcStreamSession(services, context, translation, transport)
-    try:
-        principal = PRINCIPAL.get()
-        if principal is not None:
-            try:
-                own = take_stream_slot(app[GUARD], principal)
-            except Refused as e:
-                services.metrics.auth_refused.labels(e.reason).inc()
-                return await _refuse(
-                    services, context, transport, Code.RESOURCE_EXHAUSTED, e.reason, e.message
-                )
-        first = await _first_request(context, settings.idle_timeout_s)
-        if first is grpc.aio.EOF:
-            return None  # a call that sent nothing is answered with nothing
+    with Admission(services, transport) as admission:
         try:
-            route = services.repo.route(translation.route(first, settings.default_model)).route
-        except UnknownModel as e:
-            return await _refuse(
-                services, context, transport, Code.NOT_FOUND, "unknown_model", str(e)
-            )
+            admission.check_gateway()
+            admission.take_stream_slot()
+            principal = PRINCIPAL.get()
+            if principal is not None:
+                admission.take_token_slot(app[GUARD], principal)
+            first = await _first_request(context, settings.idle_timeout_s)
+            if first is grpc.aio.EOF:
+                return None  # a call that sent nothing is answered with nothing
+            route = admission.check_model(translation.route(first, settings.default_model))
+        except NotAdmitted as e:
+            await abort(context, e.refusal)
+        session = GrpcStreamSession(services, context, translation, transport, first)
         with client_of(app[CLIENTS], peer_host(context.peer())):
-            services.session_opened(session)
             try:
-                await session.run(route, first)
+                session.open(route)
             except UnknownModel as e:  # the model went away between the check and the run
                 await context.abort(Code.NOT_FOUND, f"unknown_model: {e}")
-    finally:
-        services.session_closed(session)
-        slot.release()
-        if own is not None:
-            own.release()
+            await session.run()
     return None
 
 
@@ -84,29 +72,6 @@ async def _first_request(context: grpc.aio.ServicerContext, idle: float) -> Any:
         return await asyncio.wait_for(context.read(), idle or None)
     except asyncio.TimeoutError:
         await context.abort(Code.DEADLINE_EXCEEDED, f"no request for {idle:g} s")
-
-
-def refusal(services: Services) -> tuple[grpc.StatusCode, str, str] | None:
-    """Why a new call would be refused now (draining, not ready, busy), or None."""
-    if services.draining:
-        return Code.UNAVAILABLE, "draining", "the gateway is shutting down; reconnect"
-    if not services.repo.ready:
-        return Code.UNAVAILABLE, "not_ready", "models are still loading"
-    if services.saturated:
-        return Code.UNAVAILABLE, "busy", "this gateway process is behind; retry"
-    return None
-
-
-async def _refuse(
-    services: Services,
-    context: grpc.aio.ServicerContext,
-    transport: str,
-    code: grpc.StatusCode,
-    reason: str,
-    message: str,
-) -> None:
-    services.metrics.streams_refused.labels(transport, reason).inc()
-    await context.abort(code, f"{reason}: {message}")
 
 
 def peer_host(peer: str) -> str:

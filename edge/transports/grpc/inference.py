@@ -20,7 +20,9 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 
 from edge.access.ratelimit import CLIENTS, client_of
+from edge.core import admission
 from edge.core import streams as common
+from edge.core.admission import NotAdmitted
 from edge.core.services import SERVICES, Services
 from edge.core.stream import Stream
 from edge.models.repository import Route, UnknownModel
@@ -74,18 +76,20 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> Response:
         services = self.services
-        refused = calls.refusal(services)
-        if refused is not None:
-            code, reason, message = refused
-            await context.abort(code, f"{reason}: {message}")
+        try:
+            admission.check_request(services, TRANSPORT)
+        except NotAdmitted as e:
+            await calls.abort(context, e.refusal)
         try:
             request = parse(raw)
         except ValueError as e:
             await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
         try:
-            route = services.repo.route(request.model_id or services.settings.default_model).route
-        except UnknownModel as e:
-            await context.abort(Code.NOT_FOUND, f"unknown_model: {e}")
+            route = admission.request_route(
+                services, request.model_id or services.settings.default_model
+            )
+        except NotAdmitted as e:
+            await calls.abort(context, e.refusal)
         try:
             threshold, max_age_ms = request_settings(request)
         except ValueError as e:

@@ -19,6 +19,8 @@ import grpc
 from aiohttp import web
 
 from edge.access.ratelimit import CLIENTS, client_of
+from edge.core import admission
+from edge.core.admission import NotAdmitted
 from edge.core.services import SERVICES, Services
 from edge.kserve import metadata
 from edge.kserve.errors import KServeError
@@ -129,10 +131,10 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        refused = calls.refusal(self.services)
-        if refused is not None:
-            code, reason, message = refused
-            await context.abort(code, f"{reason}: {message}")
+        try:
+            admission.check_request(self.services, TRANSPORT)
+        except NotAdmitted as e:
+            await calls.abort(context, e.refusal)
         try:
             limit = self.services.settings.max_frame_bytes
             if typed_values(request) > INLINE_VALUES:  # megabytes of typed values: a thread

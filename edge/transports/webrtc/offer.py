@@ -22,10 +22,11 @@ from aiortc import RTCConfiguration, RTCIceServer
 from aiortc import sdp as aiortc_sdp
 
 from edge.access import auth
+from edge.core.admission import DRAINING, Admission, Kind, NotAdmitted, Refusal, unknown_model
 from edge.core.services import SERVICES, Services
 from edge.models.repository import Route, UnknownModel
 from edge.settings import Settings, SettingsError
-from edge.transports.http import read_body
+from edge.transports.http import read_body, refusal_response
 from edge.transports.webrtc.session import TRANSPORT, Offer, WebRTCSession
 
 log = logging.getLogger("edge.webrtc")
@@ -50,10 +51,10 @@ class Peers:
 
     def open(self, services: Services, route: Route, offer: Offer) -> WebRTCSession:
         session = WebRTCSession(
-            services, route, offer, self.configuration, self.draw, self.sessions.discard
+            services, offer, self.configuration, self.draw, self.sessions.discard
         )
+        session.open(route)  # UnknownModel
         self.sessions.add(session)
-        services.session_opened(session)
         return session
 
     def start(self, session: WebRTCSession) -> None:
@@ -110,43 +111,39 @@ async def handle(request: web.Request) -> web.Response:
     """Offer in, answer out; the session then lives on in `Peers`."""
     services, peers = request.app[SERVICES], request.app[PEERS]
     settings = services.settings
-    if services.draining or peers.closed:
-        return _refuse(services, 503, "draining", "the gateway is shutting down; reconnect")
-    if not services.repo.ready:
-        return _refuse(services, 503, "not_ready", "models are still loading")
+    admission = Admission(services, TRANSPORT)
     try:
-        offer = parse_offer(await _body(request), settings.default_model)
-        route = services.repo.route(offer.model).route
-    except BadOffer as e:
-        services.metrics.streams_refused.labels(TRANSPORT, "bad_offer").inc()
-        return web.json_response({"error": "bad_offer", "message": str(e)}, status=400)
-    except UnknownModel as e:
-        services.metrics.streams_refused.labels(TRANSPORT, "unknown_model").inc()
-        return web.json_response({"error": "unknown_model", "message": str(e)}, status=404)
-    if services.draining or peers.closed:
-        return _refuse(services, 503, "draining", "the gateway is shutting down; reconnect")
-    if services.saturated:
-        return _refuse(services, 503, "busy", "this gateway process is behind; retry")
-    streams = services.streams.acquire("*")  # the whole gateway's, not this process's
-    if streams is None:
-        message = f"the gateway serves at most {settings.max_streams} streams"
-        return _refuse(services, 503, "max_streams", message)
-    session = peers.open(services, route, offer)
-    session.slots.append(streams)
-    token = auth.keep_stream_slot(request)
-    if token is not None:
-        session.slots.append(token)
+        if peers.closed:
+            raise admission.refuse(DRAINING)
+        admission.check_gateway()
+        try:
+            offer = parse_offer(await _body(request), settings.default_model)
+        except BadOffer as e:
+            raise admission.refuse(bad_offer(str(e))) from None
+        route = admission.check_model(offer.model)
+        if peers.closed:  # it closed while the body came
+            raise admission.refuse(DRAINING)
+        admission.check_gateway()
+        admission.take_stream_slot()
+        admission.hold(auth.keep_stream_slot(request))
+        try:
+            session = peers.open(services, route, offer)
+        except UnknownModel as e:  # the model went away since the check
+            raise admission.refuse(unknown_model(e)) from None
+    except NotAdmitted as e:
+        admission.release()
+        return refusal_response(e.refusal)
+    session.admission = admission
     try:
         answer = await session.negotiate()
     except Exception as e:  # aiortc raises many kinds for an offer it cannot use
         await session.close()
         if services.draining:
-            return _refuse(services, 503, "draining", "the gateway is shutting down; reconnect")
+            return refusal_response(admission.counted(DRAINING))
         log.info("session=%s offer refused: %r", session.id, e)
-        services.metrics.streams_refused.labels(TRANSPORT, "bad_offer").inc()
-        return web.json_response({"error": "bad_offer", "message": str(e)}, status=400)
+        return refusal_response(admission.counted(bad_offer(str(e))))
     if session.closing:  # drained while negotiating
-        return _refuse(services, 503, "draining", "the gateway is shutting down; reconnect")
+        return refusal_response(admission.counted(DRAINING))
     peers.start(session)
     reply: dict[str, Any] = {"sdp": answer.sdp, "type": answer.type, "session": session.id}
     reply["model"] = services.repo.resolve(route).ref  # as hello will say; the dashboard shows it
@@ -198,8 +195,5 @@ def parse_offer(body: bytes, default_model: str) -> Offer:
     return Offer(sdp=sdp, model=model, annotate=bool(annotate), video=video)
 
 
-def _refuse(services: Services, status: int, reason: str, message: str) -> web.Response:
-    services.metrics.streams_refused.labels(TRANSPORT, reason).inc()
-    return web.json_response(
-        {"error": reason, "message": message}, status=status, headers={"Retry-After": "1"}
-    )
+def bad_offer(message: str) -> Refusal:
+    return Refusal("bad_offer", message, Kind.INVALID)

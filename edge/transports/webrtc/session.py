@@ -7,10 +7,10 @@
   event loop no conversion. Other tracks are drained and dropped.
 - The stream's sender (edge.core.outbox) writes to the `results` channel through a
   back-pressured writer (edge.transports.webrtc.media).
-- `run` closes the session when the client hangs up (connection failed or closed, channel
-  closed, track ended), after `idle_timeout_s` without a frame (counted from the offer, so a
-  client that never connects goes too), when the sender gives up, and on drain: the frames
-  taken are answered first, then `goaway`.
+- Its life is edge.core.session's, as a WebSocket's: it ends when the client hangs up
+  (connection failed or closed, channel closed, track ended), after `idle_timeout_s` without a
+  frame (counted from the offer, so a client that never connects goes too), when the sender
+  gives up, and on drain: the frames taken are answered first, then `goaway`.
 """
 
 from __future__ import annotations
@@ -35,14 +35,12 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from edge import codec
-from edge.access.ratelimit import Slot
 from edge.compat import timeout
 from edge.core import streams as common
-from edge.core.outbox import SlowConsumer
+from edge.core.admission import Admission
 from edge.core.services import Services
-from edge.core.session import StreamSession
+from edge.core.session import Closing, Ending, Hello, How, StreamSession
 from edge.core.stream import Stream
-from edge.models.repository import Route, UnknownModel
 from edge.transports.webrtc.annotate import AnnotatedTrack
 from edge.transports.webrtc.media import ChannelWriter, VideoPicture
 
@@ -50,7 +48,6 @@ log = logging.getLogger("edge.webrtc")
 
 TRANSPORT = "webrtc"
 CHANNEL_LABEL = "results"
-CLOSE_GRACE_S = 1.0
 PC_CLOSE_S = 5.0
 #: replies wait this long after the first frame for the client to open `results` (at most half
 #: of send_timeout_s); after that they are not kept for a channel that may never come
@@ -68,21 +65,32 @@ class Offer:
     video: dict[str, str] = field(default_factory=dict)
 
 
-class WebRTCSession(StreamSession):
+#: what the log says for how the session ended (a reader's own reason aside)
+REASONS = {
+    How.CLOSED: "closed",
+    How.SLOW_CONSUMER: "slow consumer",
+    How.SEND_FAILED: "channel failed",
+    How.GOING_AWAY: "goaway",
+    How.READER_FAILED: "reader failed",
+}
+
+
+class WebRTCSession(StreamSession[str]):
+    """Its reader (`read`) waits for the client to go: the peer connection's, the channel's
+    and the tracks' events end it with a reason; the tracks' own readers start as the tracks
+    arrive, during the negotiation."""
+
+    task_prefix = "webrtc-"
+
     def __init__(
         self,
         services: Services,
-        route: Route,
         offer: Offer,
         configuration: RTCConfiguration,
         draw: Executor,
         forget: Callable[[WebRTCSession], None],
     ) -> None:
-        self.services = services
-        stream = common.open_stream(services, TRANSPORT, route, self._send)  # UnknownModel
-        self.stream: Stream | None = stream
-        self._stream = stream
-        self.id = stream.id
+        super().__init__(services, TRANSPORT, log)
         self._offer = offer
         self._draw = draw
         self._forget = forget
@@ -90,21 +98,16 @@ class WebRTCSession(StreamSession):
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_channel)
         self.pc.on("connectionstatechange", self._on_state)
-        #: the auth stream-quota slot and the gateway's max_streams slot, given back on close
-        self.slots: list[Slot] = []
+        #: the gateway's max_streams slot and the token's stream slot, given back on close
+        self.admission: Admission | None = None
         self.annotated: AnnotatedTrack | None = None
         self._video: MediaStreamTrack | None = None
         self._writer = ChannelWriter()
         self._channel_timer: asyncio.TimerHandle | None = None
         self._ended = asyncio.Event()
         self._reason = ""
-        self._retry_after_ms = 0
         self._last_frame = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sender: asyncio.Task[None] | None = None
-        self.closing = False
-        self._closed = asyncio.Event()
-        services.metrics.active_streams.labels(TRANSPORT).inc()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def negotiate(self) -> RTCSessionDescription:
@@ -115,68 +118,43 @@ class WebRTCSession(StreamSession):
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription
 
-    async def run(self) -> None:
-        """Serve until the client goes, frames stop, the sender gives up or we drain."""
-        if self.closing:  # drained before it started
-            return
-        stream = self._stream
-        self._sender = asyncio.create_task(stream.outbox.run(), name=f"webrtc-sender-{self.id}")
-        self._sender.add_done_callback(self._sender_done)
-        log.info("session=%s stream opened model=%s", self.id, self._model_ref())
+    async def say_hello(self, hello: Hello) -> None:
+        """Said on the results channel once the client opens it (`_on_open`)."""
+
+    def answerable(self) -> bool:
+        return self._writer.open
+
+    async def read(self, stream: Stream) -> str:
+        """Until the client goes (connection failed or closed, channel closed, track ended)
+        or no frame came for `idle_timeout_s`: why. The track readers stop with it."""
         try:
-            reason = await self._watch()
-            for task in self._tasks:  # stop reading; what was taken is answered below
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            if not self.closing and not self._sender.done() and self._writer.open:
-                shutdown = reason == "goaway"
-                await common.finish(
-                    self.services, stream, CLOSE_GRACE_S, "shutdown" if shutdown else "closed"
-                )
-                if shutdown:
-                    stream.outbox.put(codec.message("goaway", retry_after_ms=self._retry_after_ms))
-                    await stream.outbox.flush(CLOSE_GRACE_S)
+            return await self._watch()
         finally:
-            await self.close()
+            await self._stop_reading()
 
-    async def goaway(self, retry_after_ms: int) -> None:
-        self._retry_after_ms = retry_after_ms
-        self._end("goaway")
-        if self._sender is None:  # not running yet: nothing was taken, nothing to answer
-            await self.close()
-        await self._closed.wait()
-
-    async def close(self) -> None:
-        """Cancel and await every task, close the peer connection; idempotent."""
-        if self.closing:
-            await self._closed.wait()
-            return
-        self.closing = True
+    async def close_wire(self, ending: Ending[str]) -> Closing:
+        """Close the peer connection; give the slots back."""
         try:
-            self._end("closed")
             if self._channel_timer is not None:
                 self._channel_timer.cancel()
-            tasks = [*self._tasks, *([self._sender] if self._sender else [])]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            common.close_stream(self.services, self._stream)
+            await self._stop_reading()
             if self.annotated is not None:
                 self.annotated.stop()
-            try:
-                async with timeout(PC_CLOSE_S):
-                    await self.pc.close()
-            except Exception as e:
-                log.warning("session=%s peer connection did not close cleanly: %r", self.id, e)
+            async with timeout(PC_CLOSE_S):
+                await self.pc.close()
+        except Exception as e:
+            log.warning("session=%s peer connection did not close cleanly: %r", self.id, e)
         finally:
-            self.services.session_closed(self)
             self._forget(self)
-            self.services.metrics.active_streams.labels(TRANSPORT).dec()
-            for slot in self.slots:
-                slot.release()
-            self._closed.set()
-            stats = self._stream.stats.as_dict()
-            log.info("session=%s stream closed (%s) %s", self.id, self._reason, stats)
+            if self.admission is not None:
+                self.admission.release()
+        reason = ending.close or REASONS[ending.how]
+        return Closing(f"({reason})", reason)
+
+    async def _stop_reading(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _end(self, reason: str) -> None:
         if not self._ended.is_set():
@@ -196,23 +174,9 @@ class WebRTCSession(StreamSession):
                     await self._ended.wait()
         return self._reason
 
-    def _sender_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        e = task.exception()
-        if isinstance(e, SlowConsumer):
-            log.warning("session=%s %s", self.id, e)
-        self._end("slow consumer" if isinstance(e, SlowConsumer) else "channel failed")
-
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
             self._end(f"connection {self.pc.connectionState}")
-
-    def _model_ref(self) -> str:
-        try:
-            return self.services.repo.resolve(self._stream.route).ref
-        except UnknownModel:
-            return self._stream.route.name
 
     # -- incoming media --------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -226,7 +190,7 @@ class WebRTCSession(StreamSession):
         self._tasks.add(asyncio.create_task(coro, name=f"webrtc-{what}-{self.id}"))
 
     async def _read_video(self, track: MediaStreamTrack) -> None:
-        services, stream = self.services, self._stream
+        services, stream = self.services, self._opened()
         seq = 0
         try:
             while True:
@@ -284,14 +248,7 @@ class WebRTCSession(StreamSession):
 
     def _on_open(self) -> None:
         assert self._writer.channel is not None
-        settings = self.services.settings
-        hello = codec.hello(
-            self.id,
-            self._model_ref(),
-            settings.max_frame_bytes,
-            process=self.services.cluster.index,
-        )
-        self._writer.channel.send(hello)  # first, before anything the outbox holds
+        self._writer.channel.send(self.hello().text())  # first, before anything the outbox holds
         self._writer.ready.set()
 
     def _on_channel_close(self) -> None:
@@ -300,12 +257,12 @@ class WebRTCSession(StreamSession):
 
     def _on_message(self, message: str | bytes) -> None:
         if isinstance(message, str):
-            common.apply_control(self.services, self._stream, message)
+            common.apply_control(self.services, self._opened(), message)
         else:
             text = "binary messages are not understood here: send frames as the video track"
-            self._stream.outbox.put(codec.error(None, "bad_message", text))
+            self._opened().outbox.put(codec.error(None, "bad_message", text))
 
-    async def _send(self, text: str) -> None:
+    async def send(self, text: str) -> None:
         """The outbox's writer."""
         if self.annotated is not None:
             self.annotated.note(text)

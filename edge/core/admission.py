@@ -1,0 +1,169 @@
+"""Who may open a stream or send a request now: the one way in for every transport and protocol.
+
+A refusal is data, written once here (`Refusal`: the reason a client and the
+`edge_streams_refused` metric see, a message saying what to do, and a `Kind` that says which
+status it is on each wire). Each wire says it its own way with one small function:
+edge.transports.http.refusal_response (a status, `{"error", "message"}` and Retry-After; the
+WebSocket upgrade, the WebRTC offer and `/v1` infer), edge.transports.grpc.calls.abort (a
+status code and details `reason: message`; both gRPC services) and edge.kserve.errors.refused
+(KServe REST's error body).
+
+A stream is let in by an `Admission`: the checks in the order its transport can make them
+(a gRPC stream learns its model from its first request, a WebRTC offer from its body), each
+refusal counted once, the slots it took given back once. A unary request is let in by
+`check_request` and `request_route`. Which checks apply where is decided here, not in the
+transports, so one set of limits on every transport (issue #23) is a change to this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from edge.access import auth, tokens
+from edge.access.ratelimit import Slot
+from edge.core.services import Services
+from edge.models.repository import Route, UnknownModel
+
+#: seconds a client refused for now (Kind.UNAVAILABLE, Kind.EXHAUSTED) is told to wait
+RETRY_AFTER_S = 1
+
+
+class Kind(enum.Enum):
+    """What a refusal means, whatever the wire: each wire has one status for each kind."""
+
+    UNAVAILABLE = "unavailable"  # the gateway cannot take it now; try again soon
+    NOT_FOUND = "not_found"  # no such model
+    EXHAUSTED = "exhausted"  # a quota is used up; try again once something closed
+    INVALID = "invalid"  # the request itself is wrong
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    message: str
+    kind: Kind = Kind.UNAVAILABLE
+
+    @property
+    def retry_after_s(self) -> int | None:
+        """How long to wait before trying again, when waiting may help."""
+        return RETRY_AFTER_S if self.kind in (Kind.UNAVAILABLE, Kind.EXHAUSTED) else None
+
+
+DRAINING = Refusal("draining", "the gateway is shutting down; reconnect")
+NOT_READY = Refusal("not_ready", "models are still loading")
+BUSY = Refusal("busy", "this gateway process is behind; retry")
+
+
+def max_streams(limit: int) -> Refusal:
+    return Refusal("max_streams", f"the gateway serves at most {limit} streams")
+
+
+def unknown_model(e: UnknownModel) -> Refusal:
+    return Refusal("unknown_model", str(e), Kind.NOT_FOUND)
+
+
+class NotAdmitted(Exception):
+    """Raised by the checks below; the transport answers `refusal` in its wire's form."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(f"{refusal.reason}: {refusal.message}")
+        self.refusal = refusal
+
+
+def gate(services: Services) -> Refusal | None:
+    """Why nothing new may start in this process now (draining, not ready, busy), or None."""
+    if services.draining:
+        return DRAINING
+    if not services.repo.ready:
+        return NOT_READY
+    if services.saturated:
+        return BUSY
+    return None
+
+
+# -- streams -----------------------------------------------------------------------------------
+class Admission:
+    """One stream's way in on `transport`. Each check raises NotAdmitted with its refusal
+    counted (`edge_streams_refused{transport, reason}`); the slots taken are the stream's until
+    `release` (once; also on leaving a `with` block)."""
+
+    def __init__(self, services: Services, transport: str) -> None:
+        self.services = services
+        self.transport = transport
+        self._slots: list[Slot] = []
+
+    def counted(self, refusal: Refusal) -> Refusal:
+        """`refusal`, counted as this stream's."""
+        self.services.metrics.streams_refused.labels(self.transport, refusal.reason).inc()
+        return refusal
+
+    def refuse(self, refusal: Refusal) -> NotAdmitted:
+        """Count `refusal`; the exception to raise for it."""
+        return NotAdmitted(self.counted(refusal))
+
+    def check_gateway(self) -> None:
+        refusal = gate(self.services)
+        if refusal is not None:
+            raise self.refuse(refusal)
+
+    def check_model(self, asked: str | Route) -> Route:
+        """The route of what the client asked for (a model name, name@version), checked to
+        name a model this gateway serves."""
+        try:
+            return self.services.repo.route(asked).route
+        except UnknownModel as e:
+            raise self.refuse(unknown_model(e)) from None
+
+    def take_stream_slot(self) -> None:
+        """A slot of the whole gateway's max_streams, not only this process's."""
+        slot = self.services.streams.acquire("*")
+        if slot is None:
+            raise self.refuse(max_streams(self.services.settings.max_streams))
+        self._slots.append(slot)
+
+    def take_token_slot(self, guard: auth.Guard, principal: tokens.Principal) -> None:
+        """A slot of the principal's stream quota (max_streams_per_token)."""
+        try:
+            self._slots.append(auth.take_stream_slot(guard, principal))
+        except tokens.Refused as e:
+            self.services.metrics.auth_refused.labels(e.reason).inc()
+            raise self.refuse(Refusal(e.reason, e.message, Kind.EXHAUSTED)) from None
+
+    def hold(self, slot: Slot | None) -> None:
+        """Keep a slot taken elsewhere (the request's token slot) until `release`."""
+        if slot is not None:
+            self._slots.append(slot)
+
+    def release(self) -> None:
+        slots, self._slots = self._slots, []
+        for slot in slots:
+            slot.release()
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+# -- unary requests ----------------------------------------------------------------------------
+#: the unary transports refused while the gateway drains, loads or lags (`gate`); /v1 infer and
+#: KServe REST are answered all the same, as they always were (issue #23 makes it one set)
+GATED_REQUESTS = frozenset({"grpc", "kserve-grpc"})
+
+
+def check_request(services: Services, transport: str) -> None:
+    """Raise NotAdmitted (not counted: no stream was refused) if a unary request on
+    `transport` may not start now."""
+    refusal = gate(services) if transport in GATED_REQUESTS else None
+    if refusal is not None:
+        raise NotAdmitted(refusal)
+
+
+def request_route(services: Services, name: str) -> Route:
+    """The route of a unary request for model `name` (`name@version`), or NotAdmitted."""
+    try:
+        return services.repo.route(name).route
+    except UnknownModel as e:
+        raise NotAdmitted(unknown_model(e)) from None
