@@ -1,12 +1,11 @@
 """A bidirectional gRPC stream as a `StreamSession`: the WebSocket's semantics over gRPC.
 
 Each request is a frame (seq = its 0-based index on the call) handed to the scheduler like a
-WebSocket frame; the stream's outbox (edge.core.outbox) answers each one exactly once, and every
-message it sends is turned into the protocol's responses. A `Translation` says what differs
-between protocols (edge.transports.grpc.inference's InferenceService, a KServe ModelStreamInfer):
-which
-model the first request asks for, what a request asks of the stream beside its frame, and how
-a reply message becomes responses. A servicer hands its call to
+WebSocket frame; the stream's outbox (edge.core.outbox) answers each one exactly once, each
+reply encoded as the protocol's responses. A `Translation` says what differs between protocols
+(edge.transports.grpc.inference's InferenceService, a KServe ModelStreamInfer): which model the
+first request asks for, what a request asks of the stream beside its frame, and, as the
+stream's wire, how each typed reply becomes responses. A servicer hands its call to
 edge.transports.grpc.calls.serve_stream,
 which admits it (or refuses it) and runs a session here. Everything else is here, once:
 
@@ -26,7 +25,6 @@ which admits it (or refuses it) and runs a session here. Everything else is here
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, Protocol
@@ -38,7 +36,7 @@ from edge.core.outbox import SlowConsumer
 from edge.core.services import Services
 from edge.core.session import StreamSession
 from edge.core.stream import Stream
-from edge.frames import RawInput
+from edge.frames import RawInput, Wire
 from edge.models.repository import Route
 
 log = logging.getLogger("edge.grpc")
@@ -48,8 +46,9 @@ CLOSE_GRACE_S = 1.0
 Code = grpc.StatusCode
 
 
-class Translation(Protocol):
-    """What one streaming protocol says its own way."""
+class Translation(Wire[list[Any]], Protocol):
+    """What one streaming protocol says its own way; as a `Wire`, the responses for each
+    reply of the stream (none for the WebSocket's own notices)."""
 
     def route(self, first: Any, default_model: str) -> Route:
         """The model the stream's first request asks for."""
@@ -61,11 +60,6 @@ class Translation(Protocol):
         """Apply what `request` asks of the stream (settings, a model switch); its frame's
         data (an encoded image, or a network input), or None when the request was answered
         already (common.refuse_frame)."""
-        ...
-
-    def responses(self, message: dict[str, Any]) -> list[Any]:
-        """The responses for one reply message of the stream (docs/protocol.md's JSON: a
-        result, a drop notice naming one or more seqs, an error); none for the others."""
         ...
 
 
@@ -101,7 +95,9 @@ class GrpcStreamSession(StreamSession):
 
     async def _run(self, route: Route, first: Any) -> None:
         services, context = self.services, self.context
-        stream = self.stream = common.open_stream(services, self.transport, route, self._send)
+        stream = self.stream = common.open_stream(
+            services, self.transport, route, self._send, wire=self.translation
+        )
         model = services.repo.resolve(stream.route)
         await context.send_initial_metadata(
             (
@@ -204,9 +200,9 @@ class GrpcStreamSession(StreamSession):
                 return
         self._half_closed = True
 
-    async def _send(self, text: str) -> None:
-        """The outbox's writer: one reply message, as the protocol's responses."""
-        for response in self.translation.responses(json.loads(text)):
+    async def _send(self, responses: list[Any]) -> None:
+        """The outbox's writer: one reply, as the protocol's responses."""
+        for response in responses:
             try:
                 await self.context.write(response)
             except asyncio.CancelledError:

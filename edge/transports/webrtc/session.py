@@ -42,8 +42,9 @@ from edge.core.outbox import SlowConsumer
 from edge.core.services import Services
 from edge.core.session import StreamSession
 from edge.core.stream import Stream
+from edge.frames import Error
 from edge.models.repository import Route, UnknownModel
-from edge.transports.webrtc.annotate import AnnotatedTrack
+from edge.transports.webrtc.annotate import AnnotatedTrack, AnnotatingWire
 from edge.transports.webrtc.media import ChannelWriter, VideoPicture
 
 log = logging.getLogger("edge.webrtc")
@@ -79,7 +80,9 @@ class WebRTCSession(StreamSession):
         forget: Callable[[WebRTCSession], None],
     ) -> None:
         self.services = services
-        stream = common.open_stream(services, TRANSPORT, route, self._send)  # UnknownModel
+        self._wire = AnnotatingWire()
+        # raises UnknownModel
+        stream = common.open_stream(services, TRANSPORT, route, self._send, wire=self._wire)
         self.stream: Stream | None = stream
         self._stream = stream
         self.id = stream.id
@@ -264,7 +267,7 @@ class WebRTCSession(StreamSession):
         for t in self.pc.getTransceivers():
             if self._video is not None and t.receiver.track is self._video:
                 if self._offer.video.get(t.mid or "") == "sendrecv":
-                    self.annotated = AnnotatedTrack(self._draw)
+                    self.annotated = self._wire.track = AnnotatedTrack(self._draw)
                     t.sender.replaceTrack(self.annotated)
                     t.direction = "sendrecv"
                 return
@@ -303,10 +306,8 @@ class WebRTCSession(StreamSession):
             common.apply_control(self.services, self._stream, message)
         else:
             text = "binary messages are not understood here: send frames as the video track"
-            self._stream.outbox.put(codec.error(None, "bad_message", text))
+            self._stream.outbox.error(Error(None, "bad_message", text))
 
     async def _send(self, text: str) -> None:
         """The outbox's writer."""
-        if self.annotated is not None:
-            self.annotated.note(text)
         await self._writer.send(text)
