@@ -34,7 +34,7 @@ from layout import timed  # noqa: E402
 from stream import frame_bytes, with_max_batch  # noqa: E402
 
 from edge import codec  # noqa: E402
-from edge.frames import Timing  # noqa: E402
+from edge.frames import Result, Timing  # noqa: E402
 from edge.inference import engine, providers  # noqa: E402
 from edge.inference.decode import decode  # noqa: E402
 from edge.inference.modelspec import ModelSpec  # noqa: E402
@@ -103,7 +103,8 @@ def main() -> None:
         for k in range(rows):
             payload = task.postprocess([o[k] for o in outputs], ctxs[k], images[k], spec.threshold)
             timing = Timing(queue_ms=0.0, inference_ms=0.0, total_ms=0.0)
-            codec.result(k, model.ref, images[k].width, images[k].height, payload, timing)
+            w, h = images[k].width, images[k].height
+            codec.result(Result(k, model.ref, w, h, timing, payload))
         return rows
 
     figures: dict[str, float] = {}

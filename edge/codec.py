@@ -1,7 +1,8 @@
 """The wire schema, shared by every transport: one JSON text message per reply.
 
-See docs/protocol.md. Encoding happens on worker threads for results (so the event loop only
-moves bytes) and on the loop for small notices.
+See docs/protocol.md. `JSON` is the wire (edge.frames.Wire) of the transports that speak it:
+results and errors are encoded on worker threads (so the event loop only moves bytes), drop
+notices and the small notices on the loop.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edge.frames import Timing
+from edge.frames import Answer, Dropped, Error, Notice, Result
 from edge.sinks.base import MAX_TOPIC, TOPIC
 
 PROTOCOL = 1
@@ -38,20 +40,33 @@ def hello(session: str, model: str, max_frame_bytes: int, **extra: Any) -> str:
     )
 
 
-def result(
-    seq: int, model: str, width: int, height: int, payload: dict[str, Any], timing: Timing
-) -> str:
-    msg = {"type": "result", "seq": seq, "model": model, "width": width, "height": height}
-    msg.update(payload)
+def result(r: Result) -> str:
+    """A result message; ValueError if its payload holds NaN or an infinity (JSON has none)."""
+    return _dumps(_result_fields(r))
+
+
+def _result_fields(r: Result) -> dict[str, Any]:
+    msg: dict[str, Any] = {
+        "type": "result",
+        "seq": r.seq,
+        "model": r.model,
+        "width": r.width,
+        "height": r.height,
+    }
+    if r.outputs is not None:
+        msg["outputs"] = arrays(r.outputs)
+    else:
+        msg.update(r.payload)
+    timing = r.timing
     msg["timing"] = {
         "queue_ms": round(timing.queue_ms, 3),
         "inference_ms": round(timing.inference_ms, 3),
         "total_ms": round(timing.total_ms, 3),
     }
-    return _dumps(msg)
+    return msg
 
 
-def arrays(outputs: list[np.ndarray]) -> list[dict[str, Any]]:
+def arrays(outputs: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     """Network outputs for a result's `outputs` (the raw form, whose client reads them as
     tensors): each as its dtype, shape and base64 bytes."""
     return [
@@ -64,18 +79,10 @@ def arrays(outputs: list[np.ndarray]) -> list[dict[str, Any]]:
     ]
 
 
-def from_arrays(items: list[dict[str, Any]]) -> list[np.ndarray]:
-    """The arrays `arrays` wrote (from our own workers: trusted)."""
-    return [
-        np.frombuffer(base64.b64decode(d["data"]), np.dtype(d["dtype"])).reshape(d["shape"])
-        for d in items
-    ]
-
-
-def dropped(seqs: list[int], reason: str) -> str:
+def dropped(seqs: Sequence[int], reason: str) -> str:
     if len(seqs) == 1:
         return _dumps({"type": "dropped", "seq": seqs[0], "reason": reason})
-    return _dumps({"type": "dropped", "seqs": seqs, "reason": reason})
+    return _dumps({"type": "dropped", "seqs": list(seqs), "reason": reason})
 
 
 def error(seq: int | None, code: str, message: str) -> str:
@@ -83,6 +90,39 @@ def error(seq: int | None, code: str, message: str) -> str:
     if seq is not None:
         msg["seq"] = seq
     return _dumps(msg)
+
+
+def unary(answer: Answer) -> str:
+    """The answer to a one-frame request, as its stream would have sent it but without the
+    seq: the body of a /v1 infer call, the `result` output of a KServe pipeline model.
+    ValueError for a payload that holds NaN or an infinity."""
+    if isinstance(answer, Result):
+        fields = _result_fields(answer)
+        del fields["seq"]
+        return _dumps(fields)
+    if isinstance(answer, Error):
+        return error(None, answer.code, answer.message)
+    return _dumps({"type": "dropped", "reason": answer.reason})
+
+
+class JsonWire:
+    """docs/protocol.md's JSON text, one message per reply: the WebSocket's and the WebRTC
+    data channel's wire (and the sinks' `reply`)."""
+
+    def result(self, r: Result, /) -> str:
+        return result(r)
+
+    def error(self, e: Error, /) -> str:
+        return error(e.seq, e.code, e.message)
+
+    def dropped(self, d: Dropped, /) -> str:
+        return dropped(d.seqs, d.reason)
+
+    def notice(self, n: Notice, /) -> str:
+        return message(n.type, **n.fields)
+
+
+JSON = JsonWire()
 
 
 def message(type_: str, **fields: Any) -> str:

@@ -38,6 +38,10 @@ class Repo:
             raise UnknownModel(f"no model {route.name!r}")
         return SimpleNamespace(ref="face@1", name="face")
 
+    def route(self, asked: str | Route, session: str | None = None) -> Any:
+        route = Route.parse(asked) if isinstance(asked, str) else asked
+        return SimpleNamespace(route=route, model=self.resolve(route))
+
 
 def services(max_streams: int = 1, **state: bool) -> Services:
     fake = SimpleNamespace(
@@ -90,14 +94,14 @@ def test_http_form_has_status_body_and_retry_after_only_when_waiting_helps() -> 
 def test_a_stream_admission_counts_each_refusal_once_and_gives_slots_back_once() -> None:
     s = services(max_streams=1)
     first = Admission(s, "websocket")
-    assert first.check_model(lambda: Route.parse("face")) == Route("face")
+    assert first.check_model("face") == Route("face")
     first.take_stream_slot()
     with pytest.raises(NotAdmitted) as e, Admission(s, "grpc") as second:
         second.take_stream_slot()
     assert e.value.refusal.reason == "max_streams"
     assert refused_count(s, "grpc", "max_streams") == 1
     with pytest.raises(NotAdmitted) as e:
-        Admission(s, "webrtc").check_model(lambda: Route.parse("nose"))
+        Admission(s, "webrtc").check_model("nose")
     assert e.value.refusal.kind is Kind.NOT_FOUND
     assert refused_count(s, "webrtc", "unknown_model") == 1
     first.release()

@@ -43,11 +43,6 @@ ROOT = DOCS.parent
 EDGE = ROOT / "edge"
 #: the pages whose links and module paths are checked
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
-#: modules docs/architecture.md names as the design before they land (issue #22's other
-#: parts); a name stays here only while its module does not exist yet
-PLANNED = {"edge/core/admission.py"}
-
-
 def _prose(path: Path) -> str:
     """The page without its fenced code blocks (shell comments there are not headings)."""
     return re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
@@ -87,7 +82,7 @@ def test_module_paths_exist() -> None:
     missing = set()
     for page in PAGES:
         for p in re.findall(r"\bedge/[\w/]+\.py", _prose(page)):
-            if not (ROOT / p).exists() and p not in PLANNED:
+            if not (ROOT / p).exists():
                 missing.add(f"{page.name}: {p}")
     assert sorted(missing) == []
 

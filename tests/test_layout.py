@@ -213,7 +213,6 @@ CLIENT_JSON = {
     "edge.kserve.rest": "a KServe REST request body",
     "edge.transports.http": "a /v1 request body (the models API, canary settings)",
     "edge.transports.webrtc.offer": "a WebRTC offer's body",
-    "edge.transports.grpc.inference": "a gRPC request's config JSON",
 }
 
 

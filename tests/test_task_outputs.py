@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.frames import Image
+from edge.frames import Image, Result, Timing
 from edge.inference.modelspec import ModelSpec
 from edge.inference.tasks import TASKS
 from edge.kserve.infer import pipeline_tensors
@@ -50,6 +50,9 @@ class OneModel:
 
     def resolve(self, route: Any) -> Any:
         return self.model
+
+    def route(self, asked: Any, session: str | None = None) -> Any:
+        return SimpleNamespace(route=asked, model=self.model)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": "m", "version": "1", "state": "ready"}]
@@ -129,7 +132,8 @@ def test_a_payload_fills_the_declared_outputs(name: str, threshold: float) -> No
     payload = task.postprocess(outputs, ctx, image, threshold)
     rows = len(payload[task.rows])
     assert (rows > 0) == (threshold < 1.0)
-    tensors = pipeline_tensors(task, {"type": "result", "seq": 1, **payload})
+    result = Result(1, "m@1", image.width, image.height, Timing(0.0, 0.0, 0.0), payload)
+    tensors = pipeline_tensors(task, result)
     got = [(t.name, t.datatype, list(t.shape)) for t in tensors]
     want = [(n, d, [rows if s < 0 else s for s in shape]) for n, d, shape in PUBLISHED[name]]
     assert got == want

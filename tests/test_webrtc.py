@@ -41,6 +41,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from edge.compat import timeout
 from edge.core.outbox import Outbox
 from edge.core.services import SERVICES
+from edge.frames import Result, Timing
 from edge.process.app import drain
 from edge.settings import Settings, SettingsError
 from edge.transports.webrtc.annotate import BOX_YUV, boxes, draw_box
@@ -455,8 +456,8 @@ def test_draw_box_outlines_in_all_three_planes() -> None:
     """The outline lands in Y, U and V at the box's place, and nowhere else."""
     w, h = 64, 48
     yuv = np.zeros((h * 3 // 2, w), np.uint8)
-    result = json.dumps({"type": "result", "width": 128, "height": 96,
-                         "detections": [{"box": [20, 10, 60, 50]}]})  # fmt: skip
+    timing = Timing(0.0, 0.0, 0.0)
+    result = Result(0, "m@1", 128, 96, timing, {"detections": [{"box": [20, 10, 60, 50]}]})
     for box in boxes(result, w, h):
         draw_box(yuv, w, h, box)
     y = yuv[:h]

@@ -1,8 +1,11 @@
 """The way out. One sender per stream, with a bounded backlog.
 
-Results and errors queue up to a limit; drop notices are kept as runs of seqs and merged into
-one message each, so a client that stops reading costs O(1) memory: once its backlog is full
-its new frames are dropped as `overload` before they cost any work, and a socket that accepts
+The outbox holds messages already encoded for its stream's wire (`wire`, an
+edge.frames.Wire chosen by the transport: results and errors come encoded from the worker
+that answered them, notices are encoded here) and hands them to `send` one at a time. Results
+and errors queue up to a limit; drop notices are kept as runs of seqs and merged into one
+message each, so a client that stops reading costs O(1) memory: once its backlog is full its
+new frames are dropped as `overload` before they cost any work, and a socket that accepts
 nothing for `send_timeout` seconds is closed.
 
 A stream's `tap` (edge/sinks/publisher.py), when result sinks are configured, sees every result
@@ -16,22 +19,27 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from edge import codec
 from edge.compat import timeout
+from edge.frames import Dropped, Error, Notice, Result, Wire
 
 log = logging.getLogger("edge.outbox")
 
 _MAX_SEQS_PER_MESSAGE = 512
 
-Send = Callable[[str], Awaitable[None]]
+M = TypeVar("M")
+#: writes one message of the stream's wire to its client
+Send = Callable[[Any], Awaitable[None]]
 
 
 class Tap(Protocol):
     """Sees what a stream's client is sent: each result and each drop notice. Never waits."""
 
-    def result(self, seq: int, text: str, received_at: float, ref: str) -> None: ...
+    def result(self, result: Result, received_at: float, text: str | None) -> None:
+        """`text`: the result's JSON (codec.result) if the worker made it, else None."""
+        ...
 
     def dropped(self, seq: int, reason: str) -> None: ...
 
@@ -40,20 +48,23 @@ class SlowConsumer(Exception):
     """The client accepted nothing for longer than the send timeout."""
 
 
-class Outbox:
+class Outbox(Generic[M]):
     def __init__(
         self,
-        send: Send,
+        send: Callable[[M], Awaitable[None]],
         *,
         max_pending: int,
         send_timeout: float,
         on_sent: Callable[[float], None] | None = None,
+        wire: Wire[M] | None = None,
     ) -> None:
         self._send = send
+        #: the stream's encoding (codec.JSON unless its transport chose another)
+        self.wire: Wire[M] = wire if wire is not None else cast("Wire[M]", codec.JSON)
         self._max_pending = max_pending
         self._timeout = send_timeout
         self._on_sent = on_sent or (lambda _t: None)
-        self._messages: deque[tuple[str, float]] = deque()
+        self._messages: deque[tuple[M, float]] = deque()
         self._drops: dict[str, list[list[int]]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -65,18 +76,28 @@ class Outbox:
     def congested(self) -> bool:
         return len(self._messages) >= self._max_pending
 
-    def put(self, text: str, received_at: float = 0.0) -> None:
-        """Queue a result, an error or a notice; `received_at` feeds the latency metric."""
+    def put(self, message: M, received_at: float = 0.0) -> None:
+        """Queue an encoded result, error or notice; `received_at` feeds the latency metric."""
         if self.failed is None:
-            self._messages.append((text, received_at))
+            self._messages.append((message, received_at))
             self._kick()
 
-    def result(self, seq: int, text: str, received_at: float, ref: str) -> None:
-        """Queue a frame's result (encoded `text`, from model `ref`), and show it to the tap."""
+    def result(
+        self, result: Result, message: M, received_at: float, text: str | None = None
+    ) -> None:
+        """Queue a frame's result (`message`, its encoding for the wire), and show it to the
+        tap (with `text`, its JSON, when the worker made it)."""
         if self.failed is None:
-            self.put(text, received_at)
+            self.put(message, received_at)
             if self.tap is not None:
-                self.tap.result(seq, text, received_at, ref)
+                self.tap.result(result, received_at, text)
+
+    def error(self, error: Error) -> None:
+        """Queue an error the event loop decided (a refused frame, a bad control message)."""
+        self.put(self.wire.error(error))
+
+    def notice(self, notice: Notice) -> None:
+        self.put(self.wire.notice(notice))
 
     def drop(self, seq: int, reason: str) -> None:
         """Queue a drop notice; consecutive seqs with one reason merge into one run."""
@@ -117,10 +138,11 @@ class Outbox:
                             drops, self._drops = self._drops, {}
                             for reason, runs in drops.items():
                                 for chunk in _chunks(runs):
-                                    await self._send(codec.dropped(chunk, reason))
+                                    notice = Dropped(tuple(chunk), reason)
+                                    await self._send(self.wire.dropped(notice))
                         while self._messages and not self._drops:
-                            text, received_at = self._messages.popleft()
-                            await self._send(text)
+                            message, received_at = self._messages.popleft()
+                            await self._send(message)
                             if received_at:
                                 self._on_sent(time.monotonic() - received_at)
             except asyncio.TimeoutError:

@@ -1,11 +1,13 @@
 """On a worker thread: one batch of frames from bytes to encoded replies.
 
-Decode (told the smallest size the model needs), preprocess, one session run for the batch,
-postprocess and JSON-encode each frame, record metrics and spans, sample a shadow run, feed a
-canary trial (a canary's batch runs on the version it would replace too). Every
-frame taken ends in exactly one reply, a result or a typed error naming the stage that failed;
-no exception leaves a frame unanswered. Replies go to `push`, which hands them to the event
-loop (edge/core/scheduler.py).
+`Pipeline.serve` reads as its stages, each a function: prepare the frames (decode, told the
+smallest size the model needs, and preprocess), run the batch (one session run), answer each
+frame (postprocess, a typed `Result` encoded once by its stream's wire, metrics and spans),
+sample the shadow, feed the canary trial (a canary's batch runs on the version it would
+replace too). Each frame in flight is an `InFlight` record. Every frame taken ends in exactly
+one reply, a result or a typed error naming the stage that failed; no exception leaves a
+frame unanswered. Replies go to `push`, which hands them to the event loop
+(edge/core/scheduler.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,17 @@ import numpy as np
 
 from edge import codec
 from edge.core.stream import Stream
-from edge.frames import Frame, FrameError, Image, RawInput, Timing
+from edge.frames import (
+    Answer,
+    Error,
+    Frame,
+    FrameError,
+    Image,
+    Picture,
+    RawInput,
+    Result,
+    Timing,
+)
 from edge.inference.decode import decode
 from edge.inference.engine import LoadedModel
 from edge.metrics import Metrics
@@ -34,16 +46,41 @@ log = logging.getLogger("edge.pipeline")
 
 @dataclass(slots=True)
 class Reply:
-    """A worker's answer to one frame, handed to the event loop."""
+    """A worker's answer to one frame, handed to the event loop: the typed answer and, for
+    results and errors, its encoding for the stream's wire (made on the worker)."""
 
     stream: Stream
-    seq: int
-    kind: str  # result | dropped | error
-    text: str = ""  # encoded message, for results and errors
-    reason: str = ""  # drop reason or error stage
+    answer: Answer
+    message: Any = None
     received_at: float = 0.0
-    model: str = ""
-    ref: str = ""  # name@version of the model that answered, for results
+    model: str = ""  # the model's name, a metrics label
+    text: str | None = None  # a result's JSON for the stream's sinks, when it publishes
+
+
+@dataclass(slots=True)
+class InFlight:
+    """One frame of a batch, from its decode to its answer."""
+
+    stream: Stream
+    frame: Frame
+    image: Image | None  # None: a raw input (KServe's NAME.raw), already the network's input
+    tensor: np.ndarray  # the network's input for this frame, without the batch axis
+    context: Any  # what preprocess noted for postprocess (None for a raw input)
+    decoding: float  # when its decode began (time.monotonic())
+    prepared: float  # when its tensor was ready
+
+
+@dataclass(slots=True)
+class BatchRun:
+    """A batch's one session run: its input, the outputs, the clocks, what it cost
+    (`LoadedModel.run_costed`)."""
+
+    batch: np.ndarray
+    outputs: Sequence[np.ndarray]
+    taken: float  # when the worker took the frames
+    started: float
+    ended: float
+    cost_s: float
 
 
 class Pipeline:
@@ -68,36 +105,40 @@ class Pipeline:
     def serve(self, index: int, model: LoadedModel, jobs: list[tuple[Stream, Frame]]) -> None:
         """Answer every frame of `jobs` (claimed by worker `index`): a result or an error."""
         taken = time.monotonic()
-        task = model.task
-        fit = task.decode_hint()
+        ready = self._prepare(model, jobs)
+        if not ready:
+            return
+        run = self._run(index, model, ready, taken)
+        if run is None:  # every frame was answered inference_failed
+            self._judge(index, model, None, ready, [None] * len(ready), None)
+            return
+        payloads = self._answer_all(model, ready, run)
+        self._sample_shadow(index, model, run.batch, ready, payloads)
+        self._judge(index, model, run.batch, ready, payloads, run.cost_s)
+
+    def _prepare(self, model: LoadedModel, jobs: list[tuple[Stream, Frame]]) -> list[InFlight]:
+        """Each frame as the network's input: decoded (told the smallest size the model
+        needs) and preprocessed, or a raw input checked; a frame that fails is answered."""
         stage = self._metrics.stage_latency
         decoding = stage.labels(model.name, "decode")
         preprocessing = stage.labels(model.name, "preprocess")
-        # per frame: stream, frame, image (None: a raw input), tensor, context, two clocks
-        ready: list[tuple[Stream, Frame, Image | None, np.ndarray, Any, float, float]] = []
+        ready: list[InFlight] = []
         for stream, frame in jobs:
             t_dec = time.monotonic()
             data = frame.data
             if isinstance(data, RawInput):
                 if data.array.shape != model.sample_shape or data.array.dtype != model.sample_dtype:
-                    shape = list(model.sample_shape)
-                    msg = f"{model.ref} takes {shape}"
+                    msg = f"{model.ref} takes {list(model.sample_shape)}"
                     self.error(stream, frame, "bad_frame", msg, "decode", model.name)
                     continue
-                ready.append((stream, frame, None, data.array, None, t_dec, t_dec))
+                ready.append(InFlight(stream, frame, None, data.array, None, t_dec, t_dec))
                 continue
+            image = self._decode(model, stream, frame, data)
+            if image is None:
+                continue
+            t_decoded = time.monotonic()
             try:
-                image = decode(data, fit, self._max_pixels, self._max_png_pixels)
-                t_decoded = time.monotonic()
-            except FrameError as e:
-                self.error(stream, frame, e.code, e.message, "decode", model.name)
-                continue
-            except Exception as e:  # a decoder bug: this frame is bad, the worker goes on
-                log.exception("session=%s seq=%d: decode failed", stream.id, frame.seq)
-                self.error(stream, frame, "bad_frame", str(e), "decode", model.name)
-                continue
-            try:
-                tensor, ctx = task.preprocess(image)
+                tensor, ctx = model.task.preprocess(image)
             except Exception as e:
                 log.exception("session=%s seq=%d: preprocess failed", stream.id, frame.seq)
                 self.error(stream, frame, "preprocess_failed", str(e), "preprocess", model.name)
@@ -105,106 +146,144 @@ class Pipeline:
             t_pre = time.monotonic()
             decoding.observe(t_decoded - t_dec)
             preprocessing.observe(t_pre - t_decoded)
-            ready.append((stream, frame, image, tensor, ctx, t_dec, t_pre))
-        if not ready:
-            return
+            ready.append(InFlight(stream, frame, image, tensor, ctx, t_dec, t_pre))
+        return ready
+
+    def _decode(
+        self, model: LoadedModel, stream: Stream, frame: Frame, data: bytes | Picture
+    ) -> Image | None:
+        """The frame's pixels, or None when it was answered bad_frame."""
+        try:
+            return decode(data, model.task.decode_hint(), self._max_pixels, self._max_png_pixels)
+        except FrameError as e:
+            self.error(stream, frame, e.code, e.message, "decode", model.name)
+        except Exception as e:  # a decoder bug: this frame is bad, the worker goes on
+            log.exception("session=%s seq=%d: decode failed", stream.id, frame.seq)
+            self.error(stream, frame, "bad_frame", str(e), "decode", model.name)
+        return None
+
+    def _run(
+        self, index: int, model: LoadedModel, ready: list[InFlight], taken: float
+    ) -> BatchRun | None:
+        """One session run for the whole batch; None when it failed (every frame answered)."""
         t0 = time.monotonic()
         try:
-            batch = np.stack([r[3] for r in ready]) if len(ready) > 1 else ready[0][3][None]
+            batch = np.stack([f.tensor for f in ready]) if len(ready) > 1 else ready[0].tensor[None]
             outputs, session_s, cost_s = model.run_costed(batch, index)
         except Exception as e:
             log.error("model %s: inference failed on a batch of %d: %s", model.ref, len(ready), e)
-            for stream, frame, *_ in ready:
-                self.error(
-                    stream, frame, "inference_failed", f"{model.ref}: {e}", "inference", model.name
-                )
-            self._judge(index, model, None, ready, [None] * len(ready), None)
-            return
+            for f in ready:
+                message = f"{model.ref}: {e}"
+                self.error(f.stream, f.frame, "inference_failed", message, "inference", model.name)
+            return None
         t1 = time.monotonic()
         m = self._metrics
         m.inference_latency.labels(model.name).observe(t1 - t0)
-        stage.labels(model.name, "session").observe(session_s)
+        m.stage_latency.labels(model.name, "session").observe(session_s)
         m.batch_size.labels(model.name).observe(len(ready))
         model.sizer.record(len(ready), t1 - t0)
         m.batch_limit.labels(model.name).set(model.sizer.best)
-        qw = m.queue_wait.labels(model.name)
-        payloads: list[dict[str, object] | None] = []
-        post = stage.labels(model.name, "postprocess")
-        for i, (stream, frame, decoded, _, ctx, t_dec, t_pre) in enumerate(ready):
+        return BatchRun(batch, outputs, taken, t0, t1, cost_s)
+
+    def _answer_all(
+        self, model: LoadedModel, ready: list[InFlight], run: BatchRun
+    ) -> list[dict[str, Any] | None]:
+        """Answer each frame of the batch; their payloads (None: a raw input, or a failure)."""
+        post = self._metrics.stage_latency.labels(model.name, "postprocess")
+        waited = self._metrics.queue_wait.labels(model.name)
+        payloads: list[dict[str, Any] | None] = []
+        for i, f in enumerate(ready):
             t_post = time.monotonic()
-            threshold = model.spec.threshold if stream.threshold is None else stream.threshold
-            try:
-                if decoded is None:  # a raw input: the network's own outputs are its answer
-                    payload: dict[str, Any] | None = None
-                    done = time.monotonic()
-                    timing = _timing(frame, taken, t0, t1, done)
-                    row = {"outputs": codec.arrays([o[i] for o in outputs])}
-                    text = codec.result(frame.seq, model.ref, 0, 0, row, timing)
-                else:
-                    payload = task.postprocess([o[i] for o in outputs], ctx, decoded, threshold)
-                    done = time.monotonic()
-                    timing = _timing(frame, taken, t0, t1, done)
-                    # the encoder refuses NaN and infinities: a model that outputs them fails here
-                    text = codec.result(
-                        frame.seq, model.ref, decoded.width, decoded.height, payload, timing
-                    )
-                    post.observe(time.monotonic() - t_post)
-                payloads.append(payload)
-            except Exception as e:
+            answered = self._answer(model, f, [o[i] for o in run.outputs], run)
+            if answered is None:
                 payloads.append(None)
-                log.exception("session=%s seq=%d: postprocess failed", stream.id, frame.seq)
-                self.error(stream, frame, "postprocess_failed", str(e), "postprocess", model.name)
                 continue
-            qw.observe(taken - frame.received_at)
-            self._push(
-                Reply(
-                    stream, frame.seq, "result", text, "", frame.received_at, model.name, model.ref
-                )
-            )
-            if self._tracer is not None:
-                self._tracer.frame(
-                    session=stream.id,
-                    seq=frame.seq,
-                    model=model.ref,
-                    transport=stream.transport,
-                    outcome="result",
-                    received=frame.received_at,
-                    end=done,
-                    stages=[
-                        ("queue", frame.received_at, taken),
-                        ("decode", t_dec, t_pre),
-                        ("inference", t0, t1),
-                        ("postprocess", t1, done),
-                    ],
-                )
+            payload, done = answered
+            if f.image is not None:
+                post.observe(time.monotonic() - t_post)
+            waited.observe(run.taken - f.frame.received_at)
+            self._trace(model, f, run, done)
+            payloads.append(payload)
+        return payloads
+
+    def _answer(
+        self, model: LoadedModel, f: InFlight, rows: list[np.ndarray], run: BatchRun
+    ) -> tuple[dict[str, Any] | None, float] | None:
+        """Postprocess one frame's outputs `rows`, encode its result for its stream's wire
+        and hand it on: its payload and when it was done; None when it failed (answered
+        postprocess_failed)."""
+        stream, frame, image = f.stream, f.frame, f.image
+        payload: dict[str, Any] | None = None
+        try:
+            if image is None:  # a raw input: the network's own outputs are its answer
+                done = time.monotonic()
+                timing = _timing(frame, run, done)
+                result = Result(frame.seq, model.ref, 0, 0, timing, outputs=tuple(rows))
+            else:
+                threshold = model.spec.threshold if stream.threshold is None else stream.threshold
+                payload = model.task.postprocess(rows, f.context, image, threshold)
+                done = time.monotonic()
+                timing = _timing(frame, run, done)
+                result = Result(frame.seq, model.ref, image.width, image.height, timing, payload)
+            # the JSON encoder refuses NaN and infinities: a model that outputs them fails here
+            message = stream.outbox.wire.result(result)
+            text = _for_sinks(stream, result, message)
+        except Exception as e:
+            log.exception("session=%s seq=%d: postprocess failed", stream.id, frame.seq)
+            self.error(stream, frame, "postprocess_failed", str(e), "postprocess", model.name)
+            return None
+        self._push(Reply(stream, result, message, frame.received_at, model.name, text))
+        return payload, done
+
+    def _trace(self, model: LoadedModel, f: InFlight, run: BatchRun, done: float) -> None:
+        if self._tracer is None:
+            return
+        frame = f.frame
+        self._tracer.frame(
+            session=f.stream.id,
+            seq=frame.seq,
+            model=model.ref,
+            transport=f.stream.transport,
+            outcome="result",
+            received=frame.received_at,
+            end=done,
+            stages=[
+                ("queue", frame.received_at, run.taken),
+                ("decode", f.decoding, f.prepared),
+                ("inference", run.started, run.ended),
+                ("postprocess", run.ended, done),
+            ],
+        )
+
+    def _sample_shadow(
+        self,
+        index: int,
+        model: LoadedModel,
+        batch: np.ndarray,
+        ready: list[InFlight],
+        payloads: list[dict[str, Any] | None],
+    ) -> None:
+        """Run a sample of the batches on the model's shadow version too, if it has one."""
         shadow = self._repo.shadow_of(model.name)
-        if shadow is not None and shadow is not model:
-            if self._rng.random() < float(model.spec.shadow.get("sample", 0.1)):
-                run_shadow(
-                    self._metrics,
-                    index,
-                    model,
-                    shadow,
-                    batch,
-                    ready,
-                    payloads,
-                    _thresholds(model, ready),
-                )
-        self._judge(index, model, batch, ready, payloads, cost_s)
+        if shadow is None or shadow is model:
+            return
+        if self._rng.random() < float(model.spec.shadow.get("sample", 0.1)):
+            thresholds = _thresholds(model, ready)
+            run_shadow(self._metrics, index, model, shadow, batch, ready, payloads, thresholds)
 
     def _judge(
         self,
         index: int,
         model: LoadedModel,
         batch: np.ndarray | None,
-        ready: list,
-        payloads: list[dict[str, object] | None],
+        ready: list[InFlight],
+        payloads: list[dict[str, Any] | None],
         cost_s: float | None,
     ) -> None:
         """Feed the canary trial this batch takes part in, if any (edge/models/canary/): the
         frames with an image (a raw input, KServe's NAME.raw, is not judged), and the batch
         run on the incumbent too when asked (`cost_s` is None when the batch failed)."""
-        judged = [p for r, p in zip(ready, payloads, strict=True) if r[2] is not None]
+        judged = [p for f, p in zip(ready, payloads, strict=True) if f.image is not None]
 
         def rerun(incumbent: LoadedModel) -> tuple[float, list[float]]:
             assert batch is not None
@@ -220,18 +299,31 @@ class Pipeline:
         self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""
     ) -> None:
         """Answer one frame with an error from `stage`."""
-        text = codec.error(frame.seq, code, message)
-        self._push(Reply(stream, frame.seq, "error", text, stage, frame.received_at, model))
+        error = Error(frame.seq, code, message, stage)
+        encoded = stream.outbox.wire.error(error)
+        self._push(Reply(stream, error, encoded, frame.received_at, model))
 
 
-def _thresholds(model: LoadedModel, ready: list) -> list[float]:
+def _for_sinks(stream: Stream, result: Result, message: object) -> str | None:
+    """The result's JSON for the stream's sinks (docs/sinks.md), made here on the worker
+    when the stream publishes: its wire's own message when that is codec's JSON."""
+    if stream.outbox.tap is None or not stream.publish:
+        return None
+    if isinstance(stream.outbox.wire, codec.JsonWire) and isinstance(message, str):
+        return message
+    return codec.result(result)
+
+
+def _thresholds(model: LoadedModel, ready: list[InFlight]) -> list[float]:
     """Each frame's score threshold: its stream's, or its model's."""
-    return [model.spec.threshold if r[0].threshold is None else r[0].threshold for r in ready]
+    return [
+        model.spec.threshold if f.stream.threshold is None else f.stream.threshold for f in ready
+    ]
 
 
-def _timing(frame: Frame, taken: float, t0: float, t1: float, done: float) -> Timing:
+def _timing(frame: Frame, run: BatchRun, done: float) -> Timing:
     return Timing(
-        queue_ms=(taken - frame.received_at) * 1e3,
-        inference_ms=(t1 - t0) * 1e3,
+        queue_ms=(run.taken - frame.received_at) * 1e3,
+        inference_ms=(run.ended - run.started) * 1e3,
         total_ms=(done - frame.received_at) * 1e3,
     )

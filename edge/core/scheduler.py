@@ -6,11 +6,11 @@ a round-robin ready queue, so a fast sender cannot starve the others, and a stre
 one frame in flight, so its results come back in seq order.
 
 A fixed pool of worker threads takes streams off the ready queue and hands their frames to the
-pipeline (edge/core/pipeline.py: decode, preprocess, inference, postprocess, encoding), all off the
-event loop (the heavy parts release the GIL). For a batching model a worker gathers up to the
-batch limit (edge/inference/batching.py) of that model's streams for at most `max_delay_ms`, then
-takes
-their frames: staleness and deadlines are decided at that instant, just before the batch runs.
+pipeline (edge/core/pipeline.py: decode, preprocess, inference, postprocess, encoding for the
+stream's wire), all off the event loop (the heavy parts release the GIL). For a batching model
+a worker gathers up to the batch limit (edge/inference/batching.py) of that model's streams for
+at most `max_delay_ms`, then takes their frames: staleness and deadlines are decided at that
+instant, just before the batch runs.
 Replies go back to the loop through one deque with a single wake-up per burst.
 """
 
@@ -24,7 +24,7 @@ from collections import deque
 
 from edge.core.pipeline import Pipeline, Reply
 from edge.core.stream import Stream
-from edge.frames import Frame
+from edge.frames import Dropped, Frame, Result
 from edge.inference.engine import LoadedModel
 from edge.metrics import Metrics
 from edge.models.repository import Repository, UnknownModel
@@ -176,9 +176,8 @@ class Scheduler:
                         continue
                     if s.max_age_s is not None and now - frame.received_at > s.max_age_s:
                         s.busy = False
-                        self._push(
-                            Reply(s, frame.seq, "dropped", reason="deadline", model=model.name)
-                        )
+                        late = Dropped((frame.seq,), "deadline")
+                        self._push(Reply(s, late, model=model.name))
                         continue
                     jobs.append((s, frame))
                 if jobs:
@@ -244,17 +243,18 @@ class Scheduler:
         m = self._metrics
         while replies:
             r = replies.popleft()
-            s = r.stream
+            s, answer = r.stream, r.answer
             t = s.transport
-            if r.kind == "result":
+            if isinstance(answer, Result):
                 s.stats.processed += 1
                 m.processed.labels(t, r.model).inc()
-                s.outbox.result(r.seq, r.text, r.received_at, r.ref)
-            elif r.kind == "dropped":
-                s.stats.dropped += 1
-                m.dropped.labels(t, r.model, r.reason).inc()
-                s.outbox.drop(r.seq, r.reason)
+                s.outbox.result(answer, r.message, r.received_at, r.text)
+            elif isinstance(answer, Dropped):
+                for seq in answer.seqs:
+                    s.stats.dropped += 1
+                    m.dropped.labels(t, r.model, answer.reason).inc()
+                    s.outbox.drop(seq, answer.reason)
             else:
                 s.stats.errors += 1
-                m.errors.labels(t, r.reason).inc()
-                s.outbox.put(r.text, r.received_at)
+                m.errors.labels(t, answer.stage).inc()
+                s.outbox.put(r.message, r.received_at)

@@ -30,6 +30,7 @@ from edge.core import streams
 from edge.core.outbox import SlowConsumer
 from edge.core.services import Services
 from edge.core.stream import Stream
+from edge.frames import Notice, Wire
 from edge.models.repository import Route, UnknownModel
 
 #: a frame still running when the stream ends gets this long to be answered
@@ -102,9 +103,12 @@ class StreamSession(ABC, Generic[C]):
         self._closed = asyncio.Event()
 
     # -- what a transport supplies -----------------------------------------------------------
+    #: how the stream's replies are encoded for this wire (docs/protocol.md's JSON by default)
+    wire: Wire[Any] = codec.JSON
+
     @abstractmethod
-    async def send(self, text: str) -> None:
-        """The outbox's writer: one reply message onto the wire."""
+    async def send(self, message: Any) -> None:
+        """The outbox's writer: one reply, as `wire` encoded it, onto the wire."""
 
     @abstractmethod
     async def say_hello(self, hello: Hello) -> None:
@@ -124,7 +128,7 @@ class StreamSession(ABC, Generic[C]):
 
     async def say_goaway(self, stream: Stream) -> None:
         """The drain's last message: when to come back."""
-        stream.outbox.put(codec.message("goaway", retry_after_ms=self.retry_after_ms))
+        stream.outbox.notice(Notice("goaway", {"retry_after_ms": self.retry_after_ms}))
         await stream.outbox.flush(CLOSE_GRACE_S)
 
     # -- the life ----------------------------------------------------------------------------
@@ -138,7 +142,9 @@ class StreamSession(ABC, Generic[C]):
 
     def open(self, route: Route) -> Stream:
         """Open the stream on `route` (raises UnknownModel) and count the session."""
-        stream = self.stream = streams.open_stream(self.services, self.transport, route, self.send)
+        stream = self.stream = streams.open_stream(
+            self.services, self.transport, route, self.send, wire=self.wire
+        )
         self.services.metrics.active_streams.labels(self.transport).inc()
         self.services.session_opened(self)
         return stream

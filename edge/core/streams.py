@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from edge.codec import ProtocolError
 from edge.core.outbox import Outbox, Send
 from edge.core.services import Services
 from edge.core.stream import Stream
-from edge.frames import Frame, Picture, RawInput
+from edge.frames import Answer, Dropped, Error, Frame, Notice, Picture, RawInput, Result, Wire
 from edge.models.repository import Route, UnknownModel
 
 #: frames a credit-following client may have unanswered: with one, none is ever superseded
@@ -31,9 +30,16 @@ def new_session_id() -> str:
 
 
 def open_stream(
-    services: Services, transport: str, route: Route, send: Send, session: str | None = None
+    services: Services,
+    transport: str,
+    route: Route,
+    send: Send,
+    session: str | None = None,
+    wire: Wire[Any] = codec.JSON,
 ) -> Stream:
-    """A stream bound to a model (raises UnknownModel), with its outbox wired to metrics."""
+    """A stream bound to a model (raises UnknownModel), with its outbox wired to metrics;
+    its replies are encoded by `wire` (docs/protocol.md's JSON unless the transport says)
+    and written by `send`."""
     session = session or new_session_id()
     routed = services.repo.route(route, session)
     m = services.metrics
@@ -50,6 +56,7 @@ def open_stream(
         max_pending=settings.max_pending_results,
         send_timeout=settings.send_timeout_s,
         on_sent=on_sent,
+        wire=wire,
     )
     stream = Stream(
         id=session,
@@ -87,9 +94,8 @@ def take_frame(
     if isinstance(data, bytes) and len(data) > limit:
         stream.stats.errors += 1
         m.errors.labels(t, "decode").inc()
-        stream.outbox.put(
-            codec.error(seq, "bad_frame", f"frame is {len(data)} bytes, more than {limit}")
-        )
+        message = f"frame is {len(data)} bytes, more than {limit}"
+        stream.outbox.error(Error(seq, "bad_frame", message, "decode"))
         return
     if stream.outbox.congested:
         stream.stats.dropped += 1
@@ -110,7 +116,24 @@ def refuse_frame(services: Services, stream: Stream, seq: int, code: str, messag
     stream.stats.errors += 1
     services.metrics.received.labels(stream.transport, stream.model_label).inc()
     services.metrics.errors.labels(stream.transport, "protocol").inc()
-    stream.outbox.put(codec.error(seq, code, message))
+    stream.outbox.error(Error(seq, code, message))
+
+
+class Typed:
+    """The wire of a one-frame stream (`infer_once`): the typed values themselves, which its
+    caller encodes for its own protocol."""
+
+    def result(self, r: Result, /) -> Result:
+        return r
+
+    def error(self, e: Error, /) -> Error:
+        return e
+
+    def dropped(self, d: Dropped, /) -> Dropped:
+        return d
+
+    def notice(self, n: Notice, /) -> Notice:
+        return n
 
 
 async def infer_once(
@@ -121,22 +144,22 @@ async def infer_once(
     threshold: float | None = None,
     max_age_s: float | None = None,
     publish: bool = True,
-) -> dict[str, Any] | None:
-    """One frame on a stream of its own, through the same scheduler as the streams (fair with
-    them, batched, counted): its one answer (a result, error or drop notice, without `seq`),
+) -> Answer | None:
+    """One frame (seq 0) on a stream of its own, through the same scheduler as the streams
+    (fair with them, batched, counted): its one answer (a result, an error or a drop notice),
     or None if none came within UNARY_TIMEOUT_S. Raises UnknownModel."""
-    answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
 
-    async def send(text: str) -> None:
-        if not answer.done():
-            answer.set_result(text)
+    async def send(message: Answer | Notice) -> None:
+        if not answer.done() and not isinstance(message, Notice):
+            answer.set_result(message)
 
-    stream = open_stream(services, transport, route, send)
+    stream = open_stream(services, transport, route, send, wire=Typed())
     stream.threshold, stream.max_age_s, stream.publish = threshold, max_age_s, publish
     sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
     try:
         take_frame(services, stream, 0, data)
-        text = await asyncio.wait_for(answer, timeout=UNARY_TIMEOUT_S)
+        return await asyncio.wait_for(answer, timeout=UNARY_TIMEOUT_S)
     except asyncio.TimeoutError:
         return None
     finally:
@@ -144,9 +167,6 @@ async def infer_once(
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
-    reply: dict[str, Any] = json.loads(text)
-    reply.pop("seq", None)
-    return reply
 
 
 def close_stream(services: Services, stream: Stream) -> Frame | None:
@@ -182,17 +202,17 @@ def apply_control(
                 stream.publish = cfg.publish
             if cfg.topic is not None or cfg.clear_topic:
                 stream.topic = cfg.topic or ""
-            stream.outbox.put(codec.message("config", **_config_view(services, stream)))
+            stream.outbox.notice(Notice("config", _config_view(services, stream)))
             if cfg.credits:
-                stream.outbox.put(codec.message("credit", n=CREDIT_WINDOW))
+                stream.outbox.notice(Notice("credit", {"n": CREDIT_WINDOW}))
         elif ctl.type == "stats":
-            stream.outbox.put(codec.message("stats", **stream.stats.as_dict()))
+            stream.outbox.notice(Notice("stats", stream.stats.as_dict()))
         elif ctl.type == "ping":
-            stream.outbox.put(codec.message("pong"))
+            stream.outbox.notice(Notice("pong"))
     except (ProtocolError, UnknownModel) as e:
         m.errors.labels(stream.transport, "protocol").inc()
         code = "unknown_model" if isinstance(e, UnknownModel) else "bad_message"
-        stream.outbox.put(codec.error(None, code, str(e)))
+        stream.outbox.error(Error(None, code, str(e)))
 
 
 def _config_view(services: Services, stream: Stream) -> dict[str, object]:
@@ -216,7 +236,7 @@ async def send_stats_periodically(stream: Stream) -> None:
     while True:
         await asyncio.sleep(stream.stats_every_s or 0.5)
         if stream.stats_every_s:
-            stream.outbox.put(codec.message("stats", **stream.stats.as_dict()))
+            stream.outbox.notice(Notice("stats", stream.stats.as_dict()))
 
 
 async def finish(services: Services, stream: Stream, grace: float, reason: str) -> None:

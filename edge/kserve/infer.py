@@ -5,16 +5,16 @@ call: fair with the streams, batched with every other frame of its model, counte
 metrics under the transport's label, answered once. A request is checked against the model
 before anything is queued, so a bad tensor never reaches a worker.
 
-- pipeline (`NAME`): the `image` element is the frame; the result message becomes the typed
-  tensors its task declares (`Task.outputs`) and its JSON (`result`).
+- pipeline (`NAME`): the `image` element is the frame; its typed result becomes the tensors
+  its task declares (`Task.outputs`) and its JSON (`result`).
 - raw (`NAME.raw`): each row of the input is one frame (`RawInput`) that skips decode,
-  preprocess and postprocess; the rows' outputs are stacked back into the batch.
+  preprocess and postprocess; the rows' outputs (arrays, as the network made them) are
+  stacked back into the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from edge import codec
 from edge.core import streams as common
 from edge.core.services import Services
-from edge.frames import RawInput
+from edge.frames import Answer, Dropped, RawInput, Result
 from edge.inference.engine import LoadedModel
 from edge.inference.tasks.base import Output, Task
 from edge.kserve import metadata
@@ -48,18 +48,18 @@ async def infer(services: Services, request: InferRequest, transport: str) -> In
         replies = await asyncio.gather(
             *(one_frame(services, transport, route, row, None, publish=False) for row in rows)
         )
-        for reply in replies:
-            _raise_for(reply)
-        arrays = [codec.from_arrays(reply["outputs"]) for reply in replies]
+        arrays = [_outputs_of(reply) for reply in replies]
         outputs = [
             as_tensor(name, np.stack([row[k] for row in arrays])) for k, name in enumerate(names)
         ]
     else:
         image = image_of(services, model, request)
         _check_outputs(target, request, [t.name for t in metadata.pipeline_outputs(model)])
-        reply = await one_frame(services, transport, route, image, threshold)
-        _raise_for(reply)
-        outputs = pipeline_tensors(model.task, reply)
+        result = _result_of(await one_frame(services, transport, route, image, threshold))
+        try:
+            outputs = pipeline_tensors(model.task, result)
+        except ValueError as e:  # NaN or an infinity, which the result's JSON cannot hold
+            raise KServeError("internal", f"postprocess_failed: {e}") from None
     wanted = {o.name for o in request.outputs}
     if wanted:
         outputs = [t for t in outputs if t.name in wanted]
@@ -126,9 +126,9 @@ async def one_frame(
     data: bytes | RawInput,
     threshold: float | None,
     publish: bool = True,
-) -> dict[str, Any]:
-    """One frame through the scheduler as a one-frame stream (common.infer_once); its reply
-    message (a result, a drop notice or an error), or KServeError when none comes in time."""
+) -> Answer:
+    """One frame through the scheduler as a one-frame stream (common.infer_once); its answer
+    (a result, a drop notice or an error), or KServeError when none comes in time."""
     try:
         reply = await common.infer_once(services, transport, route, data, threshold, None, publish)
     except UnknownModel as e:  # the version went away since it was resolved
@@ -138,33 +138,37 @@ async def one_frame(
     return reply
 
 
-def _raise_for(reply: dict[str, Any]) -> None:
-    """A drop notice or an error as the protocol's error."""
-    kind = reply.get("type")
-    if kind == "result":
-        return
-    if kind == "dropped":
-        reason = reply.get("reason")
-        if reason == "rate_limited":
+def _outputs_of(reply: Answer) -> tuple[np.ndarray, ...]:
+    """A raw row's result: the network's outputs for it; else the protocol's error."""
+    result = _result_of(reply)
+    assert result.outputs is not None  # a raw input's result
+    return result.outputs
+
+
+def _result_of(reply: Answer) -> Result:
+    """A result as it is; a drop notice or an error as the protocol's error."""
+    if isinstance(reply, Result):
+        return reply
+    if isinstance(reply, Dropped):
+        if reply.reason == "rate_limited":
             raise KServeError("rate_limited", "over the frame-rate limit; retry later")
-        raise KServeError("unavailable", f"dropped ({reason}); retry later")
-    code, message = reply.get("code"), reply.get("message", "")
-    if code == "bad_frame":
-        raise invalid(f"bad image: {message}")
-    if code == "model_unavailable":
-        raise KServeError("unavailable", message)
-    raise KServeError("internal", f"{code}: {message}")
+        raise KServeError("unavailable", f"dropped ({reply.reason}); retry later")
+    if reply.code == "bad_frame":
+        raise invalid(f"bad image: {reply.message}")
+    if reply.code == "model_unavailable":
+        raise KServeError("unavailable", reply.message)
+    raise KServeError("internal", f"{reply.code}: {reply.message}")
 
 
-def pipeline_tensors(task: Task, reply: dict[str, Any]) -> list[Tensor]:
-    """A result message as the pipeline's output tensors (metadata.pipeline_outputs): each
-    output the task declares, from that field of every row, then the message's JSON."""
-    reply.pop("seq", None)
-    rows = reply.get(task.rows, [])
+def pipeline_tensors(task: Task, result: Result) -> list[Tensor]:
+    """A result as the pipeline's output tensors (metadata.pipeline_outputs): each output the
+    task declares, from that field of every row, then the result's JSON without its seq
+    (ValueError if it holds NaN)."""
+    rows = result.payload.get(task.rows, [])
     columns: list[tuple[Output | TensorSpec, list[Any]]] = [
         (o, [row[o.field] for row in rows]) for o in task.outputs
     ]
-    columns.append((RESULT, [json.dumps(reply, separators=(",", ":"))]))
+    columns.append((RESULT, [codec.unary(result)]))
     return [_tensor(spec, values) for spec, values in columns]
 
 

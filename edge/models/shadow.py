@@ -4,15 +4,28 @@ latency and how far it agrees (0 to 1) go to the metrics; its results never reac
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from edge.frames import Image
     from edge.inference.engine import LoadedModel
     from edge.metrics import Metrics
 
 log = logging.getLogger("edge.shadow")
+
+
+class Sample(Protocol):
+    """One frame of a served batch as a second opinion reads it (edge.core.pipeline's
+    `InFlight`): the decoded image (None for a raw input) and what preprocess noted."""
+
+    @property
+    def image(self) -> Image | None: ...
+
+    @property
+    def context(self) -> Any: ...
 
 
 def run_shadow(
@@ -21,7 +34,7 @@ def run_shadow(
     model: LoadedModel,
     shadow: LoadedModel,
     batch: np.ndarray,
-    ready: list[Any],
+    ready: Sequence[Sample],
     payloads: list[dict[str, Any] | None],
     thresholds: list[float],
 ) -> None:
@@ -42,7 +55,7 @@ def second_opinion(
     other: LoadedModel,
     worker: int,
     batch: np.ndarray,
-    ready: list[Any],
+    ready: Sequence[Sample],
     payloads: list[dict[str, Any] | None],
     thresholds: list[float],
 ) -> tuple[float, float, list[float]]:
@@ -51,12 +64,13 @@ def second_opinion(
     frame that has one (and that `other` can postprocess). Raises what the run raises."""
     outputs, seconds, cost = other.run_costed(batch, worker)
     agreements = []
-    for i, (_, _, image, _, ctx, *_rest) in enumerate(ready):
-        primary = payloads[i]
-        if primary is None:
+    for i, sample in enumerate(ready):
+        primary, image = payloads[i], sample.image
+        if primary is None or image is None:
             continue
         try:
-            candidate = other.task.postprocess([o[i] for o in outputs], ctx, image, thresholds[i])
+            rows = [o[i] for o in outputs]
+            candidate = other.task.postprocess(rows, sample.context, image, thresholds[i])
         except Exception:
             continue
         agreements.append(agree(primary, candidate))

@@ -2,9 +2,10 @@
 
 `Publisher.tap(stream)` is what a stream's outbox calls for each result it queues for its
 client and each drop notice (edge/core/outbox.py): it builds one `Item` and offers it to every
-sink's
-queue, without waiting, on the event loop. With no sink configured a stream has no tap and
-the frame path does nothing more. Each serving process runs its own sinks, for its own streams.
+sink's queue, without waiting, on the event loop. A result comes typed, with its JSON already
+made on the worker that answered it (edge/core/pipeline.py), so the loop encodes nothing.
+With no sink configured a stream has no tap and the frame path does nothing more. Each
+serving process runs its own sinks, for its own streams.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import socket
 import time
 from typing import Protocol
 
+from edge import codec
+from edge.frames import Result
 from edge.metrics import Metrics
 from edge.settings import Settings
 from edge.sinks import kind, parse_all
@@ -82,14 +85,18 @@ class StreamTap:
         self._publisher = publisher
         self._stream = stream
 
-    def result(self, seq: int, text: str, received_at: float, ref: str) -> None:
+    def result(self, result: Result, received_at: float, text: str | None) -> None:
+        """`text`: the result's JSON as the worker made it (None: encoded here)."""
         s = self._stream
         if not s.publish:
             return
         now = time.time()
         received = now - (time.monotonic() - received_at)
+        ref = result.model
         model = ref.partition("@")[0]
-        item = Item("result", s.id, model, ref, s.topic or s.id, seq, received, now, text)
+        reply = codec.result(result) if text is None else text
+        topic = s.topic or s.id
+        item = Item("result", s.id, model, ref, topic, result.seq, received, now, reply)
         self._publisher.offer(item)
 
     def dropped(self, seq: int, reason: str) -> None:

@@ -11,11 +11,13 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from edge import codec
 from edge.compat import timeout
 from edge.core import admission
 from edge.core import streams as common
 from edge.core.admission import Kind, NotAdmitted, Refusal
 from edge.core.services import SERVICES, Services
+from edge.frames import Dropped, Error
 from edge.inference.canarypolicy import CanaryPolicy, CanaryPolicyError
 
 TRANSPORT = "http"
@@ -132,14 +134,19 @@ async def infer(request: web.Request) -> web.Response:
     reply = await common.infer_once(services, TRANSPORT, route, body, th)
     if reply is None:
         return _bad("no result in time", 503, "timeout")
-    if reply.get("type") == "error":
-        return web.json_response(reply, status=400)
-    if reply.get("type") == "dropped":  # rate limited, or the gateway is overloaded
-        limited = reply.get("reason") == "rate_limited"
-        return web.json_response(
-            reply, status=429 if limited else 503, headers={"Retry-After": "1"}
+    try:
+        text = codec.unary(reply)
+    except ValueError as e:  # NaN or an infinity, which JSON has not: as the stream's encoder
+        return _bad(str(e), 400, "postprocess_failed")
+    if isinstance(reply, Error):
+        return web.Response(text=text, status=400, content_type="application/json")
+    if isinstance(reply, Dropped):  # rate limited, or the gateway is overloaded
+        status = 429 if reply.reason == "rate_limited" else 503
+        headers = {"Retry-After": "1"}
+        return web.Response(
+            text=text, status=status, headers=headers, content_type="application/json"
         )
-    return web.json_response(reply)
+    return web.Response(text=text, content_type="application/json")
 
 
 async def read_body(request: web.Request, within: float) -> bytes:

@@ -25,6 +25,7 @@ from edge.core import streams as common
 from edge.core.admission import NotAdmitted
 from edge.core.services import SERVICES, Services
 from edge.core.stream import Stream
+from edge.frames import Dropped, Error, Notice, Result
 from edge.models.repository import Route, UnknownModel
 from edge.transports.grpc import calls
 from edge.transports.grpc.gen import inference_pb2, inference_pb2_grpc
@@ -101,15 +102,15 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
             )
         if reply is None:
             await context.abort(Code.DEADLINE_EXCEEDED, "timeout: no result in time")
-        elif reply["type"] == "error":
-            code = ERROR_STATUS.get(reply["code"], Code.INTERNAL)
-            context.set_trailing_metadata((("edge-error-code", reply["code"]),))
-            await context.abort(code, f"{reply['code']}: {reply['message']}")
-        elif reply["type"] == "dropped":  # rate limited, or the gateway is overloaded
-            limited = reply["reason"] == "rate_limited"
+        elif isinstance(reply, Error):
+            code = ERROR_STATUS.get(reply.code, Code.INTERNAL)
+            context.set_trailing_metadata((("edge-error-code", reply.code),))
+            await context.abort(code, f"{reply.code}: {reply.message}")
+        elif isinstance(reply, Dropped):  # rate limited, or the gateway is overloaded
+            limited = reply.reason == "rate_limited"
             code = Code.RESOURCE_EXHAUSTED if limited else Code.UNAVAILABLE
-            context.set_trailing_metadata((("edge-drop-reason", reply["reason"]),))
-            await context.abort(code, f"dropped: {reply['reason']}")
+            context.set_trailing_metadata((("edge-drop-reason", reply.reason),))
+            await context.abort(code, f"dropped: {reply.reason}")
         return result_response(reply)  # type: ignore[arg-type]
 
     async def PredictStream(  # noqa: N802 (the method's name in the proto)
@@ -120,7 +121,8 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
 
 
 class Translation:
-    """InferenceRequest in, the stream's reply messages out as InferenceResponses."""
+    """InferenceRequest in, the stream's replies out as InferenceResponses (the stream's wire:
+    each result built from the typed value on the worker that answered it)."""
 
     def __init__(self) -> None:
         self._model_id = ""  # the model_id the stream is on, as the client wrote it
@@ -155,8 +157,22 @@ class Translation:
             stream.max_age_s = max_age_ms / 1000 if max_age_ms else None
         return bytes(request.payload)
 
-    def responses(self, message: dict[str, Any]) -> list[Response]:
-        return responses(message)
+    # -- the stream's wire: one response per frame (edge.frames.Wire) ----------------------
+    def result(self, result: Result, /) -> list[Response]:
+        return [result_response(result)]
+
+    def error(self, error: Error, /) -> list[Response]:
+        if error.seq is None:  # about a control message: the WebSocket's own
+            return []
+        status = Response.ERROR
+        return [Response(status=status, seq=error.seq, code=error.code, message=error.message)]
+
+    def dropped(self, dropped: Dropped, /) -> list[Response]:
+        reason = dropped.reason
+        return [Response(status=Response.DROPPED, seq=s, reason=reason) for s in dropped.seqs]
+
+    def notice(self, notice: Notice, /) -> list[Response]:
+        return []  # config, stats, goaway: the WebSocket's own messages
 
 
 def request_settings(request: inference_pb2.InferenceRequest) -> tuple[float | None, float | None]:
@@ -174,40 +190,20 @@ def request_settings(request: inference_pb2.InferenceRequest) -> tuple[float | N
     return threshold, age
 
 
-def responses(message: dict[str, Any]) -> list[Response]:
-    """One reply message of the stream (docs/protocol.md) as responses, one per frame."""
-    kind = message.get("type")
-    if kind == "result":
-        return [result_response(message)]
-    if kind == "dropped":
-        seqs = message["seqs"] if "seqs" in message else [message["seq"]]
-        return [Response(status=Response.DROPPED, seq=s, reason=message["reason"]) for s in seqs]
-    if kind == "error" and "seq" in message:
-        return [
-            Response(
-                status=Response.ERROR,
-                seq=message["seq"],
-                code=message["code"],
-                message=message["message"],
-            )
-        ]
-    return []  # config, stats, goaway: the WebSocket's own messages
-
-
-def result_response(message: dict[str, Any]) -> Response:
+def result_response(result: Result) -> Response:
     r = Response(
         status=Response.RESULT,
-        seq=message.get("seq", 0),
-        model=message["model"],
-        width=message["width"],
-        height=message["height"],
+        seq=result.seq,
+        model=result.model,
+        width=result.width,
+        height=result.height,
     )
-    timing = message.get("timing")
-    if timing:
-        r.timing.queue_ms = timing["queue_ms"]
-        r.timing.inference_ms = timing["inference_ms"]
-        r.timing.total_ms = timing["total_ms"]
-    for d in message.get("detections", ()):
+    timing = result.timing
+    r.timing.queue_ms = round(timing.queue_ms, 3)
+    r.timing.inference_ms = round(timing.inference_ms, 3)
+    r.timing.total_ms = round(timing.total_ms, 3)
+    payload = result.payload
+    for d in payload.get("detections", ()):
         det = r.detections.add(label=d.get("label", ""), score=d.get("score", 0.0))
         box = d.get("box")
         if box:
@@ -216,7 +212,7 @@ def result_response(message: dict[str, Any]) -> Response:
             det.keypoints.add(x=x, y=y)
         for x, y in d.get("polygon", ()):
             det.polygon.add(x=x, y=y)
-    classes = message.get("classes", ())
+    classes = payload.get("classes", ())
     for c in classes:
         r.classes.add(index=c["index"], label=c["label"], score=c["score"])
         r.scores.append(c["score"])

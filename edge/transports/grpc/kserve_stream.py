@@ -1,17 +1,14 @@
 """ModelStreamInfer's requests and responses on a GrpcStreamSession
-(edge.transports.grpc.streaming):
-what Triton's streaming clients send, as the stream's frames, and the stream's replies as
-ModelStreamInferResponses."""
+(edge.transports.grpc.streaming): what Triton's streaming clients send, as the stream's frames,
+and the stream's typed replies as ModelStreamInferResponses (tensors built from the result
+itself, on the worker that answered it)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from edge import codec
 from edge.core import streams as common
 from edge.core.services import Services
 from edge.core.stream import Stream
-from edge.frames import RawInput
+from edge.frames import Dropped, Error, Notice, RawInput, Result
 from edge.inference.tasks.base import Task
 from edge.kserve.errors import KServeError, invalid
 from edge.kserve.infer import as_tensor, image_of, pipeline_tensors, raw_rows
@@ -90,29 +87,31 @@ class StreamTranslation:
             self._wanted[seq] = {o.name for o in req.outputs}
         return data
 
-    def responses(self, message: dict[str, Any]) -> list[pb.ModelStreamInferResponse]:
-        kind = message.get("type")
-        if kind == "result":
-            seq = message["seq"]
-            rid, wanted = self._ids.pop(seq, ""), self._wanted.pop(seq, None)
-            if "outputs" in message:  # the raw form: the network's own, one row
-                arrays = codec.from_arrays(message["outputs"])
-                outputs = [as_tensor(n, a[None]) for n, a in zip(self._names, arrays, strict=True)]
-            else:
-                assert self._task is not None
-                outputs = pipeline_tensors(self._task, dict(message))
-            if wanted:
-                outputs = [t for t in outputs if t.name in wanted]
-            assert self._target is not None
-            version = message["model"].partition("@")[2]
-            response = to_response(InferResponse(self._target.public, version, outputs, rid))
-            return [pb.ModelStreamInferResponse(infer_response=response)]
-        if kind == "dropped":
-            seqs = message["seqs"] if "seqs" in message else [message["seq"]]
-            reason = message["reason"]
-            return [self._error(s, f"dropped ({reason})") for s in seqs]
-        if kind == "error" and "seq" in message:
-            return [self._error(message["seq"], f"{message['code']}: {message['message']}")]
+    # -- the stream's wire (edge.frames.Wire): results on the worker that answered them ----
+    def result(self, result: Result, /) -> list[pb.ModelStreamInferResponse]:
+        if result.outputs is not None:  # the raw form: the network's own, one row
+            pairs = zip(self._names, result.outputs, strict=True)
+            outputs = [as_tensor(n, a[None]) for n, a in pairs]
+        else:  # ValueError for NaN: the frame is answered postprocess_failed (its id kept)
+            assert self._task is not None
+            outputs = pipeline_tensors(self._task, result)
+        rid, wanted = self._ids.pop(result.seq, ""), self._wanted.pop(result.seq, None)
+        if wanted:
+            outputs = [t for t in outputs if t.name in wanted]
+        assert self._target is not None
+        version = result.model.partition("@")[2]
+        response = to_response(InferResponse(self._target.public, version, outputs, rid))
+        return [pb.ModelStreamInferResponse(infer_response=response)]
+
+    def error(self, error: Error, /) -> list[pb.ModelStreamInferResponse]:
+        if error.seq is None:  # about a control message: the WebSocket's own
+            return []
+        return [self._error(error.seq, f"{error.code}: {error.message}")]
+
+    def dropped(self, dropped: Dropped, /) -> list[pb.ModelStreamInferResponse]:
+        return [self._error(s, f"dropped ({dropped.reason})") for s in dropped.seqs]
+
+    def notice(self, notice: Notice, /) -> list[pb.ModelStreamInferResponse]:
         return []
 
     def _error(self, seq: int, what: str) -> pb.ModelStreamInferResponse:

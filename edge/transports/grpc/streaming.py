@@ -2,11 +2,11 @@
 with the WebSocket's and WebRTC's): the WebSocket's semantics over gRPC.
 
 Each request is a frame (seq = its 0-based index on the call) handed to the scheduler like a
-WebSocket frame; the stream's outbox (edge.core.outbox) answers each one exactly once, and every
-message it sends is turned into the protocol's responses. A `Translation` says what differs
-between protocols (edge.transports.grpc.inference's InferenceService, a KServe
-ModelStreamInfer): which model the first request asks for, what a request asks of the stream
-beside its frame, and how a reply message becomes responses. A servicer hands its call to
+WebSocket frame; the stream's outbox (edge.core.outbox) answers each one exactly once, each
+reply encoded as the protocol's responses. A `Translation` says what differs between protocols
+(edge.transports.grpc.inference's InferenceService, a KServe ModelStreamInfer): which model the
+first request asks for, what a request asks of the stream beside its frame, and, as the
+stream's wire, how each typed reply becomes responses. A servicer hands its call to
 edge.transports.grpc.calls.serve_stream, which admits it (or refuses it) and runs a session
 here. What is gRPC's own is here, once:
 
@@ -26,7 +26,6 @@ here. What is gRPC's own is here, once:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, Protocol
@@ -38,7 +37,7 @@ from edge.core.admission import DRAINING
 from edge.core.services import Services
 from edge.core.session import Closing, Ending, Hello, How, StreamSession
 from edge.core.stream import Stream
-from edge.frames import RawInput
+from edge.frames import RawInput, Wire
 from edge.models.repository import Route
 
 log = logging.getLogger("edge.grpc")
@@ -46,8 +45,9 @@ log = logging.getLogger("edge.grpc")
 Code = grpc.StatusCode
 
 
-class Translation(Protocol):
-    """What one streaming protocol says its own way."""
+class Translation(Wire[list[Any]], Protocol):
+    """What one streaming protocol says its own way; as a `Wire`, the responses for each
+    reply of the stream (none for the WebSocket's own notices)."""
 
     def route(self, first: Any, default_model: str) -> Route:
         """The model the stream's first request asks for."""
@@ -59,11 +59,6 @@ class Translation(Protocol):
         """Apply what `request` asks of the stream (settings, a model switch); its frame's
         data (an encoded image, or a network input), or None when the request was answered
         already (common.refuse_frame)."""
-        ...
-
-    def responses(self, message: dict[str, Any]) -> list[Any]:
-        """The responses for one reply message of the stream (docs/protocol.md's JSON: a
-        result, a drop notice naming one or more seqs, an error); none for the others."""
         ...
 
 
@@ -88,6 +83,7 @@ class GrpcStreamSession(StreamSession[Close]):
     ) -> None:
         super().__init__(services, transport, log)
         self.context, self.translation = context, translation
+        self.wire = translation
         self._first = first
 
     async def say_hello(self, hello: Hello) -> None:
@@ -143,9 +139,9 @@ class GrpcStreamSession(StreamSession[Close]):
         await common.settle(services, stream, time.monotonic() + common.UNARY_TIMEOUT_S)
         return None
 
-    async def send(self, text: str) -> None:
-        """The outbox's writer: one reply message, as the protocol's responses."""
-        for response in self.translation.responses(json.loads(text)):
+    async def send(self, responses: list[Any]) -> None:
+        """The outbox's writer: one reply, as the protocol's responses."""
+        for response in responses:
             try:
                 await self.context.write(response)
             except asyncio.CancelledError:

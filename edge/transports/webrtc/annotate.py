@@ -2,7 +2,8 @@
 latest result drawn on it.
 
 Bounded like the rest of the pipeline: one slot holds the newest incoming frame (a newer one
-replaces it), the newest result is kept as its JSON text, and drawing runs in an executor the
+replaces it), the newest result is kept as the typed value (handed over by the session's wire,
+`AnnotatingWire`, on the worker that encoded it), and drawing runs in an executor the
 transport owns, on a copy of the frame's YUV planes. The incoming frame is only read, never
 converted here: PyAV must not convert one frame on two threads at once, and a worker may be
 converting it for the model at that moment.
@@ -11,7 +12,6 @@ converting it for the model at that moment.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from concurrent.futures import Executor
 
@@ -20,10 +20,12 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+from edge.codec import JsonWire
+from edge.frames import Result
+
 #: the box colour in BT.601 limited-range YUV: green
 BOX_YUV = (145, 54, 34)
 BOX_THICKNESS = 2  # pixels; even, so the chroma planes get whole rows and columns
-RESULT_PREFIX = '{"type":"result"'
 
 
 class AnnotatedTrack(MediaStreamTrack):
@@ -35,7 +37,7 @@ class AnnotatedTrack(MediaStreamTrack):
         super().__init__()
         self._executor = executor
         self._slot: VideoFrame | None = None
-        self._result: str | None = None
+        self._result: Result | None = None
         self._fresh = asyncio.Event()
 
     def offer(self, frame: VideoFrame) -> None:
@@ -44,10 +46,10 @@ class AnnotatedTrack(MediaStreamTrack):
             self._slot = frame
             self._fresh.set()
 
-    def note(self, text: str) -> None:
-        """A reply sent to the client; results are kept (parsed later, off the loop)."""
-        if text.startswith(RESULT_PREFIX):
-            self._result = text
+    def note(self, result: Result) -> None:
+        """The stream's newest result; its boxes go on the frames from now on. Called from
+        a worker thread: one reference replaced, nothing else touched."""
+        self._result = result
 
     async def recv(self) -> VideoFrame:
         while True:
@@ -67,7 +69,7 @@ class AnnotatedTrack(MediaStreamTrack):
         self._fresh.set()  # a pending recv() wakes up and ends
 
 
-def annotate(frame: VideoFrame, result: str | None) -> VideoFrame:
+def annotate(frame: VideoFrame, result: Result | None) -> VideoFrame:
     """A new yuv420p frame: `frame`'s pixels with `result`'s boxes drawn; same timestamp."""
     yuv = frame.to_ndarray()  # a plain copy of the three planes, (h * 3 / 2, w)
     for box in boxes(result, frame.width, frame.height):
@@ -77,17 +79,30 @@ def annotate(frame: VideoFrame, result: str | None) -> VideoFrame:
     return out
 
 
-def boxes(result: str | None, width: int, height: int) -> Iterator[tuple[int, int, int, int]]:
-    """The detections' boxes of a result message, scaled to a `width` x `height` frame."""
+def boxes(result: Result | None, width: int, height: int) -> Iterator[tuple[int, int, int, int]]:
+    """The detections' boxes of a result, scaled to a `width` x `height` frame."""
     if result is None:
         return
-    msg = json.loads(result)
-    sx, sy = width / max(1, msg.get("width", width)), height / max(1, msg.get("height", height))
-    for det in msg.get("detections", ()):
+    sx, sy = width / max(1, result.width), height / max(1, result.height)
+    for det in result.payload.get("detections", ()):
         box = det.get("box")
         if box is not None and len(box) == 4:
             x1, y1, x2, y2 = box
             yield round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)
+
+
+class AnnotatingWire(JsonWire):
+    """The results channel's JSON (codec's), each result also noted by the session's
+    annotated track, once it has one."""
+
+    def __init__(self) -> None:
+        self.track: AnnotatedTrack | None = None
+
+    def result(self, r: Result, /) -> str:
+        text = super().result(r)  # what the client is sent: refused NaN, nothing drawn
+        if self.track is not None:
+            self.track.note(r)
+        return text
 
 
 def draw_box(yuv: np.ndarray, width: int, height: int, box: tuple[int, int, int, int]) -> None:

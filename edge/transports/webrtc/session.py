@@ -34,14 +34,14 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
-from edge import codec
 from edge.compat import timeout
 from edge.core import streams as common
 from edge.core.admission import Admission
 from edge.core.services import Services
 from edge.core.session import Closing, Ending, Hello, How, StreamSession
 from edge.core.stream import Stream
-from edge.transports.webrtc.annotate import AnnotatedTrack
+from edge.frames import Error
+from edge.transports.webrtc.annotate import AnnotatedTrack, AnnotatingWire
 from edge.transports.webrtc.media import ChannelWriter, VideoPicture
 
 log = logging.getLogger("edge.webrtc")
@@ -91,6 +91,7 @@ class WebRTCSession(StreamSession[str]):
         forget: Callable[[WebRTCSession], None],
     ) -> None:
         super().__init__(services, TRANSPORT, log)
+        self._wire = self.wire = AnnotatingWire()
         self._offer = offer
         self._draw = draw
         self._forget = forget
@@ -228,7 +229,7 @@ class WebRTCSession(StreamSession[str]):
         for t in self.pc.getTransceivers():
             if self._video is not None and t.receiver.track is self._video:
                 if self._offer.video.get(t.mid or "") == "sendrecv":
-                    self.annotated = AnnotatedTrack(self._draw)
+                    self.annotated = self._wire.track = AnnotatedTrack(self._draw)
                     t.sender.replaceTrack(self.annotated)
                     t.direction = "sendrecv"
                 return
@@ -260,10 +261,8 @@ class WebRTCSession(StreamSession[str]):
             common.apply_control(self.services, self._opened(), message)
         else:
             text = "binary messages are not understood here: send frames as the video track"
-            self._opened().outbox.put(codec.error(None, "bad_message", text))
+            self._opened().outbox.error(Error(None, "bad_message", text))
 
     async def send(self, text: str) -> None:
         """The outbox's writer."""
-        if self.annotated is not None:
-            self.annotated.note(text)
         await self._writer.send(text)
