@@ -163,17 +163,23 @@ CONFIG_KEYS = (
 _CONFIG_KEYS = {"type", *CONFIG_KEYS}
 
 
+def json_object(data: str | bytes, what: str, error: type[ValueError]) -> dict[str, Any]:
+    """A client's JSON text as an object, or `error` saying that `what` must be one."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise error(f"{what} must be JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{what} must be a JSON object")
+    return obj
+
+
 def parse_control(text: str, max_bytes: int) -> Control:
     """Parse a client's text message, or raise ProtocolError saying what is wrong."""
     # characters first (cheap, bounds the encode), then the UTF-8 bytes the limit is about
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ProtocolError(f"control message longer than {max_bytes} bytes")
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise ProtocolError(f"not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("a control message is a JSON object with a 'type'")
+    obj = json_object(text, "a control message (an object with a 'type')", ProtocolError)
     kind = obj.get("type")
     if kind == "config":
         unknown = set(obj) - _CONFIG_KEYS

@@ -43,6 +43,8 @@ ROOT = DOCS.parent
 EDGE = ROOT / "edge"
 #: the pages whose links and module paths are checked
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
 def _prose(path: Path) -> str:
     """The page without its fenced code blocks (shell comments there are not headings)."""
     return re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)

@@ -212,7 +212,6 @@ CLIENT_JSON = {
     "edge.access.auth": "auth_message_token: a WebSocket client's auth message",
     "edge.kserve.rest": "a KServe REST request body",
     "edge.transports.http": "a /v1 request body (the models API, canary settings)",
-    "edge.transports.webrtc.offer": "a WebRTC offer's body",
 }
 
 

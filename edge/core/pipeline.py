@@ -94,12 +94,9 @@ class Pipeline:
         max_png_pixels: int | None = None,
         tracer: FrameTracer | None = None,
     ) -> None:
-        self._repo = repo
-        self._metrics = metrics
-        self._push = push
-        self._max_pixels = max_pixels
-        self._max_png_pixels = max_png_pixels
-        self._tracer = tracer
+        self._repo, self._metrics, self._push, self._tracer = repo, metrics, push, tracer
+        #: what decode accepts of a frame: pixels, and pixels of a PNG (None: the same)
+        self._limits = (max_pixels, max_png_pixels)
         self._rng = random.Random()
 
     def serve(self, index: int, model: LoadedModel, jobs: list[tuple[Stream, Frame]]) -> None:
@@ -154,7 +151,7 @@ class Pipeline:
     ) -> Image | None:
         """The frame's pixels, or None when it was answered bad_frame."""
         try:
-            return decode(data, model.task.decode_hint(), self._max_pixels, self._max_png_pixels)
+            return decode(data, model.task.decode_hint(), *self._limits)
         except FrameError as e:
             self.error(stream, frame, e.code, e.message, "decode", model.name)
         except Exception as e:  # a decoder bug: this frame is bad, the worker goes on

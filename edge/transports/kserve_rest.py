@@ -105,11 +105,7 @@ async def model_ready(request: web.Request) -> web.Response:
 @_protocol_errors
 async def model_infer(request: web.Request) -> web.Response:
     target, version = _target(request)
-    services = request.app[SERVICES]
-    try:
-        admission.check_request(services, TRANSPORT)
-    except NotAdmitted as e:
-        raise refused(e.refusal) from None
+    services = _admitted(request)
     metadata.resolve(services.repo, target, version)  # 404 before the body is read
     settings = services.settings
     body = await read_body(request, settings.max_infer_bytes, settings.request_timeout_s)
@@ -130,6 +126,17 @@ async def model_infer(request: web.Request) -> web.Response:
         content_type="application/octet-stream",
         headers={rest.HEADER: str(json_length)},
     )
+
+
+def _admitted(request: web.Request) -> Services:
+    """The app's services, when the gateway may take a request now (edge.core.admission);
+    else its refusal, as the protocol's error."""
+    services = request.app[SERVICES]
+    try:
+        admission.check_request(services, TRANSPORT)
+    except NotAdmitted as e:
+        raise refused(e.refusal) from None
+    return services
 
 
 def _target(request: web.Request) -> tuple[Target, str]:

@@ -28,6 +28,25 @@ GRPC_CODE = {
     Kind.INVALID: Code.INVALID_ARGUMENT,
 }
 
+#: the gateway's error codes (a frame's, docs/protocol.md) and KServe's error kinds as gRPC
+#: status codes; any other is INTERNAL
+STATUS = {
+    "bad_frame": Code.INVALID_ARGUMENT,
+    "bad_message": Code.INVALID_ARGUMENT,
+    "invalid": Code.INVALID_ARGUMENT,
+    "unknown_model": Code.NOT_FOUND,
+    "not_found": Code.NOT_FOUND,
+    "model_unavailable": Code.UNAVAILABLE,
+    "unavailable": Code.UNAVAILABLE,
+    "too_large": Code.RESOURCE_EXHAUSTED,
+    "rate_limited": Code.RESOURCE_EXHAUSTED,
+}
+
+
+def status(code: str) -> grpc.StatusCode:
+    """The gRPC status for an error code or a KServe error kind (STATUS)."""
+    return STATUS.get(code, Code.INTERNAL)
+
 
 async def abort(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
     """End the call with `refusal` (edge.core.admission): its code, details `reason: message`."""

@@ -34,13 +34,6 @@ TRANSPORT = "grpc"
 SERVICE = "inference.InferenceService"
 Response = inference_pb2.InferenceResponse
 Code = grpc.StatusCode
-#: a frame error's code as a Predict status
-ERROR_STATUS = {
-    "bad_frame": Code.INVALID_ARGUMENT,
-    "bad_message": Code.INVALID_ARGUMENT,
-    "unknown_model": Code.NOT_FOUND,
-    "model_unavailable": Code.UNAVAILABLE,
-}
 _MAX_AGE_MS = 3.6e6
 
 
@@ -103,7 +96,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         if reply is None:
             await context.abort(Code.DEADLINE_EXCEEDED, "timeout: no result in time")
         elif isinstance(reply, Error):
-            code = ERROR_STATUS.get(reply.code, Code.INTERNAL)
+            code = calls.status(reply.code)
             context.set_trailing_metadata((("edge-error-code", reply.code),))
             await context.abort(code, f"{reply.code}: {reply.message}")
         elif isinstance(reply, Dropped):  # rate limited, or the gateway is overloaded

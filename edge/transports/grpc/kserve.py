@@ -6,7 +6,8 @@ and answers every output in `raw_output_contents`. ModelStreamInfer is a GrpcStr
 (edge.transports.grpc.streaming): each request is a frame (an image of `NAME`, or one row of
 `NAME.raw`), latest request wins while the model is behind, and every request is answered
 once, with a response or with an `error_message` naming its id (superseded, rate limited, a
-bad image). Errors of the unary calls are status codes (`GRPC_CODE`).
+bad image). Errors of the unary calls are status codes
+(edge.transports.grpc.calls.status).
 """
 
 from __future__ import annotations
@@ -42,14 +43,6 @@ from edge.transports.kserve_rest import not_ready
 TRANSPORT = "kserve-grpc"
 SERVICE = "inference.GRPCInferenceService"
 Code = grpc.StatusCode
-GRPC_CODE = {
-    "invalid": Code.INVALID_ARGUMENT,
-    "not_found": Code.NOT_FOUND,
-    "too_large": Code.RESOURCE_EXHAUSTED,
-    "rate_limited": Code.RESOURCE_EXHAUSTED,
-    "internal": Code.INTERNAL,
-    "unavailable": Code.UNAVAILABLE,
-}
 #: requests with more typed values than this are converted off the event loop
 INLINE_VALUES = 16 * 1024
 
@@ -118,7 +111,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
             target = Target.parse(request.name)
             meta = metadata.model_metadata(self.services.repo, target, request.version)
         except KServeError as e:
-            await context.abort(GRPC_CODE[e.kind], e.message)
+            await context.abort(calls.status(e.kind), e.message)
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"],
@@ -144,7 +137,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
             with client_of(self.app[CLIENTS], calls.peer_host(context.peer())):
                 response = await infer(self.services, req, TRANSPORT)
         except KServeError as e:
-            await context.abort(GRPC_CODE[e.kind], e.message)
+            await context.abort(calls.status(e.kind), e.message)
         return to_response(response)
 
     async def ModelStreamInfer(  # noqa: N802

@@ -11,7 +11,6 @@ each one goaway.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc import sdp as aiortc_sdp
 
+from edge import codec
 from edge.access import auth
 from edge.core.admission import DRAINING, Admission, Kind, NotAdmitted, Refusal, unknown_model
 from edge.core.services import SERVICES, Services
@@ -163,12 +163,7 @@ async def _body(request: web.Request) -> bytes:
 
 def parse_offer(body: bytes, default_model: str) -> Offer:
     """The offer request, checked; BadOffer says what is wrong with it."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise BadOffer(f"the body must be JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise BadOffer('the body must be a JSON object: {"sdp": "...", "type": "offer"}')
+    obj = codec.json_object(body, 'the body ({"sdp": "...", "type": "offer"})', BadOffer)
     unknown = set(obj) - _OFFER_KEYS
     if unknown:
         raise BadOffer(f"unknown keys {sorted(unknown)}; known: {sorted(_OFFER_KEYS)}")
