@@ -20,7 +20,7 @@ from edge.inference.tasks.blazeface import BlazeFace
 from edge.kserve.infer import pipeline_tensors
 from edge.metrics import Metrics
 from edge.models.repository import Route
-from edge.transports.grpc.inference import Translation
+from edge.transports.grpc.inference import PredictTranslation
 
 pytestmark = pytest.mark.unit
 
@@ -76,7 +76,7 @@ def test_grpc_builds_responses_from_the_typed_values() -> None:
     """InferenceService responses straight from the result: no JSON in between, the same
     fields (timing rounded as the JSON has it); one response per dropped seq; none for
     notices or errors about control messages."""
-    wire = Translation()
+    wire = PredictTranslation()
     (r,) = wire.result(RESULT)
     assert (r.seq, r.model, r.width, r.height) == (12, "blazeface@1", 640, 480)
     assert r.timing.queue_ms == pytest.approx(1.235)
@@ -158,7 +158,7 @@ def test_the_pipeline_encodes_with_the_streams_wire() -> None:
     (reply,) = _serve(Task(), codec.JSON, Picture())
     assert isinstance(reply.answer, Result) and reply.answer.seq == 7
     assert reply.message == codec.result(reply.answer)
-    (reply,) = _serve(Task(), Translation(), Picture())
+    (reply,) = _serve(Task(), PredictTranslation(), Picture())
     assert [r.seq for r in reply.message] == [7] and reply.message[0].classes[0].label == "x"
     broken = Task()
     broken.score = float("inf")

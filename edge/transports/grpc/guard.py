@@ -36,7 +36,7 @@ PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
-class Guard(grpc.aio.ServerInterceptor):
+class TokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, app: web.Application) -> None:
         self._auth = app[GUARD].auth
         self._metrics = app[SERVICES].metrics
@@ -52,7 +52,7 @@ class Guard(grpc.aio.ServerInterceptor):
         except Refused as e:
             self._metrics.auth_refused.labels(e.reason).inc()
             log.info("refused a gRPC call to %s: %s", details.method, e.reason)
-            return refusal(handler, grpc.StatusCode.UNAUTHENTICATED, e.message)
+            return aborting(handler, grpc.StatusCode.UNAUTHENTICATED, e.message)
         return handler
 
 
@@ -70,7 +70,7 @@ def bearer_token(metadata: Any) -> str:
     raise unauthorized("missing_token", _MISSING)
 
 
-def refusal(
+def aborting(
     handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that ends the call with `code`, reading nothing."""

@@ -110,10 +110,10 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> None:
         # Read with context.read() (one reader task); the iterator is left alone.
-        await calls.serve_stream(self.app, context, Translation(), TRANSPORT)
+        await calls.serve_stream(self.app, context, PredictTranslation(), TRANSPORT)
 
 
-class Translation:
+class PredictTranslation:
     """InferenceRequest in, the stream's replies out as InferenceResponses (the stream's wire:
     each result built from the typed value on the worker that answered it)."""
 

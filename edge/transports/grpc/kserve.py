@@ -37,7 +37,7 @@ from edge.transports.grpc.kserve_messages import (
     to_response,
     typed_values,
 )
-from edge.transports.grpc.kserve_stream import StreamTranslation
+from edge.transports.grpc.kserve_stream import ModelStreamTranslation
 from edge.transports.kserve_rest import not_ready
 
 TRANSPORT = "kserve-grpc"
@@ -144,5 +144,5 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> None:
         # Read with context.read() (one reader task); the iterator is left alone.
-        translation = StreamTranslation(self.services)
+        translation = ModelStreamTranslation(self.services)
         await calls.serve_stream(self.app, context, translation, TRANSPORT)

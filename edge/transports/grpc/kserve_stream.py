@@ -19,7 +19,7 @@ from edge.transports.grpc.gen import grpc_predict_v2_pb2 as pb
 from edge.transports.grpc.kserve_messages import MAX_ID, Malformed, to_request, to_response
 
 
-class StreamTranslation:
+class ModelStreamTranslation:
     """ModelInferRequests of one model in (either form; a raw request is one row, one frame),
     ModelStreamInferResponses out.
 

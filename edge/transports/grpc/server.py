@@ -68,7 +68,7 @@ class GrpcServer:
     async def start(self) -> None:
         settings = self.services.settings
         server = grpc.aio.server(
-            interceptors=[guard.Guard(self.app)],
+            interceptors=[guard.TokenInterceptor(self.app)],
             options=options(settings, shared_port=self.services.cluster.size > 1),
             maximum_concurrent_rpcs=settings.max_streams + EXTRA_CALLS,
         )
