@@ -18,6 +18,12 @@ from edge.settings import Settings, SettingsError
 
 log = logging.getLogger("edge")
 
+#: the `models` commands' --models help: where the repository is when none is named
+_REPOSITORY = (
+    "model repository (EDGE_MODELS; default $XDG_DATA_HOME/edge-gateway/models, "
+    "i.e. ~/.local/share/edge-gateway/models)"
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge", description="Real-time inference gateway")
@@ -56,10 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="manage the model repository")
     msub = models.add_subparsers(dest="action", required=True)
     pull = msub.add_parser("pull", help="fetch the default models into the repository")
-    pull.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
+    pull.add_argument("--models", type=Path, help=_REPOSITORY)
     pull.add_argument("names", nargs="*", help="models to fetch (default: all known)")
     ls = msub.add_parser("list", help="show the models in the repository")
-    ls.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
+    ls.add_argument("--models", type=Path, help=_REPOSITORY)
     _stream_parser(sub)
     from edge.bench.options import arguments
 
@@ -208,8 +214,22 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
             print(f"edge: models pull failed: {e}", file=sys.stderr)
             return 1
         return 0
-    missing = pull.missing_models(settings.models)
-    for d in sorted(p for p in settings.models.iterdir() if (p / "model.toml").exists()):
+    return _list_models(settings.models, pull.missing_models(settings.models))
+
+
+def _list_models(root: Path, missing: list[str]) -> int:
+    """One line a model (name, versions, whether its weights are intact); a missing
+    repository is an error (2), an empty one says so (1): nothing there to serve."""
+    if not root.is_dir():
+        print(f"edge: no model repository at {root}; `edge models pull` fills it", file=sys.stderr)
+        return 2
+    found = sorted(p for p in root.iterdir() if (p / "model.toml").is_file())
+    if not found:
+        print(
+            f"edge: no models in {root}; `edge models pull` fetches the defaults", file=sys.stderr
+        )
+        return 1
+    for d in found:
         versions = sorted(v.name for v in d.iterdir() if (v / "model.onnx").exists())
         print(f"{d.name}\t{','.join(versions) or '-'}\t{'missing' if d.name in missing else 'ok'}")
     return 0

@@ -10,12 +10,14 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from edge.sinks import SinkConfigError, parse_all
 
-DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+#: the dashboard's files, carried in the package (edge/web/) wherever it is installed
+WEB_ROOT = Path(str(resources.files("edge") / "web"))
 #: what a static token may be made of: characters that travel unchanged in an Authorization
 #: header (RFC 6750), a WebSocket subprotocol (an RFC 7230 token) and a JSON string
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+]+")
@@ -40,7 +42,8 @@ class Settings:
     port: int = 8080
     #: the gRPC services (docs/protocols.md) listen here, on `host` too; 0 turns gRPC off
     grpc_port: int = 8081
-    models: Path = DEFAULT_MODELS
+    #: the model repository; by default a per-user data directory (`default_models`)
+    models: Path = field(default_factory=lambda: default_models(os.environ))
     default_model: str = "blazeface"
     #: serving processes behind the one port; 0 (`auto`): one per CPU core, or on a GPU
     #: machine enough to keep the GPU fed (edge.process.supervisor.process_count); 1: no supervisor
@@ -123,7 +126,7 @@ class Settings:
     sink_retry_max_s: float = 30.0
     stun_servers: tuple[str, ...] = ()
     turn_servers: tuple[str, ...] = ()
-    web_root: Path = field(default=Path(__file__).resolve().parent.parent / "web")
+    web_root: Path = WEB_ROOT
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -214,6 +217,7 @@ class Settings:
             key = "EDGE_" + f.name.upper()
             if key in env:
                 values[f.name] = _parse(f.name, str(f.type), env[key], key)
+        values.setdefault("models", default_models(env))
         for name, value in (overrides or {}).items():
             if value is not None:
                 values[name] = value
@@ -221,6 +225,16 @@ class Settings:
             return replace(cls(), **values)
         except TypeError as e:
             raise SettingsError(str(e)) from e
+
+
+def default_models(env: Mapping[str, str]) -> Path:
+    """The model repository when neither `--models` nor `EDGE_MODELS` names one: the user's
+    data directory (XDG: `$XDG_DATA_HOME/edge-gateway/models`, by default
+    `~/.local/share/edge-gateway/models`), never the installed package's folder."""
+    data = Path(env.get("XDG_DATA_HOME") or ".")
+    if not data.is_absolute():  # unset, or relative: XDG says to ignore it
+        data = Path(env.get("HOME") or Path.home()) / ".local" / "share"
+    return data / "edge-gateway" / "models"
 
 
 def read_token_file(path: Path) -> tuple[str, ...]:

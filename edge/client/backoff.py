@@ -1,4 +1,4 @@
-"""When to try again: the reconnect rule the dashboard (web/app.js) and this client share
+"""When to try again: the reconnect rule the dashboard (edge/web/app.js) and this client share
 (docs/protocol.md, "Clients")."""
 
 from __future__ import annotations

