@@ -616,11 +616,11 @@ async def test_each_process_publishes_its_own_streams_and_metrics_add_up(
 
 @pytest.mark.integration
 async def test_a_jetstream_sink_without_a_stream_says_what_to_create_and_stays_down(
+    caplog: pytest.LogCaptureFixture,
     brokers: Callable[..., Broker],
     tmp_path: Path,
     face_repo: Path,
-    photos: list[bytes],
-    caplog: pytest.LogCaptureFixture,
+    face_jpeg: bytes,
 ) -> None:
     """Guards against the documented `?jetstream=1` failing unexplained: with no stream that
     captures the sink's subjects, the log says which subjects and how to create one, the gauge
@@ -639,7 +639,7 @@ async def test_a_jetstream_sink_without_a_stream_says_what_to_create_and_stays_d
         with caplog.at_level("INFO", logger="edge.sinks"):
             async with running(settings) as (url, _), aiohttp.ClientSession() as http:
                 ws, books = await open_stream(http, url)
-                await lockstep(ws, books, photos, lambda s: s >= 4)
+                await lockstep(ws, books, [face_jpeg], lambda s: s >= 4)
                 assert books.kinds() == {"result": 4}
                 await until(lambda: "no JetStream stream captures js.results.>" in caplog.text,
                             30, "the missing stream logged")  # fmt: skip
@@ -651,7 +651,7 @@ async def test_a_jetstream_sink_without_a_stream_says_what_to_create_and_stays_d
                         break
                     await asyncio.sleep(0.02)
                 assert await connected(url) == 1
-                await lockstep(ws, books, photos, lambda s: s >= 8)
+                await lockstep(ws, books, [face_jpeg], lambda s: s >= 8)
                 for _ in range(1500):  # a safety net of 30 s, not a speed check
                     if (await js.stream_info("EDGE_JS")).state.messages >= 4:
                         break
