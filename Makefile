@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: setup setup-test models serve test test-busy test-pythons test-smoke lint bench browser brokers clean
+.PHONY: setup setup-test models serve test test-busy test-pythons test-smoke lint bench browser brokers screenshot clean
 
 # The package's extras the server is installed with, and those the tests add: one list each, so
 # a new extra reaches `setup`, `setup-test` and every interpreter of `test-pythons` at once.
@@ -55,6 +55,11 @@ lint: setup-test
 
 test: setup-test models browser brokers lint
 	$(BIN)/pytest
+
+# The README's dashboard screenshot (docs/dashboard.png), refreshed on purpose: `make test`
+# leaves its screenshots in artifacts/ and changes no tracked file.
+screenshot: setup-test models browser
+	EDGE_REFRESH_SCREENSHOT=1 $(BIN)/pytest tests/test_e2e.py -k test_websocket_dashboard_boxes_the_face
 
 # The same suite while every core is kept busy by other processes (BURNERS CPU burners per
 # core, started and stopped by tests/busy.py): no test may depend on how fast the machine is.

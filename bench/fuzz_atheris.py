@@ -11,7 +11,7 @@ Anything other than FrameError / ProtocolError / UnknownModel is a crash: libFuz
 writes the input to crash-<sha1>. Python code (edge, Pillow's PNG/JPEG plugins, json) is
 instrumented for coverage; simplejpeg / libjpeg-turbo and zlib are C and only run.
 
-    pip install atheris
+    pip install -e '.[fuzz]'    # atheris
     python bench/fuzz_atheris.py decode -max_total_time=300 -timeout=5 -rss_limit_mb=1024
     python bench/fuzz_atheris.py control -runs=200000
 

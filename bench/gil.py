@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stream import frame_bytes  # noqa: E402
-
+from edge.bench.frames import frame_jpeg  # noqa: E402
 from edge.inference import engine  # noqa: E402
 from edge.inference.decode import decode  # noqa: E402
 from edge.inference.modelspec import ModelSpec  # noqa: E402
+from tests.imagedata import sample_image  # noqa: E402
 
 _BLOCK = b"x" * 8192
 
@@ -111,7 +111,7 @@ def main() -> None:
         args.models, spec, args.models / args.model / "1", workers=1, preference=("cpu",)
     )
     task, fit = model.task, model.task.decode_hint()
-    data = frame_bytes((640, 480), args.image)
+    data = frame_jpeg((640, 480), sample_image(args.image))
     image = decode(data, fit, 1 << 30)
     tensor, ctx = task.preprocess(image)
     outputs = [o[0] for o in model.run(tensor[None], 0)]

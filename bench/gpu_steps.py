@@ -31,13 +31,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from layout import timed  # noqa: E402
-from stream import frame_bytes, with_max_batch  # noqa: E402
 
 from edge import codec  # noqa: E402
+from edge.bench.frames import frame_jpeg  # noqa: E402
+from edge.bench.servers import scratch_repository  # noqa: E402
 from edge.frames import Result, Timing  # noqa: E402
 from edge.inference import engine, providers  # noqa: E402
 from edge.inference.decode import decode  # noqa: E402
 from edge.inference.modelspec import ModelSpec  # noqa: E402
+from tests.imagedata import sample_image  # noqa: E402
 
 
 def main() -> None:
@@ -53,9 +55,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
-    models = (
-        with_max_batch(args.models, args.model, args.max_batch) if args.max_batch else args.models
-    )
+    models = args.models
+    if args.max_batch:
+        models = scratch_repository(args.models, [args.model], args.max_batch)
     if args.gpu_layout:
         providers.gpu_first = lambda prefs: True  # type: ignore[assignment]
     spec = ModelSpec.load(models / args.model)
@@ -67,7 +69,7 @@ def main() -> None:
         preference=tuple(p.strip() for p in args.providers.split(",")),
     )
     task, rows = model.task, spec.max_batch
-    data = frame_bytes((640, 480), args.image)
+    data = frame_jpeg((640, 480), sample_image(args.image))
     fit = task.decode_hint()
     image = decode(data, fit, 1 << 30)
     tensor, ctx = task.preprocess(image)

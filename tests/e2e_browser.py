@@ -4,6 +4,7 @@ by Playwright (never a downloaded browser), and the gateway on a port that survi
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,11 +64,16 @@ def write_y4m(path: Path, rgb: np.ndarray, frames: int = 30) -> Path:
     return path
 
 
-def chromium_args(y4m: Path) -> list[str]:
-    return [
+def chromium_args(y4m: Path | None) -> list[str]:
+    """Chromium's flags; with `y4m` a camera that shows it and is allowed without asking,
+    without one no camera at all."""
+    camera = [
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-video-capture={y4m}",
+    ]
+    return [
+        *(camera if y4m else []),
         "--no-sandbox",
         "--disable-gpu",
         "--disable-quic",
@@ -88,8 +94,8 @@ def chromium_path() -> str:
 
 
 @contextlib.asynccontextmanager
-async def chromium(y4m: Path) -> AsyncIterator[Browser]:
-    """Headless Debian Chromium whose camera shows `y4m`."""
+async def chromium(y4m: Path | None) -> AsyncIterator[Browser]:
+    """Headless Debian Chromium whose camera shows `y4m`, or that has no camera (None)."""
     executable = chromium_path()
     async with async_playwright() as p:
         browser = await p.chromium.launch(
@@ -116,7 +122,14 @@ async def serving_on(settings: Settings, port: int) -> AsyncIterator[web.Applica
         await runner.cleanup()
 
 
+#: set (to 1) to refresh the committed screenshot on purpose: `make screenshot`
+REFRESH_SCREENSHOT = "EDGE_REFRESH_SCREENSHOT"
+
+
 def publish(screenshot: Path, docs: Path) -> None:
-    """Copy the screenshot the README shows."""
+    """Copy the screenshot the README shows, only when asked (REFRESH_SCREENSHOT): a test run
+    leaves its screenshots in artifacts/ and changes no tracked file."""
+    if os.environ.get(REFRESH_SCREENSHOT) != "1":
+        return
     docs.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(screenshot, docs)

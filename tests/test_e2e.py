@@ -297,3 +297,44 @@ async def test_dashboard_on_a_multi_process_gateway(
         assert snap["fallback"] == "false", snap["notice"]
         await page.context.close()
     assert errors == []
+
+
+NO_CAMERA_VIEW = """() => {
+  const el = (id) => document.getElementById(id);
+  return {
+    state: el('state').dataset.state,
+    models: [...el('model-select').options].map((o) => o.value),
+    button: el('toggle').textContent,
+    notice: el('notice').hidden ? '' : el('notice').textContent,
+  };
+}"""
+
+
+async def test_without_a_camera_the_page_offers_the_models_and_start(face_repo: Path) -> None:
+    """Guards against a dashboard that, with no camera (none there, or not allowed), shows an
+    empty model list, a Stop button for a stream that never started, nothing on how to get
+    the camera going, or a 404 for its icon; pressing Start asks again and says so again."""
+    errors: list[str] = []
+    failed: list[str] = []
+    async with running(settings_for(face_repo)) as (url, _), chromium(None) as browser:
+        page = await (await browser.new_context()).new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on(
+            "response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None
+        )
+        await page.goto(url + "/")
+        said_so = "document.getElementById('state').dataset.state === 'error'"
+        await page.wait_for_function(said_so, timeout=wait_ms(0))
+        view = await page.evaluate(NO_CAMERA_VIEW)
+        await page.evaluate("document.getElementById('notice').hidden = true")
+        await page.click("#toggle")
+        await page.wait_for_function(
+            "!document.getElementById('notice').hidden", timeout=wait_ms(0)
+        )
+        again = await page.evaluate(NO_CAMERA_VIEW)
+        icon = await page.request.get(url + "/favicon.ico")
+        assert icon.status == 200 and "svg" in icon.headers["content-type"], icon.status
+    assert view["models"] == ["blazeface"] and view["button"] == "Start", view
+    assert "camera" in view["notice"].lower() and "press Start" in view["notice"], view
+    assert again == view
+    assert failed == [] and errors == []

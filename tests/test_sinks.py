@@ -612,3 +612,50 @@ async def test_each_process_publishes_its_own_streams_and_metrics_add_up(
         for sink in sinks:
             assert total(metrics, "edge_sink_published_total", sink=sink) == n
             assert total(metrics, "edge_sink_connected", sink=sink) == 1
+
+
+@pytest.mark.integration
+async def test_a_jetstream_sink_without_a_stream_says_what_to_create_and_stays_down(
+    caplog: pytest.LogCaptureFixture,
+    brokers: Callable[..., Broker],
+    tmp_path: Path,
+    face_repo: Path,
+    face_jpeg: bytes,
+) -> None:
+    """Guards against the documented `?jetstream=1` failing unexplained: with no stream that
+    captures the sink's subjects, the log says which subjects and how to create one, the gauge
+    stays 0 (not 1 while every publish fails), the streams are served; once a stream exists
+    the sink connects by itself and its messages are stored."""
+    ns = brokers(nats_server(tmp_path, jetstream=True))
+    label = f"nats://127.0.0.1:{ns.port}/js"
+    settings = sink_settings(face_repo, f"{label}?jetstream=1")
+    nc = await nats.connect(f"nats://127.0.0.1:{ns.port}")
+    js = nc.jetstream()
+
+    async def connected(url: str) -> float:
+        return total(await _scrape(url), "edge_sink_connected", sink=label)
+
+    try:
+        with caplog.at_level("INFO", logger="edge.sinks"):
+            async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+                ws, books = await open_stream(http, url)
+                await lockstep(ws, books, [face_jpeg], lambda s: s >= 4)
+                assert books.kinds() == {"result": 4}
+                await until(lambda: "no JetStream stream captures js.results.>" in caplog.text,
+                            30, "the missing stream logged")  # fmt: skip
+                assert "nats stream add EDGE --subjects 'js.>'" in caplog.text
+                assert await connected(url) == 0
+                await js.add_stream(name="EDGE_JS", subjects=["js.>"])
+                for _ in range(1500):  # a safety net of 30 s: reconnects wait 1 s at most
+                    if await connected(url) == 1:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await connected(url) == 1
+                await lockstep(ws, books, [face_jpeg], lambda s: s >= 8)
+                for _ in range(1500):  # a safety net of 30 s, not a speed check
+                    if (await js.stream_info("EDGE_JS")).state.messages >= 4:
+                        break
+                    await asyncio.sleep(0.02)
+        assert (await js.stream_info("EDGE_JS")).state.messages >= 4
+    finally:
+        await nc.close()

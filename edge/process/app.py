@@ -107,7 +107,11 @@ def _add_web(app: web.Application, settings: Settings) -> None:
         async def index(request: web.Request) -> web.FileResponse:
             return web.FileResponse(root / "index.html")
 
+        async def favicon(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(root / "favicon.svg")  # what browsers ask for unprompted
+
         app.router.add_get("/", index)
+        app.router.add_get("/favicon.ico", favicon)
         app.router.add_static("/web/", root, follow_symlinks=False)
 
 

@@ -2,7 +2,8 @@
 
 Core NATS: a batch is written, then one PING/PONG round trip (`flush`) confirms the server
 has read it. JetStream: every message of the batch is published at once and each waits for its
-acknowledgement; a stream must capture the subjects (docs/sinks.md), or every publish fails.
+acknowledgement; a stream must capture the subjects (docs/sinks.md), or every publish fails, so
+the sink checks at connect that one does and does not count as connected until then.
 The client's own reconnection is off: the owner reconnects, with its backoff, as for MQTT.
 """
 
@@ -55,6 +56,30 @@ class NatsSink(Sink):
             max_outstanding_pings=2,
             error_cb=self._on_error,  # the owner logs failures; the client's default is noisy
         )
+        if t.flag("jetstream"):
+            await self._check_streams(nc)
+
+    async def _check_streams(self, nc: Client) -> None:
+        """Raise, saying what to create, unless a JetStream stream captures every subject
+        this sink publishes to (results, and drop notices with `drops=1`)."""
+        from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+        head = self.target.prefix.replace("/", ".")
+        kinds = ("results", "dropped") if self.target.drops else ("results",)
+        js = nc.jetstream(timeout=self.timeout)
+        for kind in kinds:
+            try:
+                await js.find_stream_name_by_subject(f"{head}.{kind}.>")
+            except NotFoundError:
+                raise ConnectionError(
+                    f"no JetStream stream captures {head}.{kind}.>; create one, e.g. "
+                    f"`nats stream add EDGE --subjects '{head}.>'`"
+                ) from None
+            except ServiceUnavailableError:
+                raise ConnectionError(
+                    "the server has no JetStream: start nats-server with -js, or drop "
+                    "?jetstream=1 to publish to core NATS"
+                ) from None
 
     async def _on_error(self, e: Exception) -> None:
         log.debug("sink %s: %r", self.target.label, e)

@@ -112,6 +112,7 @@ async function startCamera() {
   if (!navigator.mediaDevices) {
     throw new Error("the camera needs HTTPS or localhost (serve with --tls-cert and --tls-key)");
   }
+  setNotice("");
   for (const track of camera?.getTracks() ?? []) track.stop();
   camera = await navigator.mediaDevices.getUserMedia({
     audio: false,
@@ -296,18 +297,32 @@ async function main() {
     restart();
   };
   $("facing-select").onchange = () => startCamera().then(restart, cameraFailed);
-  $("toggle").onclick = () => ($("toggle").textContent === "Stop" ? stop() : restart());
+  $("toggle").onclick = () => ($("toggle").textContent === "Stop" ? stop() : start());
   setInterval(render, 500);
-  try {
-    await startCamera();
-  } catch (error) {
-    return cameraFailed(error);
-  }
-  restart();
+  // The models first: the list is filled whether or not a camera comes.
+  await loadModels().catch((error) => setNotice(error.message));
+  start();
 }
 
+// Start streaming, asking for the camera first unless it is already live.
+function start() {
+  const live = camera?.getVideoTracks().some((t) => t.readyState === "live");
+  return live ? restart() : startCamera().then(restart, cameraFailed);
+}
+
+// No camera, no stream: say how to get one; the button offers Start again.
 function cameraFailed(error) {
-  setState("error", `camera: ${error.message}`);
+  const how = {
+    NotAllowedError:
+      "Camera access is blocked. Allow it for this site (the camera icon in the address bar, " +
+      "or the browser's site settings), then press Start.",
+    NotFoundError: "No camera found. Connect one, then press Start.",
+    NotReadableError: "The camera is in use by another program. Close it, then press Start.",
+    OverconstrainedError: "This camera cannot be used; pick the other one above.",
+  };
+  setNotice(how[error.name] ?? `The camera cannot start: ${error.message}.`);
+  setState("error", "no camera");
+  $("toggle").textContent = "Start";
 }
 
 main();
