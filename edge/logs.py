@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
 #: structured fields a log call may pass with `extra=`
 _FIELDS = ("session", "model", "transport", "code", "sink")
@@ -22,6 +23,17 @@ _SECRETS = [
 ]
 
 
+#: characters that could end a line or rewrite one on a terminal: C0 and C1 controls (but
+#: tab), DEL, and Unicode's line and paragraph separators
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """`text` on one line: each control character as its Python escape (`\\n`, `\\x1b`), so
+    nothing a client sent can forge a log line or a terminal sequence."""
+    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], text)
+
+
 def redact(text: str) -> str:
     """`text` with anything that looks like a token replaced."""
     for pattern, replacement in _SECRETS:
@@ -30,8 +42,13 @@ def redact(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line, its message (and args) escaped; a traceback after it keeps its lines."""
+        record.message = escape(record.message)
+        return redact(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return redact(super().formatException(ei))
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +66,8 @@ class JsonFormatter(logging.Formatter):
                 event[key] = value
         if record.exc_info:
             event["exc"] = redact(self.formatException(record.exc_info))
-        return json.dumps(event, ensure_ascii=False)
+        # ASCII only: every control character, C1 and Unicode's separators too, as \uXXXX
+        return json.dumps(event)
 
 
 def setup(level: str, fmt: str) -> None:

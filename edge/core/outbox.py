@@ -6,7 +6,10 @@ that answered them, notices are encoded here) and hands them to `send` one at a 
 and errors queue up to a limit; drop notices are kept as runs of seqs and merged into one
 message each, so a client that stops reading costs O(1) memory: once its backlog is full its
 new frames are dropped as `overload` before they cost any work, and a socket that accepts
-nothing for `send_timeout` seconds is closed.
+nothing for `send_timeout` seconds is closed. Replies to control messages are bounded too:
+past the bound, a pong, stats or config notice joins the one of its type already waiting
+rather than queueing again (MERGED), and an error about a control message is not queued
+while the backlog is full, so a client that sends pings and never reads costs nothing.
 
 A stream's `tap` (edge/sinks/publisher.py), when result sinks are configured, sees every result
 and drop notice the outbox takes for its client, and passes it on without waiting.
@@ -28,6 +31,9 @@ from edge.frames import Dropped, Error, Notice, Result, Wire
 log = logging.getLogger("edge.outbox")
 
 _MAX_SEQS_PER_MESSAGE = 512
+
+#: notices of which at most one waits at a time: a new one updates the one waiting
+MERGED = frozenset({"pong", "stats", "config"})
 
 M = TypeVar("M")
 #: writes one message of the stream's wire to its client
@@ -64,7 +70,9 @@ class Outbox(Generic[M]):
         self._max_pending = max_pending
         self._timeout = send_timeout
         self._on_sent = on_sent or (lambda _t: None)
-        self._messages: deque[tuple[M, float]] = deque()
+        #: encoded messages, or the type of a MERGED notice encoded when its turn comes
+        self._messages: deque[tuple[M | _Merged, float]] = deque()
+        self._merged: dict[str, Notice] = {}
         self._drops: dict[str, list[list[int]]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -93,11 +101,22 @@ class Outbox(Generic[M]):
                 self.tap.result(result, received_at, text)
 
     def error(self, error: Error) -> None:
-        """Queue an error the event loop decided (a refused frame, a bad control message)."""
-        self.put(self.wire.error(error))
+        """Queue an error the event loop decided (a refused frame, a bad control message;
+        the latter not while the backlog is full: it answers no frame)."""
+        if error.seq is not None or not self.congested:
+            self.put(self.wire.error(error))
 
     def notice(self, notice: Notice) -> None:
-        self.put(self.wire.notice(notice))
+        """Queue a notice; past the backlog's bound, a MERGED one joins the one of its type
+        waiting (at most one each waits, whatever the client sends)."""
+        merge = notice.type in MERGED and (self.congested or notice.type in self._merged)
+        if not merge:
+            self.put(self.wire.notice(notice))
+        elif self.failed is None:
+            if notice.type not in self._merged:
+                self._messages.append((_Merged(notice.type), 0.0))
+            self._merged[notice.type] = notice
+            self._kick()
 
     def drop(self, seq: int, reason: str) -> None:
         """Queue a drop notice; consecutive seqs with one reason merge into one run."""
@@ -141,8 +160,10 @@ class Outbox(Generic[M]):
                                     notice = Dropped(tuple(chunk), reason)
                                     await self._send(self.wire.dropped(notice))
                         while self._messages and not self._drops:
-                            message, received_at = self._messages.popleft()
-                            await self._send(message)
+                            item, received_at = self._messages.popleft()
+                            if isinstance(item, _Merged):
+                                item = self.wire.notice(self._merged.pop(item.type))
+                            await self._send(item)
                             if received_at:
                                 self._on_sent(time.monotonic() - received_at)
             except asyncio.TimeoutError:
@@ -156,6 +177,15 @@ class Outbox(Generic[M]):
                 return
             if not self._wake.is_set():
                 self._idle.set()
+
+
+class _Merged:
+    """The place in the queue of the MERGED notice of its type waiting to be sent."""
+
+    __slots__ = ("type",)
+
+    def __init__(self, type_: str) -> None:
+        self.type = type_
 
 
 def _chunks(runs: list[list[int]]) -> list[list[int]]:
