@@ -48,6 +48,31 @@ SERVE_FLAGS = {
 }
 
 
+#: each command's one-line help (in `edge --help`) and its description (in its own --help)
+COMMANDS = {
+    "serve": ("run the gateway", "Run the gateway. Every flag also has an EDGE_* variable "
+              "(flags win); the other settings are variables only (docs/settings.md)."),
+    "models": ("manage the model repository",
+               "Fetch the default models' weights, or list what a repository holds."),
+    "pull": ("fetch the default models into the repository",
+             "Fetch pinned model weights, check their digests and install them; progress "
+             "goes to stderr, one `ok PATH` line per model to stdout."),
+    "list": ("show the models in the repository",
+             "One line per model: name, versions, and whether its weights are intact."),
+    "stream": ("stream a camera, video file, RTSP/HTTP URL or images to a gateway",
+               "Stream frames to a gateway and write one JSON line per reply "
+               "(docs/client.md)."),
+    "bench": ("measure the gateway on this machine, as a report",
+              "Run the gateway against this machine's ceiling and write a Markdown report "
+              "with charts (docs/benchmarks.md)."),
+}  # fmt: skip
+
+
+def _command(sub: argparse._SubParsersAction[_Parser], name: str) -> _Parser:
+    summary, description = COMMANDS[name]
+    return sub.add_parser(name, help=summary, description=description)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="edge",
@@ -57,47 +82,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
-    models = sub.add_parser(
-        "models",
-        help="manage the model repository",
-        description="Fetch the default models' weights, or list what a repository holds.",
-    )
+    models = _command(sub, "models")
     msub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    pull = msub.add_parser(
-        "pull",
-        help="fetch the default models into the repository",
-        description="Fetch pinned model weights, check their digests and install them; "
-        "progress goes to stderr, one `ok PATH` line per model to stdout.",
-    )
+    pull = _command(msub, "pull")
     pull.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
     pull.add_argument("names", nargs="*", help="models to fetch (default: all known)")
-    ls = msub.add_parser(
-        "list",
-        help="show the models in the repository",
-        description="One line per model: name, versions, and whether its weights are intact.",
-    )
+    ls = _command(msub, "list")
     ls.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
     _stream_parser(sub)
     from edge.bench.options import arguments
 
-    arguments(
-        sub.add_parser(
-            "bench",
-            help="measure the gateway on this machine, as a report",
-            description="Run the gateway against this machine's ceiling and write a "
-            "Markdown report with charts (docs/benchmarks.md).",
-        )
-    )
+    arguments(_command(sub, "bench"))
     return p
 
 
 def _serve_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
-    serve = sub.add_parser(
-        "serve",
-        help="run the gateway",
-        description="Run the gateway. Every flag also has an EDGE_* variable (flags win); "
-        "the other settings are variables only (docs/settings.md).",
-    )
+    serve = _command(sub, "serve")
     defaults = {f.name: f.default for f in fields(Settings)}
     for name, text in SERVE_FLAGS.items():
         shown = _shown(name, defaults[name])
@@ -121,12 +121,7 @@ def _shown(name: str, default: object) -> str:
 
 
 def _stream_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
-    s = sub.add_parser(
-        "stream",
-        help="stream a camera, video file, RTSP/HTTP URL or images to a gateway",
-        description="Stream frames to a gateway and write one JSON line per reply "
-        "(docs/client.md).",
-    )
+    s = _command(sub, "stream")
     s.add_argument(
         "source",
         help="a camera (/dev/video0 or 0), a video file, an rtsp:// or http:// URL, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -209,3 +210,20 @@ def test_serve_help_explains_every_flag_from_the_settings() -> None:
         ).stdout
         usage, description = text.split("\n\n")[:2]
         assert not description.startswith(("options:", "positional")), command
+
+
+def test_models_pull_shows_progress_per_file(pulled: Path, tmp_path: Path) -> None:
+    """Guards against a silent `edge models pull`: a line per model with its size on stderr,
+    and `ok PATH` on stdout for scripts (weights already present: nothing is fetched)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(pulled, repo)
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "models", "pull", "--models", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+        env={**os.environ, "EDGE_LOG_LEVEL": "warning"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^\[1/2\] blazeface: .*model\.onnx \(\d+\.\d MB\)$", done.stderr, re.M)
+    assert done.stdout.count("ok ") == 2, done.stdout
