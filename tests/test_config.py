@@ -227,3 +227,46 @@ def test_models_pull_shows_progress_per_file(pulled: Path, tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert re.search(r"^\[1/2\] blazeface: .*model\.onnx \(\d+\.\d MB\)$", done.stderr, re.M)
     assert done.stdout.count("ok ") == 2, done.stdout
+
+
+@pytest.mark.integration
+async def test_stream_exits_non_zero_when_the_gateway_refuses_its_settings(
+    tmp_path: Path,
+) -> None:
+    """Guards against the gateway's answer to the stream's settings printed as one more
+    output line with exit 0 and `errors: 0`: a gateway (here an older one, refusing the
+    threshold the client accepts) that answers the config message with an error ends the
+    command with one line and exit 5."""
+    from aiohttp import web
+
+    from edge.client.connection import SUBPROTOCOL
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,))
+        await ws.prepare(request)
+        await ws.send_json({"type": "hello", "protocol": 1, "session": "s", "model": "m@1"})
+        await ws.receive()  # the config message
+        await ws.send_json({"type": "error", "code": "bad_message", "message": "no threshold"})
+        await ws.receive()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    (tmp_path / "0.jpg").write_bytes(jpeg("astronaut.png"))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "edge", "stream", str(tmp_path / "*.jpg"), "--loop"),
+            *("--url", f"ws://127.0.0.1:{port}", "--threshold", "0.5"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), START_S)
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 5, stderr.decode()
+    assert stderr.decode().count("\n") == 1 and b"no threshold" in stderr
