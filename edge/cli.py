@@ -10,11 +10,12 @@ import importlib.metadata
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
+from typing import NoReturn
 
 from edge import __version__
-from edge.settings import Settings, SettingsError
+from edge.settings import Settings, SettingsError, flag, unknown_variables, variable
 
 log = logging.getLogger("edge")
 
@@ -25,61 +26,111 @@ _REPOSITORY = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the option, and exit code 2, as every other user
+    error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+#: `edge serve`'s flags: the setting each sets and what it is for; its variable and default
+#: are read from Settings, so the help cannot drift from what the gateway does
+SERVE_FLAGS = {
+    "host": "address to bind",
+    "port": "HTTP port: the dashboard, the WebSocket, WebRTC and the HTTP APIs",
+    "grpc_port": "gRPC port (docs/protocols.md); 0: no gRPC",
+    "models": "model repository: a folder per model with its model.toml and versions",
+    "processes": "serving processes behind the port: auto (one per core, 4 with a GPU) "
+    "or a number; 1: one process, no supervisor",
+    "workers": "inference threads per serving process; 0: the cores shared out",
+    "max_streams": "concurrent streams in the whole gateway; more get 503 and Retry-After",
+    "max_inflight": "frames one model may have running at once; 0: no limit but the workers",
+    "log_level": "debug, info, warning or error",
+    "sinks": "publish every result to this broker too (mqtt://, mqtts://, nats://; "
+    "repeat for several; docs/sinks.md)",
+    "tls_cert": "PEM certificate: serve HTTPS, WSS and gRPC over TLS (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+}
+
+
+#: each command's one-line help (in `edge --help`) and its description (in its own --help)
+COMMANDS = {
+    "serve": ("run the gateway", "Run the gateway. Every flag also has an EDGE_* variable "
+              "(flags win); the other settings are variables only (docs/settings.md)."),
+    "models": ("manage the model repository",
+               "Fetch the default models' weights, or list what a repository holds."),
+    "pull": ("fetch the default models into the repository",
+             "Fetch pinned model weights, check their digests and install them; progress "
+             "goes to stderr, one `ok PATH` line per model to stdout."),
+    "list": ("show the models in the repository",
+             "One line per model: name, versions, and whether its weights are intact."),
+    "stream": ("stream a camera, video file, RTSP/HTTP URL or images to a gateway",
+               "Stream frames to a gateway and write one JSON line per reply "
+               "(docs/client.md)."),
+    "bench": ("measure the gateway on this machine, as a report",
+              "Run the gateway against this machine's ceiling and write a Markdown report "
+              "with charts (docs/benchmarks.md)."),
+}  # fmt: skip
+
+
+def _command(sub: argparse._SubParsersAction[_Parser], name: str) -> _Parser:
+    summary, description = COMMANDS[name]
+    return sub.add_parser(name, help=summary, description=description)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge", description="Real-time inference gateway")
+    p = _Parser(
+        prog="edge",
+        description="Real-time inference gateway: serve models to cameras and clients over "
+        "WebSocket, WebRTC, gRPC and KServe v2, and the tools around it.",
+    )
     p.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--host", help="address to bind (EDGE_HOST, default 0.0.0.0)")
-    serve.add_argument("--port", type=int, help="port (EDGE_PORT, default 8080)")
-    serve.add_argument(
-        "--grpc-port",
-        type=int,
-        dest="grpc_port",
-        help="gRPC port (EDGE_GRPC_PORT, default 8081; 0: no gRPC)",
-    )
-    serve.add_argument("--models", type=Path, help="model repository (EDGE_MODELS)")
-    serve.add_argument(
-        "--processes",
-        type=_processes,
-        help="serving processes behind the port (EDGE_PROCESSES, default auto; 1: no supervisor)",
-    )
-    serve.add_argument(
-        "--workers", type=int, help="inference threads per process (EDGE_WORKERS, 0: auto)"
-    )
-    serve.add_argument("--max-streams", type=int, dest="max_streams", help="EDGE_MAX_STREAMS")
-    serve.add_argument("--max-inflight", type=int, dest="max_inflight", help="EDGE_MAX_INFLIGHT")
-    serve.add_argument("--log-level", dest="log_level", help="EDGE_LOG_LEVEL")
-    serve.add_argument(
-        "--sink",
-        action="append",
-        dest="sinks",
-        metavar="URL",
-        help="publish results to this broker (EDGE_SINKS; repeat for several; docs/sinks.md)",
-    )
-    serve.add_argument("--tls-cert", type=Path, dest="tls_cert", help="EDGE_TLS_CERT (PEM)")
-    serve.add_argument("--tls-key", type=Path, dest="tls_key", help="EDGE_TLS_KEY (PEM)")
-    models = sub.add_parser("models", help="manage the model repository")
-    msub = models.add_subparsers(dest="action", required=True)
-    pull = msub.add_parser("pull", help="fetch the default models into the repository")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(sub)
+    models = _command(sub, "models")
+    msub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pull = _command(msub, "pull")
     pull.add_argument("--models", type=Path, help=_REPOSITORY)
     pull.add_argument("names", nargs="*", help="models to fetch (default: all known)")
-    ls = msub.add_parser("list", help="show the models in the repository")
+    ls = _command(msub, "list")
     ls.add_argument("--models", type=Path, help=_REPOSITORY)
     _stream_parser(sub)
     from edge.bench.options import arguments
 
-    arguments(sub.add_parser("bench", help="measure the gateway on this machine, as a report"))
+    arguments(_command(sub, "bench"))
     return p
 
 
-def _stream_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    s = sub.add_parser(
-        "stream",
-        help="stream a camera, video file, RTSP/HTTP URL or images to a gateway",
-        description="Stream frames to a gateway and write one JSON line per reply "
-        "(docs/client.md).",
-    )
+def _serve_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    serve = _command(sub, "serve")
+    defaults = {
+        f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+        for f in fields(Settings)
+    }
+    for name, text in SERVE_FLAGS.items():
+        shown = _shown(name, defaults[name])
+        serve.add_argument(
+            flag(name),
+            dest=name,
+            metavar=name.upper() if name != "sinks" else "URL",
+            action="append" if name == "sinks" else "store",
+            help=f"{text} ({variable(name)}; default: {shown})".replace("%", "%%"),
+        )
+
+
+def _shown(name: str, default: object) -> str:
+    if name == "processes" and default == 0:
+        return "auto"
+    if default is None or default == ():
+        return "none"
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    return str(default)
+
+
+def _stream_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    s = _command(sub, "stream")
     s.add_argument(
         "source",
         help="a camera (/dev/video0 or 0), a video file, an rtsp:// or http:// URL, "
@@ -134,15 +185,6 @@ def _quality(text: str) -> int:
     return int(text)
 
 
-def _processes(text: str) -> int:
-    if text.strip().lower() == "auto":
-        return 0
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a number of processes, or auto") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
@@ -150,17 +192,28 @@ def main(argv: list[str] | None = None) -> int:
         return _stream(args)
     if args.command == "bench":
         return _bench(args, argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "action", "names")}
-    if overrides.get("sinks") is not None:
-        overrides["sinks"] = tuple(overrides["sinks"])
+    unknown = list(unknown_variables())
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "action", "names")}
+    sinks = given.pop("sinks", None)
     try:
-        settings = Settings.from_sources(overrides=overrides)
+        if args.command == "models":
+            settings = Settings.from_sources(overrides=given)
+        else:
+            overrides = {"sinks": None if sinks is None else tuple(sinks)}
+            settings = Settings.from_sources(flags=given, overrides=overrides)
+            from edge.process.preflight import check
+
+            check(settings)
     except SettingsError as e:
+        for line in unknown:  # a misspelt name may be why
+            print(f"edge: warning: {line}", file=sys.stderr)
         print(f"edge: bad setting: {e}", file=sys.stderr)
         return 2
     from edge import logs
 
     logs.setup(settings.log_level, settings.log_format)
+    for line in unknown:
+        log.warning("%s", line)
     if args.command == "models":
         return _models(args, settings)
     return _serve(settings)
@@ -207,8 +260,14 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     from edge.models import pull
 
     if args.action == "pull":
+        names = args.names or list(pull.WEIGHTS)
         try:
-            for path in pull.pull(settings.models, args.names or None):
+            pull.pull(settings.models, [n for n in names if n not in pull.WEIGHTS])
+            for i, name in enumerate(names, 1):
+                print(f"[{i}/{len(names)}] {name}: fetching", file=sys.stderr)
+                (path,) = pull.pull(settings.models, [name])
+                size = path.stat().st_size / 1e6
+                print(f"[{i}/{len(names)}] {name}: {path} ({size:.1f} MB)", file=sys.stderr)
                 print(f"ok {path}")
         except pull.PullError as e:
             print(f"edge: models pull failed: {e}", file=sys.stderr)
@@ -221,7 +280,11 @@ def _list_models(root: Path, missing: list[str]) -> int:
     """One line a model (name, versions, whether its weights are intact); a missing
     repository is an error (2), an empty one says so (1): nothing there to serve."""
     if not root.is_dir():
-        print(f"edge: no model repository at {root}; `edge models pull` fills it", file=sys.stderr)
+        print(
+            f"edge: --models / EDGE_MODELS: no model repository at {root}; "
+            "`edge models pull` fills it",
+            file=sys.stderr,
+        )
         return 2
     found = sorted(p for p in root.iterdir() if (p / "model.toml").is_file())
     if not found:
@@ -258,6 +321,9 @@ def _serve(settings: Settings) -> int:
         asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
+    except SettingsError as e:  # a port taken since the check
+        print(f"edge: bad setting: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

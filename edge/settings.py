@@ -6,9 +6,10 @@ Nothing else in the package reads the environment.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,10 @@ _SIZES = ("max_frame_bytes", "max_pixels", "max_png_pixels", "max_message_bytes"
 #: limits that 0 turns off
 _LIMITS = ("max_fps_per_stream", "max_fps_per_client", "max_streams_per_token",
            "max_oversize_frames")  # fmt: skip
+#: intervals and counts that may be 0 (off, or no limit) but never negative
+_OFF_AT_ZERO = ("heartbeat_s", "watch_models_s", "drain_delay_s", "max_inflight")
+#: waits that must be positive
+_DURATIONS = ("request_timeout_s", "idle_timeout_s")
 
 
 class SettingsError(ValueError):
@@ -146,6 +151,11 @@ class Settings:
             raise SettingsError("processes must be auto (0) or 1..256")
         if self.max_loop_lag_ms < 0:
             raise SettingsError("max_loop_lag_ms must be >= 0 (0 turns the check off)")
+        _at_least(self, _OFF_AT_ZERO, 0, " (0 turns it off)")
+        for name in _DURATIONS:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0 seconds")
+        _at_least(self, ("trt_workspace_mb",), 1)
         _at_least(self, _SIZES, 1)
         if self.drain_seconds < 0 or self.send_timeout_s <= 0:
             raise SettingsError("drain_seconds must be >= 0 and send_timeout_s > 0")
@@ -208,21 +218,36 @@ class Settings:
 
     @classmethod
     def from_sources(
-        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+        cls,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        flags: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Defaults, then `EDGE_<NAME>` variables, then `overrides` (CLI flags; None skipped)."""
+        """Defaults, then `EDGE_<NAME>` variables, then `flags` (command-line text, parsed
+        like the variables), then `overrides` (typed values; None skipped). An error names
+        the variable or flag that the bad value came from."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
         for f in fields(cls):
             key = "EDGE_" + f.name.upper()
             if key in env:
-                values[f.name] = _parse(f.name, str(f.type), env[key], key)
+                origin[f.name] = key
+                values[f.name] = _parse(f.name, str(f.type), env[key], origin[f.name])
+        types = {f.name: str(f.type) for f in fields(cls)}
+        for name, raw in (flags or {}).items():
+            if raw is not None:
+                origin[name] = flag(name)
+                values[name] = _parse(name, types[name], raw, origin[name])
         values.setdefault("models", default_models(env))
         for name, value in (overrides or {}).items():
             if value is not None:
+                origin[name] = flag(name)
                 values[name] = value
         try:
             return replace(cls(), **values)
+        except SettingsError as e:
+            raise SettingsError(_named(str(e), origin)) from None
         except TypeError as e:
             raise SettingsError(str(e)) from e
 
@@ -235,6 +260,35 @@ def default_models(env: Mapping[str, str]) -> Path:
     if not data.is_absolute():  # unset, or relative: XDG says to ignore it
         data = Path(env.get("HOME") or Path.home()) / ".local" / "share"
     return data / "edge-gateway" / "models"
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting (`serve --max-streams`; sinks: `--sink`)."""
+    return "--sink" if name == "sinks" else "--" + name.replace("_", "-")
+
+
+def variable(name: str) -> str:
+    """The environment variable of a setting."""
+    return "EDGE_" + name.upper()
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A line for each `EDGE_*` variable that names no setting, with the closest that does:
+    a misspelt variable would otherwise be ignored without a word."""
+    env = os.environ if env is None else env
+    known = [variable(f.name) for f in fields(Settings)]
+    for key in sorted(k for k in env if k.startswith("EDGE_") and k not in known):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "no setting has that name"
+        yield f"{key} is not a setting and is ignored ({hint}; docs/settings.md)"
+
+
+def _named(message: str, origin: Mapping[str, str]) -> str:
+    """`message` and where its setting's value came from, when not from the default (the
+    name only: a value may hold a password)."""
+    first = re.match(r"\w+", message)
+    name = first.group() if first else ""
+    return f"{message} (set by {origin[name]})" if name in origin else message
 
 
 def read_token_file(path: Path) -> tuple[str, ...]:
@@ -281,6 +335,8 @@ def _parse(name: str, typ: str, raw: str, key: str) -> Any:
         if typ == "int":
             if name == "processes" and raw.strip().lower() == "auto":
                 return 0
+            if name == "processes" and raw.strip() == "0":
+                raise ValueError("expected auto or a number of processes from 1")
             return int(raw)
         if typ == "float":
             return float(raw)
@@ -288,4 +344,14 @@ def _parse(name: str, typ: str, raw: str, key: str) -> Any:
             return Path(raw) if raw else None
         return raw
     except ValueError as e:
-        raise SettingsError(f"{key}={raw!r}: {e}") from e
+        raise SettingsError(f"{key}: {_plain(e, raw)}") from None
+
+
+def _plain(e: ValueError, raw: str) -> str:
+    """int()'s and float()'s complaint in a person's words."""
+    text = str(e)
+    if text.startswith("invalid literal for int()"):
+        return f"{raw!r} is not a whole number"
+    if text.startswith("could not convert string to float"):
+        return f"{raw!r} is not a number"
+    return f"{raw!r}: {text}"

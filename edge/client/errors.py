@@ -51,3 +51,9 @@ class Refused(ClientError):
     @property
     def retryable(self) -> bool:
         return self.status in (429, 503)
+
+
+class Rejected(ClientError):
+    """The gateway answered the stream's settings (its config message) with an error."""
+
+    exit_code = EXIT_REFUSED

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 from edge.client import replies
 from edge.client.connection import stream_url
-from edge.client.errors import EXIT_USAGE, ClientError, UsageError
+from edge.client.errors import EXIT_USAGE, ClientError, Rejected, UsageError
 from edge.client.mailbox import Frame
 from edge.client.session import Session
 from edge.client.sources import Encoding, Source, open_source
@@ -54,6 +55,12 @@ def main(opts: StreamOptions) -> int:
             raise UsageError(f"no CA file {opts.ca}")
         if opts.annotate is not None and opts.transport != "websocket":
             raise UsageError("--annotate needs --transport websocket (the frames' JPEGs)")
+        if opts.annotate is not None:
+            _check_writable(opts.annotate)
+        if opts.threshold is not None and not 0 <= opts.threshold <= 1:
+            raise UsageError(f"--threshold {opts.threshold}: expected a score from 0 to 1")
+        if opts.transport == "webrtc":
+            _need_aiortc()
         source = open_source(opts.source, Encoding(opts.size, opts.quality), opts.fps, opts.loop)
     except ClientError as e:
         return _fail(e, getattr(e, "exit_code", EXIT_USAGE))
@@ -67,9 +74,31 @@ def main(opts: StreamOptions) -> int:
         return _fail(e, e.exit_code)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
     finally:
         if out is not None:
             out.close()
+
+
+def _need_aiortc() -> None:
+    try:
+        import aiortc  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--transport webrtc needs aiortc: pip install 'edge-gateway[webrtc]'"
+        ) from None
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a path the annotated video could not be written to, before streaming."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: no folder {folder}")
+    target = path if path.exists() else folder
+    if path.is_dir() or not os.access(target, os.W_OK):
+        raise UsageError(f"cannot write {path}: permission denied or not a file")
 
 
 def _fail(e: object, code: int) -> int:
@@ -135,6 +164,8 @@ async def _stream(opts: StreamOptions, source: Source, out: IO[str] | _Stdout | 
             ) as replies_:
                 async for reply in replies_:
                     _write(out, reply.as_json())
+                    if isinstance(reply, replies.Error) and reply.seq is None:
+                        raise Rejected(f"the gateway refused: {reply.message} ({reply.code})")
                     if isinstance(reply, replies.Hello):
                         status.where = f"{reply.session} at {_host(reply)}"
                     if annotator is not None and isinstance(reply, replies.Result):

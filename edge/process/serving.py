@@ -27,7 +27,8 @@ from aiohttp import web
 
 from edge import __version__
 from edge.compat import timeout
-from edge.settings import Settings
+from edge.process.preflight import CONFIG_EXIT, named, tls_context
+from edge.settings import Settings, SettingsError
 from edge.sharedmem import Cluster, Shared
 
 log = logging.getLogger("edge")
@@ -54,22 +55,24 @@ async def serve(settings: Settings, cluster: Cluster | None = None, channel: int
         await runner.setup()  # starts the gRPC server too, which binds grpc_port
     except OSError as e:
         await runner.cleanup()
-        raise SystemExit(f"edge: {e}") from None
+        where = f"{named('grpc_port')}: cannot listen on {settings.grpc_port}"
+        raise SettingsError(f"{where}: {e}") from None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     intake: Intake | None = None
     if channel < 0:
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls(settings))
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls_context(settings))
         try:
             await site.start()
         except OSError as e:
             await runner.cleanup()
             where = f"{settings.host}:{settings.port}"
-            raise SystemExit(f"edge: cannot listen on {where}: {e.strerror or e}") from None
+            why = e.strerror or e
+            raise SettingsError(f"{named('port')}: cannot listen on {where}: {why}") from None
         where = f"{settings.host}:{settings.port}"
     else:
         assert cluster is not None
-        intake = Intake(runner, cluster, channel, tls(settings), on_eof=stop.set)
+        intake = Intake(runner, cluster, channel, tls_context(settings), on_eof=stop.set)
         where = f"process {cluster.index} of {cluster.size}, pid {os.getpid()}"
     log.info(
         "edge-gateway %s serving (%s), models in %s, %d worker(s)",
@@ -103,14 +106,6 @@ async def serve(settings: Settings, cluster: Cluster | None = None, channel: int
     finally:
         if intake is not None:
             await intake.close()
-
-
-def tls(settings: Settings) -> ssl.SSLContext | None:
-    if settings.tls_cert is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return ctx
 
 
 class Intake:
@@ -242,8 +237,12 @@ def main(argv: list[str]) -> int:
     )
     _die_with(boot["supervisor"])
     shared.me["pid"] = os.getpid()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, cluster, fd))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings, cluster, fd))
+    except SettingsError as e:  # the supervisor stops rather than replace us
+        print(f"edge: bad setting: {e}", file=sys.stderr)
+        return CONFIG_EXIT
     return 0
 
 

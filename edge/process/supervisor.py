@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from edge.process.preflight import CONFIG_EXIT
 from edge.settings import Settings
 from edge.sharedmem import Shared, capacity_for
 
@@ -66,6 +67,7 @@ class Supervisor:
         self._next = 0  # round-robin start among equally loaded processes
         self.stopping = False
         self._deadline = float("inf")
+        self.exit_code = 0  # 2 once a process refused its configuration
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -96,7 +98,7 @@ class Supervisor:
             for i in range(self.n):
                 self._spawn(i)
             self._loop(sel, wake)
-        return 0
+        return self.exit_code
 
     def _loop(self, sel: selectors.BaseSelector, wake: int) -> None:
         while not (self.stopping and not any(self.children)):
@@ -202,6 +204,12 @@ class Supervisor:
             self.shared.forget(i)
             if self.stopping:
                 log.info("process %d (pid %d) exited with %s", i, child.proc.pid, code)
+                continue
+            if code == CONFIG_EXIT:  # it said why on stderr; a replacement would say it again
+                log.error("process %d refused its configuration; stopping the gateway", i)
+                self.stopping, self.exit_code = True, 2
+                self._deadline = time.monotonic() + self.settings.drain_seconds + 5.0
+                self._tell_all(signal.SIGTERM)
                 continue
             lived = time.monotonic() - child.started
             pause = 0.0
