@@ -27,7 +27,7 @@ _ORIGIN = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5}
 
 #: sizes and counts that must be at least 1
 _SIZES = ("max_frame_bytes", "max_pixels", "max_png_pixels", "max_message_bytes",
-          "max_infer_bytes", "max_pending_results", "max_streams")  # fmt: skip
+          "max_infer_bytes", "max_json_bytes", "max_pending_results", "max_streams")  # fmt: skip
 #: limits that 0 turns off
 _LIMITS = ("max_fps_per_stream", "max_fps_per_client", "max_streams_per_token",
            "max_oversize_frames")  # fmt: skip
@@ -71,6 +71,10 @@ class Settings:
     max_message_bytes: int = 4096
     #: the largest KServe v2 infer request: its JSON and binary tensors together (docs/protocols.md)
     max_infer_bytes: int = 32 * 1024 * 1024
+    #: the largest JSON in a KServe v2 REST request (all of a JSON body, or the JSON header
+    #: of the binary extension): JSON costs far more to parse than its size, so large
+    #: tensors go as binary data
+    max_json_bytes: int = 1024 * 1024
     #: results queued for one client before its new frames are dropped as `overload`
     max_pending_results: int = 8
     #: a client whose socket accepts nothing for this long is disconnected

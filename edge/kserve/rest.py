@@ -7,6 +7,11 @@ request asks (`"parameters": {"binary_data": true}` on an output, or `binary_dat
 the request; an output that asks neither way is JSON). A BYTES input sent as JSON may say
 `"parameters": {"content_type": "base64"}`: its strings are then base64 (an encoded image is
 not UTF-8 text).
+
+What a JSON header costs is bounded before it is parsed (`check_cost`): its bytes by
+`max_json_bytes`, its nesting depth and its count of values and of arrays and objects by a
+scan of the bytes in numpy, so a body of a million empty arrays is refused before `json.loads`
+would build them.
 """
 
 from __future__ import annotations
@@ -16,19 +21,42 @@ import binascii
 import json
 from typing import Any
 
-from edge.kserve.errors import invalid
+import numpy as np
+
+from edge.kserve.errors import KServeError, invalid
 from edge.kserve.messages import InferRequest, InferResponse, RequestedOutput
-from edge.kserve.tensors import Tensor, check_header, from_raw, from_values, to_raw, to_values
+from edge.kserve.tensors import (
+    MAX_DIMS,
+    Tensor,
+    check_header,
+    from_raw,
+    from_values,
+    to_raw,
+    to_values,
+)
+from edge.settings import Settings
 
 HEADER = "Inference-Header-Content-Length"
 MAX_INPUTS = 64
+#: nesting of a JSON header: the request, its inputs, an input, its data nested MAX_DIMS deep
+MAX_JSON_DEPTH = 4 + MAX_DIMS
+#: values (numbers, strings, ...) in a JSON header: 256 x 256 x 3 of them and some room
+MAX_JSON_VALUES = 256 * 1024
+#: arrays and objects in a JSON header: the nested data of a [1, 128, 128, 3] tensor and room
+MAX_JSON_CONTAINERS = 64 * 1024
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def parse_request(
-    model: str, version: str, body: bytes, header_length: str | None, max_element_bytes: int
+    model: str,
+    version: str,
+    body: bytes,
+    header_length: str | None,
+    max_element_bytes: int,
+    max_json_bytes: int = Settings.max_json_bytes,
 ) -> InferRequest:
-    """The request a body holds, every tensor checked; a KServeError saying what is wrong."""
+    """The request a body holds, every tensor checked; a KServeError saying what is wrong
+    (its JSON header's cost checked before it is parsed)."""
     binary: bytes | memoryview
     if header_length is None:
         head, binary = body, b""
@@ -39,6 +67,7 @@ def parse_request(
         if n > len(body):
             raise invalid(f"{HEADER} is {n}, but the body is only {len(body)} bytes")
         head, binary = body[:n], memoryview(body)[n:]
+    check_cost(head, max_json_bytes)
     try:
         obj = json.loads(head)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
@@ -71,6 +100,34 @@ def parse_request(
         id=request_id,
         parameters=params,
     )
+
+
+def check_cost(head: bytes, max_json_bytes: int) -> None:
+    """Refuse a JSON text whose parse would cost more than a request may: over
+    `max_json_bytes` (413), nested deeper than MAX_JSON_DEPTH or with more values or
+    containers than MAX_JSON_VALUES and MAX_JSON_CONTAINERS (400). Brackets, braces and
+    commas inside strings are not counted; numpy scans the bytes without building anything."""
+    if len(head) > max_json_bytes:
+        raise KServeError(
+            "too_large",
+            f"the JSON of the request is {len(head)} bytes, more than {max_json_bytes}: send "
+            "large tensors as binary data (the binary tensor data extension)",
+        )
+    # escaped backslashes, then escaped quotes, are no string delimiters
+    text = np.frombuffer(head.replace(b"\\\\", b"").replace(b'\\"', b""), np.uint8)
+    outside = (np.cumsum(text == ord('"'), dtype=np.int32) & 1) == 0
+    opens = ((text == ord("[")) | (text == ord("{"))) & outside
+    containers = int(np.count_nonzero(opens))
+    if containers > MAX_JSON_CONTAINERS:
+        raise invalid(f"the JSON has more than {MAX_JSON_CONTAINERS} arrays and objects")
+    values = int(np.count_nonzero((text == ord(",")) & outside)) + 1
+    if values > MAX_JSON_VALUES:
+        raise invalid(f"the JSON has more than {MAX_JSON_VALUES} values")
+    if containers > MAX_JSON_DEPTH:
+        closes = ((text == ord("]")) | (text == ord("}"))) & outside
+        step = opens.astype(np.int8) - closes.astype(np.int8)
+        if int(np.cumsum(step, dtype=np.int32).max()) > MAX_JSON_DEPTH:
+            raise invalid(f"the JSON is nested deeper than {MAX_JSON_DEPTH}")
 
 
 def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,12 @@ log = logging.getLogger("edge.kserve")
 TRANSPORT = "kserve"
 #: bodies and responses larger than this are parsed and encoded off the event loop
 INLINE_BYTES = 64 * 1024
+#: large bodies one process parses at once (each holds the interpreter while json.loads
+#: runs; more at once would only add their memory); the others wait their turn
+PARSES_AT_ONCE = 2
+_parses: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,15 +115,24 @@ async def model_infer(request: web.Request) -> web.Response:
     services = _admitted(request)
     metadata.resolve(services.repo, target, version)  # 404 before the body is read
     settings = services.settings
-    body = await read_body(request, settings.max_infer_bytes, settings.request_timeout_s)
     header = request.headers.get(rest.HEADER)
+    # a body of JSON alone is held to the JSON limit before it is read
+    limit = settings.max_infer_bytes
+    if header is None:
+        limit = min(limit, settings.max_json_bytes)
+    body = await read_body(request, limit, settings.request_timeout_s)
 
     def parse() -> InferRequest:
         return rest.parse_request(
-            target.public, version, body, header, max_element_bytes=settings.max_frame_bytes
+            target.public,
+            version,
+            body,
+            header,
+            max_element_bytes=settings.max_frame_bytes,
+            max_json_bytes=settings.max_json_bytes,
         )
 
-    req = await _off_loop(parse, len(body))
+    req = await _parsed(parse, len(body))
     response = await infer(services, req, TRANSPORT)
     data, json_length = await _off_loop(lambda: rest.encode_response(response, req), 0)
     if json_length is None:
@@ -144,6 +160,19 @@ def _target(request: web.Request) -> tuple[Target, str]:
     if len(version) > 64:
         raise KServeError("not_found", "no such version")
     return Target.parse(request.match_info["name"]), version
+
+
+async def _parsed(parse: Callable[[], InferRequest], size: int) -> InferRequest:
+    """A body's request: a small one parsed here, a large one on a thread, at most
+    PARSES_AT_ONCE of those at once in this process."""
+    if size <= INLINE_BYTES:
+        return parse()
+    loop = asyncio.get_running_loop()
+    parses = _parses.get(loop)
+    if parses is None:
+        parses = _parses[loop] = asyncio.Semaphore(PARSES_AT_ONCE)
+    async with parses:
+        return await asyncio.to_thread(parse)
 
 
 async def _off_loop(work: Callable[[], Any], size: int) -> Any:

@@ -16,10 +16,13 @@ from edge.access.ratelimit import CLIENTS, client_of
 from edge.core.admission import Admission, Kind, NotAdmitted, Refusal
 from edge.core.services import SERVICES
 from edge.models.repository import UnknownModel
+from edge.settings import Settings
 from edge.transports.grpc.guard import PRINCIPAL
 from edge.transports.grpc.streaming import GrpcStreamSession, Translation
 
 Code = grpc.StatusCode
+#: the largest request of a call that carries no image or tensor (metadata, readiness)
+SMALL_CALL_BYTES = 64 * 1024
 #: a refusal's kind as a gRPC status code
 GRPC_CODE = {
     Kind.UNAVAILABLE: Code.UNAVAILABLE,
@@ -102,3 +105,17 @@ def peer_host(peer: str) -> str:
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     return peer
+
+
+def frame_limit(settings: Settings) -> int:
+    """The largest request of a call that carries one encoded image (Predict): past 4 x
+    max_frame_bytes a call ends RESOURCE_EXHAUSTED, below it an image over max_frame_bytes
+    is answered bad_frame as on the WebSocket."""
+    return 4 * settings.max_frame_bytes
+
+
+def tensor_limit(settings: Settings) -> int:
+    """The largest request of a call that carries tensors (ModelInfer, ModelStreamInfer): a
+    raw tensor of up to max_infer_bytes, and never less than an image call takes. The
+    server's own receive limit, the largest any method takes."""
+    return max(frame_limit(settings), settings.max_infer_bytes)

@@ -73,15 +73,14 @@ def bearer_token(metadata: Any) -> str:
 def aborting(
     handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that ends the call with `code`, reading nothing."""
+    """A handler that ends the call with `code` and reads nothing of the request, whatever
+    kind `handler` is: grpcio reads a unary call's whole message before its handler runs,
+    a request-streaming handler reads only what it asks for, so the refusal is a streaming
+    one (the client sees the status either way, and its message is never taken in)."""
 
-    async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def abort(_requests: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
+        return grpc.stream_stream_rpc_method_handler(abort)
+    return grpc.stream_unary_rpc_method_handler(abort)

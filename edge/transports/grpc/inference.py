@@ -27,6 +27,7 @@ from edge.core.services import SERVICES, Services
 from edge.core.stream import Stream
 from edge.frames import Dropped, Error, Notice, Result
 from edge.models.repository import Route, UnknownModel
+from edge.settings import Settings
 from edge.transports.grpc import calls
 from edge.transports.grpc.gen import inference_pb2, inference_pb2_grpc
 
@@ -51,8 +52,15 @@ def register(server: grpc.aio.Server, app: web.Application) -> str:
     return SERVICE
 
 
-def parse(raw: bytes) -> inference_pb2.InferenceRequest:
-    """An InferenceRequest from its bytes, or ValueError saying they are not one."""
+class TooLarge(ValueError):
+    """A request over its call's limit (calls.frame_limit), refused before it is parsed."""
+
+
+def parse(raw: bytes, limit: int) -> inference_pb2.InferenceRequest:
+    """An InferenceRequest from its bytes, or ValueError saying they are not one (TooLarge
+    when they are more than `limit`)."""
+    if len(raw) > limit:
+        raise TooLarge(f"the request is {len(raw)} bytes, more than {limit}")
     try:
         return inference_pb2.InferenceRequest.FromString(raw)
     except DecodeError as e:
@@ -75,7 +83,9 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         except NotAdmitted as e:
             await calls.abort(context, e.refusal)
         try:
-            request = parse(raw)
+            request = parse(raw, calls.frame_limit(services.settings))
+        except TooLarge as e:
+            await context.abort(Code.RESOURCE_EXHAUSTED, f"bad_frame: {e}")
         except ValueError as e:
             await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
         try:
@@ -110,29 +120,34 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> None:
         # Read with context.read() (one reader task); the iterator is left alone.
-        await calls.serve_stream(self.app, context, PredictTranslation(), TRANSPORT)
+        translation = PredictTranslation(calls.frame_limit(self.services.settings))
+        await calls.serve_stream(self.app, context, translation, TRANSPORT)
 
 
 class PredictTranslation:
     """InferenceRequest in, the stream's replies out as InferenceResponses (the stream's wire:
     each result built from the typed value on the worker that answered it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 4 * Settings.max_frame_bytes) -> None:
         self._model_id = ""  # the model_id the stream is on, as the client wrote it
+        self._limit = limit  # the largest request parsed (calls.frame_limit)
 
     def route(self, first: bytes, default_model: str) -> Route:
         """The first request's model; one that does not parse gets the default model (and
         is answered bad_message by `take`)."""
         try:
-            self._model_id = parse(first).model_id
+            self._model_id = parse(first, self._limit).model_id
         except ValueError:
             self._model_id = ""
         return Route.parse(self._model_id or default_model)
 
-    def take(self, services: Services, stream: Stream, seq: int, raw: bytes) -> bytes | None:
+    async def take(self, services: Services, stream: Stream, seq: int, raw: bytes) -> bytes | None:
         try:
-            request = parse(raw)
+            request = parse(raw, self._limit)
             threshold, max_age_ms = request_settings(request)
+        except TooLarge as e:
+            common.refuse_frame(services, stream, seq, "bad_frame", str(e))
+            return None
         except ValueError as e:
             common.refuse_frame(services, stream, seq, "bad_message", str(e))
             return None

@@ -32,10 +32,10 @@ from edge.transports.grpc.gen import grpc_predict_v2_pb2 as pb
 from edge.transports.grpc.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from edge.transports.grpc.kserve_messages import (
     Malformed,
+    converted_off_loop,
     parser,
     to_request,
     to_response,
-    typed_values,
 )
 from edge.transports.grpc.kserve_stream import ModelStreamTranslation
 from edge.transports.kserve_rest import not_ready
@@ -43,18 +43,22 @@ from edge.transports.kserve_rest import not_ready
 TRANSPORT = "kserve-grpc"
 SERVICE = "inference.GRPCInferenceService"
 Code = grpc.StatusCode
-#: requests with more typed values than this are converted off the event loop
-INLINE_VALUES = 16 * 1024
+#: the calls whose requests carry tensors; every other call's request is held to
+#: calls.SMALL_CALL_BYTES
+TENSOR_CALLS = ("ModelInfer", "ModelStreamInfer")
 
 
 def register(server: grpc.aio.Server, app: web.Application) -> str:
     """Add the service, as the generated `add_..._to_server` would, but with requests parsed
-    by `_parse`: bytes that are no message end the call with INVALID_ARGUMENT, not UNKNOWN and
-    a traceback in the log per call."""
+    by `parser`: bytes that are no message end the call with INVALID_ARGUMENT, not UNKNOWN and
+    a traceback in the log per call, and bytes over the method's limit (small but for the
+    tensor calls) with RESOURCE_EXHAUSTED before protobuf parses them."""
     servicer = KServeService(app)
     handlers = {}
+    large = calls.tensor_limit(app[SERVICES].settings)
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
-        parse = parser(getattr(pb, method.input_type.name))
+        limit = large if method.name in TENSOR_CALLS else calls.SMALL_CALL_BYTES
+        parse = parser(getattr(pb, method.input_type.name), limit)
         write = getattr(pb, method.output_type.name).SerializeToString
         impl = getattr(servicer, method.name)
         if method.client_streaming:
@@ -72,6 +76,8 @@ def register(server: grpc.aio.Server, app: web.Application) -> str:
 
 def _checked(impl: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed) and request.too_large:
+            await context.abort(Code.RESOURCE_EXHAUSTED, f"too_large: {request.error}")
         if isinstance(request, Malformed):
             await context.abort(Code.INVALID_ARGUMENT, f"not a protobuf message: {request.error}")
         return await impl(request, context)
@@ -130,7 +136,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
             await calls.abort(context, e.refusal)
         try:
             limit = self.services.settings.max_frame_bytes
-            if typed_values(request) > INLINE_VALUES:  # megabytes of typed values: a thread
+            if converted_off_loop(request):
                 req = await asyncio.to_thread(to_request, request, limit)
             else:
                 req = to_request(request, limit)

@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 
 from edge.kserve.errors import invalid
 from edge.kserve.messages import InferRequest, InferResponse, RequestedOutput
-from edge.kserve.tensors import check_header, from_raw, from_values, to_raw
+from edge.kserve.tensors import check_header, element_count, from_raw, from_values, to_raw
 from edge.transports.grpc.gen import grpc_predict_v2_pb2 as pb
 
 #: the typed contents field of each datatype (FP16 has none: it comes raw)
@@ -30,17 +30,27 @@ CONTENTS = {
 }
 #: the longest request id kept
 MAX_ID = 256
+#: requests with more typed values than this, or more raw bytes than INLINE_BYTES, are
+#: converted off the event loop (`converted_off_loop`)
+INLINE_VALUES = 16 * 1024
+INLINE_BYTES = 64 * 1024
 
 
 class Malformed:
-    """A request whose bytes protobuf cannot parse."""
+    """A request whose bytes protobuf cannot parse, or that are more than its method takes."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception | str, too_large: bool = False) -> None:
         self.error = str(error)
+        self.too_large = too_large
 
 
-def parser(cls: Any) -> Callable[[bytes], Any]:
+def parser(cls: Any, limit: int) -> Callable[[bytes], Any]:
+    """Bytes to a `cls` message; a Malformed one when they do not parse or are over `limit`
+    (refused before protobuf builds anything of them)."""
+
     def parse(data: bytes) -> Any:
+        if len(data) > limit:
+            return Malformed(f"{len(data)} bytes, more than {limit} for this call", True)
         try:
             return cls.FromString(data)
         except DecodeError as e:
@@ -66,8 +76,15 @@ def to_request(request: pb.ModelInferRequest, max_element_bytes: int) -> InferRe
         if raw:
             inputs.append(from_raw(name, datatype, shape, raw[i], max_element_bytes, params))
         elif datatype in CONTENTS:
-            values = list(getattr(t.contents, CONTENTS[datatype]))
-            inputs.append(from_values(name, datatype, shape, values, max_element_bytes, params))
+            values = getattr(t.contents, CONTENTS[datatype])
+            if len(values) != element_count(shape):  # refused before any conversion
+                raise invalid(
+                    f"tensor {name!r}: {len(values)} values, but shape {list(shape)} "
+                    f"holds {element_count(shape)}"
+                )
+            inputs.append(
+                from_values(name, datatype, shape, _listed(values), max_element_bytes, params)
+            )
         else:
             raise invalid(f"input {name!r}: {datatype} comes in raw_input_contents only")
     return InferRequest(
@@ -80,6 +97,15 @@ def to_request(request: pb.ModelInferRequest, max_element_bytes: int) -> InferRe
     )
 
 
+def _listed(values: Any) -> list[Any]:
+    """A repeated field as a list, a slice at a time: each slice is one short hold of the
+    interpreter, so the event loop gets its turn while a thread converts millions."""
+    out: list[Any] = []
+    for at in range(0, len(values), INLINE_VALUES):
+        out.extend(values[at : at + INLINE_VALUES])
+    return out
+
+
 def typed_values(request: pb.ModelInferRequest) -> int:
     """How many values the request's inputs carry in typed `contents`."""
     if request.raw_input_contents:
@@ -87,6 +113,13 @@ def typed_values(request: pb.ModelInferRequest) -> int:
     return sum(
         len(getattr(t.contents, CONTENTS.get(t.datatype, "bytes_contents"))) for t in request.inputs
     )
+
+
+def converted_off_loop(request: pb.ModelInferRequest) -> bool:
+    """Whether converting `request` to tensors costs enough to go to a thread: millions of
+    typed values become Python objects first, and would stall every call of the process."""
+    raw = sum(len(r) for r in request.raw_input_contents)
+    return raw > INLINE_BYTES or typed_values(request) > INLINE_VALUES
 
 
 def parameters(params: Any) -> dict[str, Any]:

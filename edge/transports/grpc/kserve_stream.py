@@ -5,18 +5,27 @@ itself, on the worker that answered it)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from edge.core import streams as common
 from edge.core.services import Services
 from edge.core.stream import Stream
 from edge.frames import Dropped, Error, Notice, RawInput, Result
+from edge.inference.engine import LoadedModel
 from edge.inference.tasks.base import Task
 from edge.kserve.errors import KServeError, invalid
 from edge.kserve.infer import as_tensor, image_of, pipeline_tensors, raw_rows
-from edge.kserve.messages import InferResponse
+from edge.kserve.messages import InferRequest, InferResponse
 from edge.kserve.metadata import Target
 from edge.models.repository import Route, UnknownModel
 from edge.transports.grpc.gen import grpc_predict_v2_pb2 as pb
-from edge.transports.grpc.kserve_messages import MAX_ID, Malformed, to_request, to_response
+from edge.transports.grpc.kserve_messages import (
+    MAX_ID,
+    Malformed,
+    converted_off_loop,
+    to_request,
+    to_response,
+)
 
 
 class ModelStreamTranslation:
@@ -49,13 +58,16 @@ class ModelStreamTranslation:
         self._names = list(model.output_names)
         return routed.route
 
-    def take(
+    async def take(
         self, services: Services, stream: Stream, seq: int, request: pb.ModelInferRequest
     ) -> bytes | RawInput | None:
         assert self._target is not None
         if isinstance(request, Malformed):
-            message = f"not a protobuf message: {request.error}"
-            common.refuse_frame(services, stream, seq, "bad_message", message)
+            code = "bad_frame" if request.too_large else "bad_message"
+            message = (
+                request.error if request.too_large else f"not a protobuf message: {request.error}"
+            )
+            common.refuse_frame(services, stream, seq, code, message)
             return None
         self._ids[seq] = request.id[:MAX_ID]
         try:
@@ -64,16 +76,13 @@ class ModelStreamTranslation:
                     f"this stream is on {self._target.public!r}; open another for "
                     f"{request.model_name!r}"
                 )
-            req = to_request(request, services.settings.max_frame_bytes)
             model = services.repo.resolve(stream.route)
-            data: bytes | RawInput
-            if self._target.raw:
-                rows = raw_rows(model, req)
-                if len(rows) != 1:
-                    raise invalid("on a stream each request is one frame: send one row")
-                data, stream.publish = rows[0], False  # network outputs are not results
+            if converted_off_loop(request):  # as the unary call: millions of values, a thread
+                req, data = await asyncio.to_thread(self._frame, services, model, request)
             else:
-                data = image_of(services, model, req)
+                req, data = self._frame(services, model, request)
+            if self._target.raw:
+                stream.publish = False  # network outputs are not results
             th = req.parameters.get("threshold")
             if th is not None:
                 if isinstance(th, bool) or not isinstance(th, int | float) or not 0 <= th <= 1:
@@ -86,6 +95,18 @@ class ModelStreamTranslation:
         if req.outputs:
             self._wanted[seq] = {o.name for o in req.outputs}
         return data
+
+    def _frame(
+        self, services: Services, model: LoadedModel, request: pb.ModelInferRequest
+    ) -> tuple[InferRequest, bytes | RawInput]:
+        """The request's tensors, checked as the unary call checks them, and its frame."""
+        req = to_request(request, services.settings.max_frame_bytes)
+        if not self._target or not self._target.raw:
+            return req, image_of(services, model, req)
+        rows = raw_rows(model, req)
+        if len(rows) != 1:
+            raise invalid("on a stream each request is one frame: send one row")
+        return req, rows[0]
 
     # -- the stream's wire (edge.frames.Wire): results on the worker that answered them ----
     def result(self, result: Result, /) -> list[pb.ModelStreamInferResponse]:

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from edge.core.services import SERVICES, Services
 from edge.settings import Settings
-from edge.transports.grpc import guard
+from edge.transports.grpc import calls, guard
 from edge.transports.grpc.gen import POOL
 
 log = logging.getLogger("edge.grpc")
@@ -142,12 +142,15 @@ async def grpc_server(app: web.Application) -> AsyncIterator[None]:
 
 
 def options(settings: Settings, shared_port: bool) -> list[tuple[str, int]]:
-    """Channel arguments: message sizes bounded like the WebSocket's (a request over 4 x
-    max_frame_bytes, or over max_infer_bytes when that is larger, for KServe's raw tensors,
-    ends its call with RESOURCE_EXHAUSTED), keepalive pings like its
-    heartbeat, and the port shared among serving processes or not."""
-    # a KServe ModelInfer may carry a raw tensor of up to max_infer_bytes
-    receive = max(settings.max_frame_bytes * 4, settings.max_infer_bytes)
+    """Channel arguments: message sizes bounded like the WebSocket's (a request over the
+    largest any method takes, KServe's raw tensors, ends its call with RESOURCE_EXHAUSTED;
+    each method holds its requests to its own, smaller limit where they are parsed),
+    keepalive pings like its heartbeat, and the port shared among serving processes or not.
+
+    grpcio has one receive limit per server, not per method, and reads a unary call's whole
+    request before any handler runs; a call refused for its token reads nothing
+    (guard.aborting)."""
+    receive = calls.tensor_limit(settings)
     opts = [
         ("grpc.so_reuseport", 1 if shared_port else 0),
         ("grpc.max_receive_message_length", receive),

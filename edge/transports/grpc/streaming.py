@@ -53,12 +53,12 @@ class Translation(Wire[list[Any]], Protocol):
         """The model the stream's first request asks for."""
         ...
 
-    def take(
+    async def take(
         self, services: Services, stream: Stream, seq: int, request: Any
     ) -> bytes | RawInput | None:
         """Apply what `request` asks of the stream (settings, a model switch); its frame's
         data (an encoded image, or a network input), or None when the request was answered
-        already (common.refuse_frame)."""
+        already (common.refuse_frame). A costly conversion runs off the event loop."""
         ...
 
 
@@ -120,7 +120,7 @@ class GrpcStreamSession(StreamSession[Close]):
         idle = settings.idle_timeout_s or None
         while request is not grpc.aio.EOF:
             received_at = time.monotonic()
-            data = self.translation.take(services, stream, seq, request)
+            data = await self.translation.take(services, stream, seq, request)
             if data is not None:
                 # As on the WebSocket: each oversize frame is answered bad_frame; a client
                 # that keeps sending them is cut off rather than answered for ever.
