@@ -26,12 +26,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
+from edge.process import rundir
 from edge.settings import Settings
 from edge.sharedmem import Shared, capacity_for
 
@@ -42,6 +41,9 @@ QUICK_DEATH_S = 10.0
 MAX_BACKOFF_S = 10.0
 #: connections accepted per wake-up before the loop looks at its other work
 ACCEPT_BURST = 64
+#: signals a serving process starts with blocked, until its handlers are in place
+#: (edge.process.serving.hold_signals): none of them may kill it while it starts
+HELD_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1})
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Supervisor:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
         """Listen, start the processes, serve until drained; every step undone in reverse."""
+        for sig in (*HELD_SIGNALS, signal.SIGCHLD):  # first: queued until the loop runs
+            signal.signal(sig, self._on_signal)
         try:
             self.listener = self._listen()
         except OSError as e:
@@ -78,7 +82,7 @@ class Supervisor:
             return 2
         with contextlib.ExitStack() as undo:
             undo.callback(self.listener.close)
-            self.dir = Path(undo.enter_context(tempfile.TemporaryDirectory(prefix="edge-gateway-")))
+            self.dir = undo.enter_context(rundir.state_dir())
             self._metrics()
             self.shared = Shared.create(
                 self.dir / "shared", self.n, capacity_for(self.settings.max_streams)
@@ -135,8 +139,6 @@ class Supervisor:
             undo.callback(os.close, fd)
         signal.set_wakeup_fd(wake_w)
         undo.callback(signal.set_wakeup_fd, -1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
-            signal.signal(sig, self._on_signal)
         return wake_r
 
     def _listen(self) -> socket.socket:
@@ -179,9 +181,7 @@ class Supervisor:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge.process.serving", str(theirs.fileno()), str(index)],
             pass_fds=[theirs.fileno()],
-            # its own process group (os.setpgrp; `process_group=0` from 3.11 on): a terminal's ^C
-            # reaches only the supervisor, which tells them
-            preexec_fn=os.setpgrp,
+            preexec_fn=_child_setup,
         )
         theirs.close()
         record = pickle.dumps(boot)
@@ -288,3 +288,10 @@ class Supervisor:
             ranked.append(((state, load, (child.index - self._next) % self.n), child))
         ranked.sort(key=lambda r: r[0])
         return [c for _, c in ranked]
+
+
+def _child_setup() -> None:
+    """In a serving process before it runs: its own process group (a terminal's ^C reaches only
+    the supervisor, which tells them) and HELD_SIGNALS blocked until it can handle them."""
+    os.setpgrp()
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
