@@ -18,6 +18,7 @@ to the least loaded process keeps the streams, and so the rounds and the frame a
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
@@ -30,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from edge.process import rundir
+from edge.process import descriptors, rundir
 from edge.settings import Settings
 from edge.sharedmem import Shared, capacity_for
 
@@ -74,6 +75,7 @@ class Supervisor:
         """Listen, start the processes, serve until drained; every step undone in reverse."""
         for sig in (*HELD_SIGNALS, signal.SIGCHLD):  # first: queued until the loop runs
             signal.signal(sig, self._on_signal)
+        descriptors.raise_limit()
         try:
             self.listener = self._listen()
         except OSError as e:
@@ -254,6 +256,8 @@ class Supervisor:
                 return
             except OSError as e:  # out of descriptors, or the client gave up already
                 log.warning("accept failed: %s", e)
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    time.sleep(0.05)  # the backlog waits; no spinning on a readable listener
                 return
             with conn:
                 self._hand_over(conn)
