@@ -27,12 +27,15 @@ _ORIGIN = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5}
 
 #: sizes and counts that must be at least 1
 _SIZES = ("max_frame_bytes", "max_pixels", "max_png_pixels", "max_message_bytes",
-          "max_infer_bytes", "max_json_bytes", "max_pending_results", "max_streams")  # fmt: skip
+          "max_infer_bytes", "max_json_bytes", "max_pending_results", "max_streams",
+          "max_pending_auth", "max_pending_auth_per_client")  # fmt: skip
 #: limits that 0 turns off
 _LIMITS = ("max_fps_per_stream", "max_fps_per_client", "max_streams_per_token",
-           "max_oversize_frames")  # fmt: skip
-#: intervals and counts that may be 0 (off, or no limit) but never negative
-_OFF_AT_ZERO = ("heartbeat_s", "watch_models_s", "drain_delay_s", "max_inflight")
+           "max_oversize_frames", "max_streams_per_client")  # fmt: skip
+#: intervals and counts that may be 0 (off, no limit, or chosen for the machine) but never
+#: negative
+_OFF_AT_ZERO = ("heartbeat_s", "watch_models_s", "drain_delay_s", "max_inflight",
+                "max_connections")  # fmt: skip
 #: waits that must be positive
 _DURATIONS = ("request_timeout_s", "idle_timeout_s")
 
@@ -116,6 +119,15 @@ class Settings:
     jwt_audience: str = ""
     #: seconds a token-less WebSocket has to send its `auth` message
     auth_timeout_s: float = 5.0
+    #: token-less WebSockets waiting for their `auth` message, in the whole gateway and per
+    #: client address; they hold no stream slot (docs/security.md)
+    max_pending_auth: int = 32
+    max_pending_auth_per_client: int = 4
+    #: open streams one client address may hold, whatever its token; 0: no limit beyond
+    #: max_streams
+    max_streams_per_client: int = 32
+    #: connections one serving process holds at once; 0: its open-file limit less a reserve
+    max_connections: int = 0
     #: browser origins (scheme://host[:port]) besides the gateway's own that may use /v1/
     allowed_origins: tuple[str, ...] = ()
     #: frames per second one stream, and one client address, may send; 0 turns a limit off
@@ -170,6 +182,8 @@ class Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("tls_cert and tls_key go together: set both or neither")
         _at_least(self, _LIMITS, 0, " (0 turns the limit off)")
+        if self.max_connections < 0:
+            raise SettingsError("max_connections must be >= 0 (0: from the open-file limit)")
         if self.auth_timeout_s <= 0:
             raise SettingsError("auth_timeout_s must be > 0 (seconds to wait for an auth message)")
         for name in ("auth_tokens_file", "jwt_public_key"):

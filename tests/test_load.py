@@ -107,7 +107,9 @@ async def test_many_streams_at_full_rate_for_a_bounded_time(spawn_gateway, face_
     """Guards against leaks (memory or descriptors growing with frames served), lost or
     doubled replies under sustained load, and latency that creeps up over a long run."""
     # loopback: every stream comes from one address, so the per-address rate limit is off
-    gw: GatewayProcess = spawn_gateway(face_repo, {"EDGE_MAX_FPS_PER_CLIENT": "0"})
+    gw: GatewayProcess = spawn_gateway(
+        face_repo, {"EDGE_MAX_FPS_PER_CLIENT": "0", "EDGE_MAX_STREAMS_PER_CLIENT": "0"}
+    )
     await wait_ready(gw.url)
     frame_s = measure_frame_cost()  # one frame through the stages, on one thread, here
     fds_idle = gw.fds()

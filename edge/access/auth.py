@@ -71,8 +71,10 @@ class Guard:
     auth: Authenticator
     origins: frozenset[Origin]
     quota: StreamQuota
-    #: WebSockets upgraded without a token and not yet authenticated, at most max_streams
+    #: WebSockets upgraded without a token and not yet authenticated: at most
+    #: max_pending_auth in the gateway ("*") and max_pending_auth_per_client per address
     unauthenticated: StreamQuota
+    unauthenticated_per_client: StreamQuota
     metrics: Metrics
 
 
@@ -84,7 +86,8 @@ class RequestAuth:
     #: the stream-quota slot this request holds; released when the handler returns unless a
     #: transport took it over (`keep_stream_slot`)
     slot: Slot | None = None
-    pending: Slot | None = None
+    #: the pending-auth slots (gateway, address) of a token-less WebSocket until its auth
+    pending: tuple[Slot, ...] = ()
 
 
 GUARD = web.AppKey("guard", Guard)
@@ -100,7 +103,8 @@ def setup(app: web.Application, settings: Settings, shared: Shared, metrics: Met
         auth,
         origins,
         StreamQuota(settings.max_streams_per_token, shared, "token"),
-        StreamQuota(settings.max_streams, shared, "pending"),
+        StreamQuota(settings.max_pending_auth, shared, "pending"),
+        StreamQuota(settings.max_pending_auth_per_client, shared, "pending-of"),
         metrics,
     )
     app.middlewares.append(middleware)
@@ -134,9 +138,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             if token is not None:
                 state.principal = guard.auth.verify(token, via)
             elif _is_upgrade(request) and SUBPROTOCOL in offered_subprotocols(request):
-                state.pending = guard.unauthenticated.acquire("*")
-                if state.pending is None:
-                    raise Refused(503, "busy", "busy", "too many connections waiting to log in")
+                state.pending = _take_pending(guard, request.remote or "unknown")
             else:
                 raise unauthorized("missing_token", _MISSING)
         if state.principal is not None and (request.method, request.path) in STREAM_ROUTES:
@@ -146,9 +148,22 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         return await handler(request)
     finally:
-        for slot in (state.slot, state.pending):
+        for slot in (state.slot, *state.pending):
             if slot is not None:
                 slot.release()
+
+
+def _take_pending(guard: Guard, remote: str) -> tuple[Slot, ...]:
+    """The slots a token-less WebSocket holds while it logs in (no stream slot: those are
+    taken once it is authenticated), or raise Refused (503)."""
+    mine = guard.unauthenticated_per_client.acquire(remote)
+    if mine is None:
+        raise Refused(503, "busy", "busy", "this address has too many connections logging in")
+    everyone = guard.unauthenticated.acquire("*")
+    if everyone is None:
+        mine.release()
+        raise Refused(503, "busy", "busy", "too many connections waiting to log in")
+    return mine, everyone
 
 
 def _check_origin(guard: Guard, request: web.Request) -> None:
@@ -229,7 +244,7 @@ def _refuse(request: web.Request, e: Refused) -> web.Response:
 def pending(request: web.Request) -> bool:
     """True for a WebSocket let in without a token: its first message must be `auth`."""
     state = request.get(REQUEST_AUTH)
-    return state is not None and state.pending is not None and state.principal is None
+    return state is not None and bool(state.pending) and state.principal is None
 
 
 def auth_message_token(text: str) -> str | None:
@@ -262,8 +277,8 @@ def accept_message(request: web.Request, text: str) -> Principal:
         log.info("refused an auth message from %s: %s", request.remote, e.reason)
         raise
     state.principal = principal
-    if state.pending is not None:
-        state.pending.release()
+    for slot in state.pending:
+        slot.release()
     return principal
 
 

@@ -88,6 +88,7 @@ def gateway_env(providers: str, extra: Mapping[str, str] | None = None) -> dict[
         "EDGE_WATCH_MODELS_S": "0",
         "EDGE_MAX_FPS_PER_CLIENT": "0",
         "EDGE_MAX_FPS_PER_STREAM": "0",
+        "EDGE_MAX_STREAMS_PER_CLIENT": "0",  # every stream comes from loopback
         "EDGE_PROVIDERS": providers,
         "EDGE_SINKS": "",
         "EDGE_GRPC_PORT": "0",  # off unless the caller gives it a port

@@ -115,11 +115,25 @@ class Admission:
         except UnknownModel as e:
             raise self.refuse(unknown_model(e)) from None
 
-    def take_stream_slot(self) -> None:
-        """A slot of the whole gateway's max_streams, not only this process's."""
+    def take_stream_slot(self, client: str | None = None) -> None:
+        """A slot of the whole gateway's max_streams, not only this process's, and one of
+        the `client` address's max_streams_per_client. Taken only once the client is
+        authenticated (a token-less WebSocket, after its auth message)."""
+        settings = self.services.settings
+        per_client = self.services.client_streams if client is not None else None
+        if client is not None and per_client is not None and per_client.limit > 0:
+            slot = per_client.acquire(client)
+            if slot is None:
+                raise self.refuse(
+                    Refusal(
+                        "max_streams_per_client",
+                        f"this address holds {per_client.limit} streams already; close one",
+                    )
+                )
+            self._slots.append(slot)
         slot = self.services.streams.acquire("*")
         if slot is None:
-            raise self.refuse(max_streams(self.services.settings.max_streams))
+            raise self.refuse(max_streams(settings.max_streams))
         self._slots.append(slot)
 
     def take_token_slot(self, guard: auth.Guard, principal: tokens.Principal) -> None:

@@ -45,6 +45,8 @@ class Services:
     streams: StreamQuota
     #: this process's result sinks (MQTT, NATS, ...), none unless configured
     publisher: Publisher
+    #: streams open per client address in the whole gateway, at most max_streams_per_client
+    client_streams: StreamQuota | None = None
     sessions: weakref.WeakSet[Session] = field(default_factory=weakref.WeakSet)
     draining: bool = False
     #: the event loop lags behind (edge.process.loopmonitor): new streams are refused until it

@@ -68,6 +68,7 @@ def create_app(
         cluster=cluster,
         streams=StreamQuota(settings.max_streams, cluster.shared, "streams"),
         publisher=Publisher(settings, metrics, cluster.index),
+        client_streams=StreamQuota(settings.max_streams_per_client, cluster.shared, "streams-of"),
     )
     app[SERVICES] = services
     auth.setup(app, settings, cluster.shared, metrics)  # origin, token and stream-quota checks

@@ -27,11 +27,25 @@ from aiohttp import web
 
 from edge import __version__
 from edge.compat import timeout
+from edge.process import descriptors
 from edge.process.preflight import CONFIG_EXIT, named, tls_context
+from edge.process.supervisor import HELD_SIGNALS
 from edge.settings import Settings, SettingsError
 from edge.sharedmem import Cluster, Shared
 
 log = logging.getLogger("edge")
+
+#: signals that arrived before the event loop took them over (`hold_signals`)
+_early: list[int] = []
+
+
+def hold_signals() -> None:
+    """From the first instruction on (the supervisor starts us with these signals blocked):
+    note them until `serve` can act on them, so a reload or a stop asked during start-up is
+    applied once the process is up instead of killing it."""
+    for sig in HELD_SIGNALS:
+        signal.signal(sig, lambda signum, _: _early.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 async def serve(settings: Settings, cluster: Cluster | None = None, channel: int = -1) -> None:
@@ -40,6 +54,7 @@ async def serve(settings: Settings, cluster: Cluster | None = None, channel: int
     from edge.core.services import SERVICES
     from edge.process.app import create_app, drain
 
+    descriptors.raise_limit()
     app = create_app(settings, cluster=cluster)
     runner = web.AppRunner(
         app,
@@ -73,6 +88,7 @@ async def serve(settings: Settings, cluster: Cluster | None = None, channel: int
     else:
         assert cluster is not None
         intake = Intake(runner, cluster, channel, tls_context(settings), on_eof=stop.set)
+        intake.max_connections = settings.max_connections
         where = f"process {cluster.index} of {cluster.size}, pid {os.getpid()}"
     log.info(
         "edge-gateway %s serving (%s), models in %s, %d worker(s)",
@@ -94,7 +110,11 @@ async def serve(settings: Settings, cluster: Cluster | None = None, channel: int
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     services = app[SERVICES]
-    loop.add_signal_handler(signal.SIGHUP, services.reload.set)
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        loop.add_signal_handler(sig, services.reload.set)
+    for asked in _early:  # while we were starting
+        (services.reload.set if asked in (signal.SIGHUP, signal.SIGUSR1) else stop.set)()
+    _early.clear()
     await stop.wait()
     log.info("draining for at most %g s", settings.drain_seconds)
     try:
@@ -125,6 +145,8 @@ class Intake:
         self._sock.setblocking(False)
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.max_connections = 0  # 0: from the open-file limit (edge.process.descriptors)
+        self._baseline = descriptors.open_now()
         self._loop.add_reader(self._sock.fileno(), self._readable)
         self._counter = asyncio.create_task(self._count(), name="intake-count")
 
@@ -139,18 +161,29 @@ class Intake:
 
     def _readable(self) -> None:
         try:
-            _, fds, _, _ = socket.recv_fds(self._sock, 256, 64)
+            data, fds, flags, _ = socket.recv_fds(self._sock, 256, 64)
         except BlockingIOError:
             return
         except OSError:
-            fds = []
-        if not fds:  # end of file: the supervisor is gone
+            data, fds, flags = b"", [], 0
+        if not data:  # end of file: the supervisor is gone
             self._loop.remove_reader(self._sock.fileno())
             log.warning("the supervisor closed our channel; draining")
             self._on_eof()
             return
+        if flags & socket.MSG_CTRUNC or len(fds) < len(data):
+            # Out of descriptors: the kernel dropped them (and so closed those connections).
+            self._cluster.shared.me["received"] += len(data) - len(fds)
+            log.warning("out of open files: %d connection(s) lost", len(data) - len(fds))
+        server = self._runner.server
+        assert server is not None
+        cap = descriptors.connection_cap(self.max_connections, self._baseline)
         for fd in fds:
             conn = socket.socket(fileno=fd)
+            if len(server.connections) + len(self._tasks) >= cap:
+                self._cluster.shared.me["received"] += 1
+                descriptors.refuse(conn, plain=self._ssl is None)
+                continue
             conn.setblocking(False)
             task = asyncio.create_task(self._serve(conn))
             self._tasks.add(task)
@@ -220,6 +253,7 @@ PR_SET_PDEATHSIG = 1
 
 
 def main(argv: list[str]) -> int:
+    hold_signals()
     fd = int(argv[1])
     boot = _read_boot(fd)
     settings: Settings = boot["settings"]

@@ -18,6 +18,7 @@ to the least loaded process keeps the streams, and so the rounds and the frame a
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
@@ -26,12 +27,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
+from edge.process import descriptors, rundir
 from edge.process.preflight import CONFIG_EXIT
 from edge.settings import Settings
 from edge.sharedmem import Shared, capacity_for
@@ -43,6 +43,9 @@ QUICK_DEATH_S = 10.0
 MAX_BACKOFF_S = 10.0
 #: connections accepted per wake-up before the loop looks at its other work
 ACCEPT_BURST = 64
+#: signals a serving process starts with blocked, until its handlers are in place
+#: (edge.process.serving.hold_signals): none of them may kill it while it starts
+HELD_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1})
 
 
 @dataclass
@@ -72,6 +75,9 @@ class Supervisor:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
         """Listen, start the processes, serve until drained; every step undone in reverse."""
+        for sig in (*HELD_SIGNALS, signal.SIGCHLD):  # first: queued until the loop runs
+            signal.signal(sig, self._on_signal)
+        descriptors.raise_limit()
         try:
             self.listener = self._listen()
         except OSError as e:
@@ -80,7 +86,7 @@ class Supervisor:
             return 2
         with contextlib.ExitStack() as undo:
             undo.callback(self.listener.close)
-            self.dir = Path(undo.enter_context(tempfile.TemporaryDirectory(prefix="edge-gateway-")))
+            self.dir = undo.enter_context(rundir.state_dir())
             self._metrics()
             self.shared = Shared.create(
                 self.dir / "shared", self.n, capacity_for(self.settings.max_streams)
@@ -137,8 +143,6 @@ class Supervisor:
             undo.callback(os.close, fd)
         signal.set_wakeup_fd(wake_w)
         undo.callback(signal.set_wakeup_fd, -1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
-            signal.signal(sig, self._on_signal)
         return wake_r
 
     def _listen(self) -> socket.socket:
@@ -181,9 +185,7 @@ class Supervisor:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge.process.serving", str(theirs.fileno()), str(index)],
             pass_fds=[theirs.fileno()],
-            # its own process group (os.setpgrp; `process_group=0` from 3.11 on): a terminal's ^C
-            # reaches only the supervisor, which tells them
-            preexec_fn=os.setpgrp,
+            preexec_fn=_child_setup,
         )
         theirs.close()
         record = pickle.dumps(boot)
@@ -262,6 +264,8 @@ class Supervisor:
                 return
             except OSError as e:  # out of descriptors, or the client gave up already
                 log.warning("accept failed: %s", e)
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    time.sleep(0.05)  # the backlog waits; no spinning on a readable listener
                 return
             with conn:
                 self._hand_over(conn)
@@ -296,3 +300,10 @@ class Supervisor:
             ranked.append(((state, load, (child.index - self._next) % self.n), child))
         ranked.sort(key=lambda r: r[0])
         return [c for _, c in ranked]
+
+
+def _child_setup() -> None:
+    """In a serving process before it runs: its own process group (a terminal's ^C reaches only
+    the supervisor, which tells them) and HELD_SIGNALS blocked until it can handle them."""
+    os.setpgrp()
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)

@@ -109,11 +109,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
             },
             status=400,
         )
+    # A token-less upgrade holds only its pending-auth slots (edge.access.auth) until its auth
+    # message: no stream slot, so silent sockets cannot lock authenticated clients out.
+    pending = auth.pending(request)
     admission = Admission(services, TRANSPORT)
     try:
         admission.check_gateway()
         route = admission.check_model(request.query.get("model", settings.default_model))
-        admission.take_stream_slot()
+        if not pending:
+            admission.take_stream_slot(request.remote)
     except NotAdmitted as e:
         return refusal_response(e.refusal)
     ws = web.WebSocketResponse(
@@ -125,8 +129,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     )
     with admission:
         await ws.prepare(request)
-        if auth.pending(request) and not await _authenticate(request, ws, settings):
-            return ws
+        if pending:
+            if not await _authenticate(request, ws, settings):
+                return ws
+            try:
+                admission.take_stream_slot(request.remote)
+            except NotAdmitted as e:
+                await _close(ws, e.refusal.reason, e.refusal.message, WSCloseCode.TRY_AGAIN_LATER)
+                return ws
         if services.draining:  # it drained while this socket was logging in
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"going away")
             return ws
@@ -162,7 +172,12 @@ async def _authenticate(
             return True
         except auth.Refused as e:
             code, text = e.code, e.message
+    await _close(ws, code, text, WSCloseCode.POLICY_VIOLATION)
+    return False
+
+
+async def _close(ws: web.WebSocketResponse, code: str, text: str, close: WSCloseCode) -> None:
+    """Answer an error message, then close with `close`."""
     with contextlib.suppress(Exception):
         await ws.send_str(codec.error(None, code, text))
-    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=code.encode())
-    return False
+    await ws.close(code=close, message=code.encode())

@@ -69,7 +69,7 @@ async def serve_stream(
     with Admission(services, transport) as admission:
         try:
             admission.check_gateway()
-            admission.take_stream_slot()
+            admission.take_stream_slot(peer_host(context.peer()))
             principal = PRINCIPAL.get()
             if principal is not None:
                 admission.take_token_slot(app[GUARD], principal)

@@ -124,7 +124,7 @@ async def handle(request: web.Request) -> web.Response:
         if peers.closed:  # it closed while the body came
             raise admission.refuse(DRAINING)
         admission.check_gateway()
-        admission.take_stream_slot()
+        admission.take_stream_slot(request.remote)
         admission.hold(auth.keep_stream_slot(request))
         try:
             session = peers.open(services, route, offer)
