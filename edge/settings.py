@@ -147,6 +147,9 @@ class Settings:
     sink_retry_max_s: float = 30.0
     stun_servers: tuple[str, ...] = ()
     turn_servers: tuple[str, ...] = ()
+    #: which of an offer's ICE candidates get connectivity checks: any, private (the offer's
+    #: source address and private ranges) or source (its source address only)
+    webrtc_peer_addresses: str = "any"
     web_root: Path = WEB_ROOT
 
     def __post_init__(self) -> None:
@@ -177,6 +180,8 @@ class Settings:
             raise SettingsError("drain_seconds must be >= 0 and send_timeout_s > 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError("log_level must be one of debug, info, warning, error")
+        if self.webrtc_peer_addresses not in ("any", "private", "source"):
+            raise SettingsError("webrtc_peer_addresses must be any, private or source")
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError("log_format must be auto, json or text")
         if (self.tls_cert is None) != (self.tls_key is None):

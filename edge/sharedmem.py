@@ -10,8 +10,8 @@ Three parts, all fixed in size when the gateway starts:
   column per process, so when a process dies the supervisor zeroes its column and the slots it
   held come back. Changes take an `flock` on the file (held for microseconds; the kernel drops
   it if its holder dies). Keys are hashed to 64 bits; a key's row is freed when its counts
-  reach zero, which also forgets its bucket, as a client's bucket was forgotten when the
-  client left.
+  reach zero, except that a row whose bucket was used stays idle (its bucket kept) until a
+  new key needs its room.
 - **A board of canary decisions** (`canaries`, read and written by edge/models/canary/board.py): a
 row
   per model version on trial or decided, so that every process follows the one decision.
@@ -27,6 +27,7 @@ import hashlib
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,10 @@ class Shared:
         self.processes, self.capacity, self.index, self.path = processes, capacity, index, path
         n = size(processes, capacity)
         self._fd = -1
+        # flock belongs to the open file, which every thread of a process shares: it keeps
+        # processes apart, this lock the threads of one (the event loop's stream slots, the
+        # worker threads' canary decisions)
+        self._threads = threading.Lock()
         if path is None:
             self._mm = mmap.mmap(-1, n)
         else:
@@ -134,14 +139,16 @@ class Shared:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        if self._fd < 0:
-            yield
-            return
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        """Exclusive against every other thread of every process sharing the memory."""
+        with self._threads:
+            if self._fd < 0:
+                yield
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     # -- the table ----------------------------------------------------------------------------
     def _find(self, h: int, insert: bool) -> int:
@@ -155,8 +162,8 @@ class Shared:
                 return i
             if k == _EMPTY:
                 break
-            if k == _FREED and free < 0:
-                free = i
+            if free < 0 and (k == _FREED or not rows["counts"][i].any()):
+                free = i  # freed, or idle: a bucket nobody holds, kept until its room is needed
             i = (i + 1) % cap
         else:
             i = -1
@@ -167,12 +174,17 @@ class Shared:
             rows[slot] = (h, np.nan, 0.0, 0)
         return slot
 
-    def acquire(self, key: str, limit: int) -> bool:
+    def acquire(self, key: str, limit: int, keep_free: int = 0) -> bool:
         """Count one more holder of `key` for this process, unless `limit` (>0) holders exist
-        across all processes. False when at the limit or the table is full."""
+        across all processes. False when at the limit, or when `key` has no row yet and a new
+        one would leave fewer than `keep_free` rows free (a full table: none)."""
         h = _hash(key)
         with self.locked():
-            i = self._find(h, insert=True)
+            i = self._find(h, insert=False)
+            if i < 0 and keep_free > 0 and self._used() + keep_free >= self.capacity:
+                return False
+            if i < 0:
+                i = self._find(h, insert=True)
             if i < 0:
                 log.warning("shared table full (%d keys); refusing %s", self.capacity, key[:16])
                 return False
@@ -193,8 +205,14 @@ class Shared:
             counts = self.rows["counts"][i]
             if counts[self.index] > 0:
                 counts[self.index] -= 1
-            if not counts.any():
+            if not counts.any() and np.isnan(self.rows["tokens"][i]):
                 self.rows["key"][i] = _FREED
+            # a row whose bucket was used stays, idle, until its room is needed: a client whose
+            # requests end before the next one comes does not get a fresh bucket each time
+
+    def _used(self) -> int:
+        """Rows held by a key with holders."""
+        return int(((self.rows["key"] > _FREED) & self.rows["counts"].any(axis=1)).sum())
 
     def count(self, key: str) -> int:
         """Holders of `key` across all processes (read without the lock: a snapshot)."""

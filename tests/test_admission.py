@@ -21,6 +21,7 @@ from edge.kserve.errors import KIND_OF, refused
 from edge.metrics import Metrics
 from edge.models.repository import Route, UnknownModel
 from edge.settings import Settings
+from edge.sharedmem import Cluster
 from edge.transports.grpc.calls import GRPC_CODE
 from edge.transports.http import HTTP_STATUS, refusal_response
 
@@ -43,9 +44,10 @@ class Repo:
         return SimpleNamespace(route=route, model=self.resolve(route))
 
 
-def services(max_streams: int = 1, **state: bool) -> Services:
+def services(max_streams: int = 1, max_fps_per_client: float = 0, **state: bool) -> Services:
     fake = SimpleNamespace(
-        settings=Settings(max_streams=max_streams),
+        settings=Settings(max_streams=max_streams, max_fps_per_client=max_fps_per_client),
+        cluster=Cluster.alone(max_streams),
         metrics=Metrics(),
         repo=Repo(),
         streams=StreamQuota(max_streams, kind="streams"),
@@ -112,16 +114,37 @@ def test_a_stream_admission_counts_each_refusal_once_and_gives_slots_back_once()
     assert s.streams.open("*") == 0
 
 
-def test_unary_requests_are_gated_where_they_were() -> None:
-    """gRPC's unary calls are refused while draining; /v1 infer and KServe REST answer (until
-    issue #23 makes the limits one set), and neither counts as a refused stream."""
+def test_unary_requests_are_gated_alike_on_every_transport() -> None:
+    """A draining gateway refuses a unary request on every transport, and the refusal does
+    not count as a refused stream."""
     s = services(draining=True)
-    for transport in ("grpc", "kserve-grpc"):
-        with pytest.raises(NotAdmitted):
-            admission.check_request(s, transport)
-    for transport in ("http", "kserve"):
-        admission.check_request(s, transport)
+    for transport in ("grpc", "kserve-grpc", "http", "kserve"):
+        with pytest.raises(NotAdmitted) as e:
+            admission.admit_request(s, transport, "127.0.0.1")
+        assert e.value.refusal is admission.DRAINING
     assert refused_count(s, "grpc", "draining") == 0
     with pytest.raises(NotAdmitted) as e:
         admission.request_route(s, "nose")
     assert e.value.refusal.reason == "unknown_model"
+
+
+def test_a_unary_request_holds_its_client_until_it_ends() -> None:
+    """Within the budget a request is let in and holds its client's row (so concurrent
+    requests share one bucket); over it, refused rate_limited (EXHAUSTED), counted as a
+    client-limited frame; the row goes when the last request ends."""
+    s = services(max_fps_per_client=2)
+    shared = s.cluster.shared
+    holds = [admission.admit_request(s, "kserve", "10.0.0.1") for _ in range(2)]
+    with pytest.raises(NotAdmitted) as e:
+        admission.admit_request(s, "kserve", "10.0.0.1")
+    assert e.value.refusal is admission.RATE_LIMITED and e.value.refusal.kind is Kind.EXHAUSTED
+    assert shared.count("client:10.0.0.1") == 2
+    other = admission.admit_request(s, "grpc", "10.0.0.2")  # another client has its own
+    for hold in [*holds, other]:
+        with hold:
+            pass
+    assert shared.count("client:10.0.0.1") == 0
+    sample = s.metrics.registry.get_sample_value(
+        "edge_frames_rate_limited_total", {"transport": "kserve", "limit": "client"}
+    )
+    assert sample == 1

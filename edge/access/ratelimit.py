@@ -10,7 +10,9 @@ streams), held weakly. Three buckets, nested:
   that client address has open in the whole gateway (re-read twice a second), so 16 streams
   of one camera box each get a sixteenth instead of racing for one bucket;
 - the client's bucket itself, shared by every serving process (edge.sharedmem), which keeps the
-  whole gateway within `max_fps_per_client` and also counts the client's unary requests.
+  whole gateway within `max_fps_per_client`. A unary request on any transport takes one token
+  of it up front (`request`, through edge.core.admission.admit_request) and holds the
+  client's row while it runs.
 
 A stream finds its client through the request that opened it: the middleware below puts the
 client into the request's context, and every task the handler starts (the WebSocket reader,
@@ -84,7 +86,7 @@ class _ClientShare:
 
     def __init__(self, client: Client, now: float) -> None:
         self.client = client
-        self.held = client.shared.acquire(client.key, 0)
+        self.held = client.shared.acquire(client.key, 0, keep_free=client_room(client.shared))
         self.bucket = TokenBucket(client.rate, now=now)
         self.refresh_at = now
 
@@ -197,8 +199,6 @@ def setup(app: web.Application, settings: Settings, shared: Shared) -> None:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
     with client_of(request.app[CLIENTS], request.remote):
         return await handler(request)
 
@@ -211,8 +211,60 @@ def client_of(limits: ClientLimits, remote: str | None) -> Iterator[None]:
     if limits.rate <= 0:
         yield
         return
-    token = _CLIENT.set(Client(f"client:{remote or 'unknown'}", limits.rate, limits.shared))
+    token = _CLIENT.set(Client(client_key(remote), limits.rate, limits.shared))
     try:
         yield
     finally:
         _CLIENT.reset(token)
+
+
+def client_key(remote: str | None) -> str:
+    return f"client:{remote or 'unknown'}"
+
+
+def client_room(shared: Shared) -> int:
+    """Rows of the shared table a new client row must leave free: a quarter of it (at least
+    max_streams + 256, edge.sharedmem.capacity_for), for the gateway's and tokens' stream
+    counts, so clients from many addresses never crowd out the rows streams need."""
+    return shared.capacity // 4
+
+
+class ClientRequest:
+    """One unary request's hold on its client (`request`): the client's row is counted while
+    the request runs, so its bucket is shared with its other requests and streams; within the
+    `with` block the request's one frame is not counted against the client a second time."""
+
+    def __init__(self, shared: Shared, key: str, held: bool) -> None:
+        self._shared, self._key, self._held = shared, key, held
+        self._bound: contextvars.Token[Client | None] | None = None
+
+    def __enter__(self) -> ClientRequest:
+        self._bound = _CLIENT.set(None)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._bound is not None:
+            _CLIENT.reset(self._bound)
+            self._bound = None
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._shared.release(self._key)
+
+
+def request(shared: Shared, rate: float, remote: str | None, now: float) -> ClientRequest | None:
+    """A unary request of the client at `remote` against its budget (`rate` a second, shared
+    with its streams' frames, across every process): its hold, or None when over the budget
+    (or when the table has no room for one more client)."""
+    key = client_key(remote)
+    if rate <= 0:
+        return ClientRequest(shared, key, held=False)
+    if not shared.acquire(key, 0, keep_free=client_room(shared)):
+        return None
+    hold = ClientRequest(shared, key, held=True)
+    if shared.take_token(key, rate, now) is False:
+        hold.release()
+        return None
+    return hold

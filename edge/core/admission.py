@@ -10,17 +10,19 @@ status code and details `reason: message`; both gRPC services) and edge.kserve.e
 
 A stream is let in by an `Admission`: the checks in the order its transport can make them
 (a gRPC stream learns its model from its first request, a WebRTC offer from its body), each
-refusal counted once, the slots it took given back once. A unary request is let in by
-`check_request` and `request_route`. Which checks apply where is decided here, not in the
-transports, so one set of limits on every transport (issue #23) is a change to this module.
+refusal counted once, the slots it took given back once. A unary request, on every transport
+alike, is let in by `admit_request` (the gateway's state, then one frame of its client's
+`max_fps_per_client`) and `request_route`. Which checks apply where is decided here, not in
+the transports.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 
-from edge.access import auth, tokens
+from edge.access import auth, ratelimit, tokens
 from edge.access.ratelimit import Slot
 from edge.core.services import Services
 from edge.models.repository import Route, UnknownModel
@@ -53,6 +55,9 @@ class Refusal:
 DRAINING = Refusal("draining", "the gateway is shutting down; reconnect")
 NOT_READY = Refusal("not_ready", "models are still loading")
 BUSY = Refusal("busy", "this gateway process is behind; retry")
+RATE_LIMITED = Refusal(
+    "rate_limited", "this client is over its frame budget (max_fps_per_client)", Kind.EXHAUSTED
+)
 
 
 def max_streams(limit: int) -> Refusal:
@@ -162,17 +167,22 @@ class Admission:
 
 
 # -- unary requests ----------------------------------------------------------------------------
-#: the unary transports refused while the gateway drains, loads or lags (`gate`); /v1 infer and
-#: KServe REST are answered all the same, as they always were (issue #23 makes it one set)
-GATED_REQUESTS = frozenset({"grpc", "kserve-grpc"})
-
-
-def check_request(services: Services, transport: str) -> None:
-    """Raise NotAdmitted (not counted: no stream was refused) if a unary request on
-    `transport` may not start now."""
-    refusal = gate(services) if transport in GATED_REQUESTS else None
+def admit_request(
+    services: Services, transport: str, remote: str | None
+) -> ratelimit.ClientRequest:
+    """Let a unary request of the client at `remote` in on `transport` (the same checks on
+    every transport): the gateway's state (`gate`), then one frame of the client's budget.
+    Its hold is the request's until the end of a `with` block on it; NotAdmitted (not counted
+    as a refused stream; a request over the budget is counted as a rate-limited frame)."""
+    refusal = gate(services)
     if refusal is not None:
         raise NotAdmitted(refusal)
+    rate = services.settings.max_fps_per_client
+    hold = ratelimit.request(services.cluster.shared, rate, remote, time.monotonic())
+    if hold is None:
+        services.metrics.rate_limited.labels(transport, "client").inc()
+        raise NotAdmitted(RATE_LIMITED)
+    return hold
 
 
 def request_route(services: Services, name: str) -> Route:

@@ -285,8 +285,15 @@ class Pipeline:
         def rerun(incumbent: LoadedModel) -> tuple[float, list[float]]:
             assert batch is not None
             thresholds = _thresholds(model, ready)
+            # a stream that set its own threshold is left out of the comparison (it could
+            # choose one at which both versions find nothing), as are frames neither finds
+            # anything in
+            compared = [
+                None if f.stream.threshold is not None else p
+                for f, p in zip(ready, payloads, strict=True)
+            ]
             _, cost, agreements = second_opinion(
-                incumbent, index, batch, ready, payloads, thresholds
+                incumbent, index, batch, ready, compared, thresholds, count_blank=False
             )
             return cost, agreements
 

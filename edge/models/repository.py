@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class Repository:
         self._lock = asyncio.Lock()
         self._on_change = on_change or (lambda: None)
         self._opened = 0
+        #: where this process's sequence of buckets starts, drawn at random: the first stream a
+        #: process opens no longer always lands on a canary (issue #23)
+        self._phase = secrets.randbits(53) / 2**53
 
     def close(self) -> None:
         """Release every loaded version's session threads; call once the workers stopped."""
@@ -145,8 +149,10 @@ class Repository:
 
     def _place(self, route: Route) -> Route:
         """`route` with the stream's bucket: where it falls among the streams a canary may
-        take, one more stream opened in this process."""
-        bucket = (self._opened * _GOLDEN) % 1.0
+        take, one more stream opened in this process. The buckets step by the golden ratio
+        (streams spread evenly over the share) from a random phase, so which stream lands on
+        a canary cannot be foretold."""
+        bucket = (self._phase + self._opened * _GOLDEN) % 1.0
         self._opened += 1
         return Route(route.name, route.version, route.assigned, bucket)
 

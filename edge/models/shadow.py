@@ -58,10 +58,13 @@ def second_opinion(
     ready: Sequence[Sample],
     payloads: list[dict[str, Any] | None],
     thresholds: list[float],
+    count_blank: bool = True,
 ) -> tuple[float, float, list[float]]:
     """Run `batch` on `other` too: the seconds its session call took, what it cost
     (`LoadedModel.run_costed`), and the agreement of its outcome with `payloads` for each
-    frame that has one (and that `other` can postprocess). Raises what the run raises."""
+    frame that has one (and that `other` can postprocess); without `count_blank`, frames on
+    which both find nothing are left out (they say nothing of a version that never finds
+    anything). Raises what the run raises."""
     outputs, seconds, cost = other.run_costed(batch, worker)
     agreements = []
     for i, sample in enumerate(ready):
@@ -73,8 +76,13 @@ def second_opinion(
             candidate = other.task.postprocess(rows, sample.context, image, thresholds[i])
         except Exception:
             continue
-        agreements.append(agree(primary, candidate))
+        if count_blank or not (_blank(primary) and _blank(candidate)):
+            agreements.append(agree(primary, candidate))
     return seconds, cost, agreements
+
+
+def _blank(result: dict[str, Any]) -> bool:
+    return not (result.get("detections") or result.get("classes"))
 
 
 def box_iou(a: list[float], b: list[float]) -> float:

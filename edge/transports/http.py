@@ -108,9 +108,17 @@ async def reload_everywhere(services: Services, name: str) -> int:
 async def infer(request: web.Request) -> web.Response:
     """The unary Predict call: one image in the body, its result JSON back."""
     services = request.app[SERVICES]
+    try:
+        hold = admission.admit_request(services, TRANSPORT, request.remote)
+    except NotAdmitted as e:
+        return refusal_response(e.refusal)
+    with hold:
+        return await _infer(request, services)
+
+
+async def _infer(request: web.Request, services: Services) -> web.Response:
     settings = services.settings
     try:
-        admission.check_request(services, TRANSPORT)
         route = admission.request_route(services, request.match_info["name"])
     except NotAdmitted as e:
         return refusal_response(e.refusal)

@@ -2,8 +2,8 @@
 HTTP to edge.kserve. Errors are the protocol's: an HTTP status and `{"error": "..."}`.
 
 Health probes (`/v2/health/...`) are open like /healthz; every other `/v2` request goes
-through the same guard as `/v1/` (edge.access.auth) and each frame counts against the client's
-frame-rate limits (edge.access.ratelimit), as a unary /v1 call does.
+through the same guard as `/v1/` (edge.access.auth), and an infer request through the same
+admission (edge.core.admission.admit_request) as every unary call on every transport.
 """
 
 from __future__ import annotations
@@ -112,7 +112,23 @@ async def model_ready(request: web.Request) -> web.Response:
 @_protocol_errors
 async def model_infer(request: web.Request) -> web.Response:
     target, version = _target(request)
-    services = _admitted(request)
+    services = request.app[SERVICES]
+    try:
+        hold = admission.admit_request(services, TRANSPORT, request.remote)
+    except NotAdmitted as e:
+        error = refused(e.refusal)
+        retry = e.refusal.retry_after_s
+        headers = None if retry is None else {"Retry-After": str(retry)}
+        return web.json_response(
+            {"error": error.message}, status=error.http_status, headers=headers
+        )
+    with hold:
+        return await _infer(request, services, target, version)
+
+
+async def _infer(
+    request: web.Request, services: Services, target: Target, version: str
+) -> web.Response:
     metadata.resolve(services.repo, target, version)  # 404 before the body is read
     settings = services.settings
     header = request.headers.get(rest.HEADER)
@@ -142,17 +158,6 @@ async def model_infer(request: web.Request) -> web.Response:
         content_type="application/octet-stream",
         headers={rest.HEADER: str(json_length)},
     )
-
-
-def _admitted(request: web.Request) -> Services:
-    """The app's services, when the gateway may take a request now (edge.core.admission);
-    else its refusal, as the protocol's error."""
-    services = request.app[SERVICES]
-    try:
-        admission.check_request(services, TRANSPORT)
-    except NotAdmitted as e:
-        raise refused(e.refusal) from None
-    return services
 
 
 def _target(request: web.Request) -> tuple[Target, str]:

@@ -19,7 +19,6 @@ import grpc
 from aiohttp import web
 from google.protobuf.message import DecodeError
 
-from edge.access.ratelimit import CLIENTS, client_of
 from edge.core import admission
 from edge.core import streams as common
 from edge.core.admission import NotAdmitted
@@ -79,42 +78,42 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     ) -> Response:
         services = self.services
         try:
-            admission.check_request(services, TRANSPORT)
+            hold = admission.admit_request(services, TRANSPORT, calls.peer_host(context.peer()))
         except NotAdmitted as e:
             await calls.abort(context, e.refusal)
-        try:
-            request = parse(raw, calls.frame_limit(services.settings))
-        except TooLarge as e:
-            await context.abort(Code.RESOURCE_EXHAUSTED, f"bad_frame: {e}")
-        except ValueError as e:
-            await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
-        try:
-            route = admission.request_route(
-                services, request.model_id or services.settings.default_model
-            )
-        except NotAdmitted as e:
-            await calls.abort(context, e.refusal)
-        try:
-            threshold, max_age_ms = request_settings(request)
-        except ValueError as e:
-            await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
-        max_age_s = max_age_ms / 1000 if max_age_ms else None
-        with client_of(self.app[CLIENTS], calls.peer_host(context.peer())):
+        with hold:
+            try:
+                request = parse(raw, calls.frame_limit(services.settings))
+            except TooLarge as e:
+                await context.abort(Code.RESOURCE_EXHAUSTED, f"bad_frame: {e}")
+            except ValueError as e:
+                await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
+            try:
+                route = admission.request_route(
+                    services, request.model_id or services.settings.default_model
+                )
+            except NotAdmitted as e:
+                await calls.abort(context, e.refusal)
+            try:
+                threshold, max_age_ms = request_settings(request)
+            except ValueError as e:
+                await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
+            max_age_s = max_age_ms / 1000 if max_age_ms else None
             reply = await common.infer_once(
                 services, TRANSPORT, route, request.payload, threshold, max_age_s
             )
-        if reply is None:
-            await context.abort(Code.DEADLINE_EXCEEDED, "timeout: no result in time")
-        elif isinstance(reply, Error):
-            code = calls.status(reply.code)
-            context.set_trailing_metadata((("edge-error-code", reply.code),))
-            await context.abort(code, f"{reply.code}: {reply.message}")
-        elif isinstance(reply, Dropped):  # rate limited, or the gateway is overloaded
-            limited = reply.reason == "rate_limited"
-            code = Code.RESOURCE_EXHAUSTED if limited else Code.UNAVAILABLE
-            context.set_trailing_metadata((("edge-drop-reason", reply.reason),))
-            await context.abort(code, f"dropped: {reply.reason}")
-        return result_response(reply)  # type: ignore[arg-type]
+            if reply is None:
+                await context.abort(Code.DEADLINE_EXCEEDED, "timeout: no result in time")
+            elif isinstance(reply, Error):
+                code = calls.status(reply.code)
+                context.set_trailing_metadata((("edge-error-code", reply.code),))
+                await context.abort(code, f"{reply.code}: {reply.message}")
+            elif isinstance(reply, Dropped):  # rate limited, or the gateway is overloaded
+                limited = reply.reason == "rate_limited"
+                code = Code.RESOURCE_EXHAUSTED if limited else Code.UNAVAILABLE
+                context.set_trailing_metadata((("edge-drop-reason", reply.reason),))
+                await context.abort(code, f"dropped: {reply.reason}")
+            return result_response(reply)  # type: ignore[arg-type]
 
     async def PredictStream(  # noqa: N802 (the method's name in the proto)
         self, request_iterator: Any, context: grpc.aio.ServicerContext

@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from edge.access.ratelimit import CLIENTS, client_of
 from edge.core import admission
 from edge.core.admission import NotAdmitted
 from edge.core.services import SERVICES, Services
@@ -131,16 +130,18 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         try:
-            admission.check_request(self.services, TRANSPORT)
+            hold = admission.admit_request(
+                self.services, TRANSPORT, calls.peer_host(context.peer())
+            )
         except NotAdmitted as e:
             await calls.abort(context, e.refusal)
         try:
             limit = self.services.settings.max_frame_bytes
-            if converted_off_loop(request):
-                req = await asyncio.to_thread(to_request, request, limit)
-            else:
-                req = to_request(request, limit)
-            with client_of(self.app[CLIENTS], calls.peer_host(context.peer())):
+            with hold:
+                if converted_off_loop(request):
+                    req = await asyncio.to_thread(to_request, request, limit)
+                else:
+                    req = to_request(request, limit)
                 response = await infer(self.services, req, TRANSPORT)
         except KServeError as e:
             await context.abort(calls.status(e.kind), e.message)

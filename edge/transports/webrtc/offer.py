@@ -27,6 +27,7 @@ from edge.core.services import SERVICES, Services
 from edge.models.repository import Route, UnknownModel
 from edge.settings import Settings, SettingsError
 from edge.transports.http import read_body, refusal_response
+from edge.transports.webrtc import candidates
 from edge.transports.webrtc.session import TRANSPORT, Offer, WebRTCSession
 
 log = logging.getLogger("edge.webrtc")
@@ -118,6 +119,8 @@ async def handle(request: web.Request) -> web.Response:
         admission.check_gateway()
         try:
             offer = parse_offer(await _body(request), settings.default_model)
+            mode = settings.webrtc_peer_addresses
+            offer.sdp = candidates.restrict(offer.sdp, request.remote, mode)
         except BadOffer as e:
             raise admission.refuse(bad_offer(str(e))) from None
         route = admission.check_model(offer.model)
