@@ -96,9 +96,8 @@ async def model_metadata(request: web.Request) -> web.Response:
 @_protocol_errors
 async def model_ready(request: web.Request) -> web.Response:
     target, version = _target(request)
-    services = request.app[SERVICES]
     try:
-        metadata.resolve(services.repo, target, version)
+        metadata.resolve(request.app[SERVICES].repo, target, version)
     except KServeError as e:
         if e.kind == "not_found":
             raise
