@@ -224,6 +224,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.tracks_active = Gauge(
+            "edge_tracks_active",
+            "Tracks the streams of a tracked model follow now",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.tracks_started = Counter(
+            "edge_tracks_started",
+            "Tracks started: an object a tracked model's stream had not followed",
+            ["model"],
+            registry=r,
+        )
+        self.tracks_ended = Counter(
+            "edge_tracks_ended",
+            "Tracks ended: unseen for more than lost_after_frames, or their stream closed",
+            ["model"],
+            registry=r,
+        )
         # Info has no multiprocess form: it lives in a registry of its own, added at scrape time
         self._build = r if multiprocess_dir is None else CollectorRegistry()
         Info("edge_build", "Build information", registry=self._build).info({"version": __version__})

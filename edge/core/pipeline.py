@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge import codec
+from edge.core import tracks
 from edge.core.stream import Stream
 from edge.frames import (
     Answer,
@@ -218,7 +219,9 @@ class Pipeline:
                 result = Result(frame.seq, model.ref, 0, 0, timing, outputs=tuple(rows))
             else:
                 threshold = model.spec.threshold if stream.threshold is None else stream.threshold
-                payload = model.task.postprocess(rows, f.context, image, threshold)
+                floor = tracks.floor(model, threshold)
+                payload = model.task.postprocess(rows, f.context, image, floor)
+                tracks.follow(self._metrics, stream, model, payload, threshold, frame.seq)
                 done = time.monotonic()
                 timing = _timing(frame, run, done)
                 result = Result(frame.seq, model.ref, image.width, image.height, timing, payload)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 
+from edge.core import tracks
 from edge.core.pipeline import Pipeline, Reply
 from edge.core.stream import Stream
 from edge.frames import Dropped, Frame, Result
@@ -103,6 +104,8 @@ class Scheduler:
         """Close the stream to new work; return the frame still waiting in its slot."""
         with self._lock:
             stream.closed = True
+            if not stream.busy:  # else the worker ends its tracks when it lets it go
+                tracks.end(self._metrics, stream)
             frame, stream.slot = stream.slot, None
             if stream.queued:
                 stream.queued = False
@@ -134,6 +137,8 @@ class Scheduler:
                         self._cond.notify()
                     for stream, _ in jobs:
                         stream.busy = False
+                        if stream.closed:
+                            tracks.end(self._metrics, stream)
                         if stream.slot is not None and not stream.closed:
                             stream.queued = True
                             self._ready.append(stream)
@@ -173,6 +178,7 @@ class Scheduler:
                     frame, s.slot = s.slot, None
                     if frame is None:  # withdrawn while we gathered
                         s.busy = False
+                        tracks.end(self._metrics, s)
                         continue
                     if s.max_age_s is not None and now - frame.received_at > s.max_age_s:
                         s.busy = False

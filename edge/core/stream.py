@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from edge.core.outbox import Outbox
 from edge.frames import Frame
+from edge.inference.tracking import Tracker
 from edge.models.repository import Route
 
 
@@ -48,6 +49,9 @@ class Stream:
     busy: bool = False
     queued: bool = False
     closed: bool = False
+    # the worker serving its frame (at most one in flight), or the scheduler when it
+    # closes: edge/core/tracks.py
+    tracker: Tracker | None = None
     # event loop only
     stats: StreamStats = field(default_factory=StreamStats)
     model_label: str = ""

@@ -23,6 +23,9 @@ Example:
     frames = 300
     [options]                     # task-specific knobs (e.g. iou, unclip_ratio)
     iou = 0.3
+    [tracking]                    # a track_id on each detection, per stream (tracking.py)
+    enabled = true
+    lost_after_frames = 30
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 from edge.compat import tomllib
 from edge.inference.canarypolicy import CanaryPolicy, CanaryPolicyError
+from edge.inference.tracking import TrackingSpec, TrackingSpecError
 
 _KNOWN = {
     "task",
@@ -53,6 +57,7 @@ _KNOWN = {
     "shadow",
     "canary",
     "options",
+    "tracking",
     "description",
 }
 
@@ -82,6 +87,7 @@ class ModelSpec:
     shadow: dict[str, Any] = field(default_factory=dict)
     canary: CanaryPolicy = field(default_factory=CanaryPolicy)
     options: dict[str, Any] = field(default_factory=dict)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
 
     @classmethod
     def load(cls, model_dir: Path) -> ModelSpec:
@@ -136,6 +142,10 @@ class ModelSpec:
             policy = CanaryPolicy().updated(canary, f"{where}: [canary]")
         except CanaryPolicyError as e:
             raise ModelSpecError(str(e)) from None
+        try:
+            tracking = TrackingSpec.from_dict(raw.get("tracking", {"enabled": False}), where)
+        except TrackingSpecError as e:
+            raise ModelSpecError(str(e)) from None
         return cls(
             name=name,
             task=task,
@@ -156,6 +166,7 @@ class ModelSpec:
             shadow=dict(raw.get("shadow", {})),
             canary=policy,
             options=dict(raw.get("options", {})),
+            tracking=tracking,
         )
 
 

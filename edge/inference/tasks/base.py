@@ -41,6 +41,8 @@ class Output:
 BOXES = Output("boxes", "FP32", (-1, 4), "box")
 SCORES = Output("scores", "FP32", (-1,), "score")
 LABELS = Output("labels", "BYTES", (-1,), "label")
+#: a tracked model's detections' track IDs (model.toml `[tracking]`, edge/inference/tracking.py)
+TRACK_IDS = Output("track_ids", "INT64", (-1,), "track_id")
 
 
 class Task(ABC):
@@ -50,11 +52,14 @@ class Task(ABC):
     kind: ClassVar[str]
     #: the payload's list of rows ("detections", "classes") that `outputs` are read from
     rows: ClassVar[str] = "detections"
-    #: the tensors the payloads carry, in the order a protocol serves them
-    outputs: ClassVar[tuple[Output, ...]] = ()
+    #: the tensors the payloads carry, in the order a protocol serves them; a tracked
+    #: detector's instances add TRACK_IDS
+    outputs: tuple[Output, ...] = ()
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        if spec.tracking.enabled and self.rows == "detections":
+            self.outputs = (*self.outputs, TRACK_IDS)
 
     def decode_hint(self) -> tuple[int, int]:
         """The smallest (width, height) the decoder may scale the frame down to, at no loss."""

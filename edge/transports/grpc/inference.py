@@ -219,6 +219,8 @@ def result_response(result: Result) -> Response:
             det.keypoints.add(x=x, y=y)
         for x, y in d.get("polygon", ()):
             det.polygon.add(x=x, y=y)
+        if "track_id" in d:
+            det.track_id = d["track_id"]
     classes = payload.get("classes", ())
     for c in classes:
         r.classes.add(index=c["index"], label=c["label"], score=c["score"])
