@@ -44,14 +44,6 @@ class TrackingSpecError(ValueError):
 class TrackingSpec:
     """model.toml's `[tracking]`: whether each detection carries a `track_id`, and how."""
 
-    enabled: bool = False
-    #: a track unseen for more than this many of the stream's frames ends
-    lost_after_frames: int = 30
-    #: the least IOU between a track's predicted box and a detection to continue it
-    iou: float = 0.3
-    #: detections scoring from here up to the threshold only continue tracks (ByteTrack)
-    low: float = 0.1
-
     @classmethod
     def from_dict(cls, raw: object, where: str) -> TrackingSpec:
         if not isinstance(raw, dict):
@@ -70,6 +62,15 @@ class TrackingSpec:
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise TrackingSpecError(f"{where}: [tracking] {key} must be between 0 and 1")
         return cls(enabled, lost, float(fractions["iou"]), float(fractions["low"]))
+
+    # the fields: what model.toml may set
+    enabled: bool = False
+    #: a track unseen for more than this many of the stream's frames ends
+    lost_after_frames: int = 30
+    #: the least IOU between a track's predicted box and a detection to continue it
+    iou: float = 0.3
+    #: detections scoring from here up to the threshold only continue tracks (ByteTrack)
+    low: float = 0.1
 
 
 @dataclass(slots=True)
