@@ -54,6 +54,8 @@ def test_registry_names_every_task_and_refuses_unknown_ones() -> None:
         "db_text": "text_detection",
         "classification": "classification",
         "yolo": "object_detection",
+        "text_angle": "text_orientation",
+        "ctc_text": "text_recognition",
     }
     with pytest.raises(ValueError, match="unknown task 'yolov8'; known tasks: blazeface, "):
         get_task("yolov8")

@@ -102,7 +102,10 @@ def test_wheel_installed_outside_the_checkout_serves_dashboard_and_faces(
 
     for weights in WEIGHTS.values():  # what `edge models pull` would download
         weights.path(data).parent.mkdir(parents=True)
-        shutil.copy(weights.path(pulled), weights.path(data))
+        for (here, _, _), (there, _, _) in zip(
+            weights.files(pulled), weights.files(data), strict=True
+        ):
+            shutil.copy(here, there)
     pulled_here = _run(edge, "models", "pull", cwd=tmp_path, env=env)
     assert pulled_here.returncode == 0, pulled_here.stderr
     for name in WEIGHTS:

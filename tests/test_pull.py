@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import subprocess
 import tarfile
 import zipfile
@@ -138,6 +139,16 @@ def test_missing_models_reports_absent_and_damaged_weights(tmp_path: Path) -> No
     assert missing_models(tmp_path) == sorted(WEIGHTS)
 
 
+def test_a_model_missing_a_stage_file_is_pulled_again(tmp_path: Path) -> None:
+    """Guards against a model with stages (ocr: cls.onnx, rec.onnx beside model.onnx) being
+    taken as present when only its first file is there."""
+    models = pulled_models()
+    shutil.copytree(models / "ocr" / "1", tmp_path / "ocr" / "1")
+    assert "ocr" not in missing_models(tmp_path)
+    (tmp_path / "ocr" / "1" / "rec.onnx").unlink()
+    assert "ocr" in missing_models(tmp_path)
+
+
 def test_repository_models_are_pulled_intact_and_not_fetched_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -146,7 +157,8 @@ def test_repository_models_are_pulled_intact_and_not_fetched_again(
     models = pulled_models()
     assert missing_models(models) == []
     for w in WEIGHTS.values():
-        assert sha256_file(w.path(models)) == w.sha256
+        for path, _, sha256 in w.files(models):
+            assert sha256_file(path) == sha256
 
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("pull ran a command although every file was present")

@@ -37,6 +37,7 @@ from edge.frames import (
 )
 from edge.inference.decode import decode
 from edge.inference.engine import LoadedModel
+from edge.inference.stages import run_stages
 from edge.metrics import Metrics
 from edge.models.repository import Repository
 from edge.models.shadow import run_shadow, second_opinion
@@ -110,7 +111,7 @@ class Pipeline:
         if run is None:  # every frame was answered inference_failed
             self._judge(index, model, None, ready, [None] * len(ready), None)
             return
-        payloads = self._answer_all(model, ready, run)
+        payloads = self._answer_all(index, model, ready, run)
         self._sample_shadow(index, model, run.batch, ready, payloads)
         self._judge(index, model, run.batch, ready, payloads, run.cost_s)
 
@@ -184,7 +185,7 @@ class Pipeline:
         return BatchRun(batch, outputs, taken, t0, t1, cost_s)
 
     def _answer_all(
-        self, model: LoadedModel, ready: list[InFlight], run: BatchRun
+        self, index: int, model: LoadedModel, ready: list[InFlight], run: BatchRun
     ) -> list[dict[str, Any] | None]:
         """Answer each frame of the batch; their payloads (None: a raw input, or a failure)."""
         post = self._metrics.stage_latency.labels(model.name, "postprocess")
@@ -192,7 +193,7 @@ class Pipeline:
         payloads: list[dict[str, Any] | None] = []
         for i, f in enumerate(ready):
             t_post = time.monotonic()
-            answered = self._answer(model, f, [o[i] for o in run.outputs], run)
+            answered = self._answer(index, model, f, [o[i] for o in run.outputs], run)
             if answered is None:
                 payloads.append(None)
                 continue
@@ -205,9 +206,10 @@ class Pipeline:
         return payloads
 
     def _answer(
-        self, model: LoadedModel, f: InFlight, rows: list[np.ndarray], run: BatchRun
+        self, index: int, model: LoadedModel, f: InFlight, rows: list[np.ndarray], run: BatchRun
     ) -> tuple[dict[str, Any] | None, float] | None:
-        """Postprocess one frame's outputs `rows`, encode its result for its stream's wire
+        """Postprocess one frame's outputs `rows` (and run the model's later stages on what
+        it found, on worker `index`'s sessions), encode its result for its stream's wire
         and hand it on: its payload and when it was done; None when it failed (answered
         postprocess_failed)."""
         stream, frame, image = f.stream, f.frame, f.image
@@ -221,6 +223,10 @@ class Pipeline:
                 threshold = model.spec.threshold if stream.threshold is None else stream.threshold
                 floor = tracks.floor(model, threshold)
                 payload = model.task.postprocess(rows, f.context, image, floor)
+                if model.stages:
+                    payload = run_stages(
+                        model.stages, model.spec, model.task.rows, image, payload, index
+                    )
                 tracks.follow(self._metrics, stream, model, payload, threshold, frame.seq)
                 done = time.monotonic()
                 timing = _timing(frame, run, done)

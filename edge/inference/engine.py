@@ -7,6 +7,7 @@ registered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -23,8 +24,10 @@ from edge.inference import autoprovider, providers
 from edge.inference.batching import BatchSizer
 from edge.inference.modelspec import ModelSpec
 from edge.inference.onnxfile import check_self_contained
+from edge.inference.stages import Stage, make_stage
 from edge.inference.tasks import get_task
 from edge.inference.tasks.base import Task
+from edge.inference.tasks.crops import RegionTask
 
 log = logging.getLogger("edge.engine")
 
@@ -103,6 +106,8 @@ class LoadedModel:
     sample_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
     #: each output's name, ONNX type and shape (symbolic sizes as strings or None)
     outputs: list[tuple[str, str, list[object]]] = field(default_factory=list)
+    #: the later stages (model.toml `[[stages]]`), run on crops of what the first found
+    stages: list[Stage] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
@@ -225,13 +230,7 @@ def load(
 ) -> LoadedModel:
     """Load, check and warm one version; raise ModelLoadError with the reason on failure."""
     path = version_dir / "model.onnx"
-    _check_inside(repo_root, path)
-    try:
-        data = path.read_bytes()
-        check_self_contained(data)
-        task = get_task(spec.task)(spec)
-    except (OSError, ValueError) as e:  # ExternalData is a ValueError
-        raise ModelLoadError(f"{path}: {e}") from e
+    data, task = _read(repo_root, path, spec)
     prefs = spec.providers or preference
     auto = ""
     if prefs == ("auto",):
@@ -277,9 +276,44 @@ def load(
         sample_shape=tuple(sample.shape),
         sample_dtype=sample.dtype,
         outputs=[(o.name, o.type, list(o.shape)) for o in sessions[0].get_outputs()],
+        stages=_load_stages(repo_root, spec, version_dir, chosen, layout),
     )
     warm_up(model)
     return model
+
+
+def _read(repo_root: Path, path: Path, spec: ModelSpec) -> tuple[bytes, Task]:
+    """A network's bytes, checked, and its task built from `spec`."""
+    _check_inside(repo_root, path)
+    try:
+        data = path.read_bytes()
+        check_self_contained(data)
+        return data, get_task(spec.task)(spec)
+    except (OSError, ValueError) as e:  # ExternalData is a ValueError
+        raise ModelLoadError(f"{path}: {e}") from e
+
+
+def _load_stages(
+    repo_root: Path,
+    spec: ModelSpec,
+    version_dir: Path,
+    chosen: list[tuple[str, dict[str, object]]],
+    layout: Layout,
+) -> list[Stage]:
+    """The later stages, each with as many sessions as the first, on the same providers."""
+    stages = []
+    for stage in spec.stages:
+        path = version_dir / stage.file
+        data, task = _read(repo_root, path, stage.spec)
+        if not isinstance(task, RegionTask):
+            raise ModelLoadError(f"{path}: task {stage.spec.task!r} does not take regions' crops")
+        try:
+            session = functools.partial(_session, data, chosen, layout.threads, path)
+            made = make_stage(stage.file, task, session, layout.sessions)
+        except ValueError as e:
+            raise ModelLoadError(f"{path}: {e}") from e
+        stages.append(made)
+    return stages
 
 
 def _session(
@@ -356,12 +390,14 @@ def warm_up(model: LoadedModel) -> None:
     client frame is the slow first one (a GPU picks its kernels per input shape)."""
     tensor = _blank_tensor(model.spec, model.task)
     t0 = time.monotonic()
-    for i in range(len(model.sessions)):
-        try:
+    try:
+        for i in range(len(model.sessions)):
             for size in model.batch_shapes:
                 model.run(np.stack([tensor] * size), i)
-        except Exception as e:
-            raise ModelLoadError(f"{model.ref}: warm-up inference failed: {e}") from e
+        for stage in model.stages:
+            stage.warm_up()
+    except Exception as e:
+        raise ModelLoadError(f"{model.ref}: warm-up inference failed: {e}") from e
     log.info("model %s warmed up in %.0f ms", model.ref, (time.monotonic() - t0) * 1e3)
 
 

@@ -26,6 +26,12 @@ Example:
     [tracking]                    # a track_id on each detection, per stream (tracking.py)
     enabled = true
     lost_after_frames = 30
+    max_regions = 50              # a model with stages: the regions a frame's stages run on
+    [[stages]]                    # a later stage: runs on crops of each region found before
+    file = "rec.onnx"             # beside model.onnx in each version's folder
+    task = "ctc_text"             # a task taking crops (edge/inference/tasks/crops.py)
+    input = [1280, 48]            # the widest crop (longer ones are squeezed), the height
+    mean = [127.5, 127.5, 127.5]  # as above; also labels, threshold, max_batch, [options]
 """
 
 from __future__ import annotations
@@ -59,7 +65,12 @@ _KNOWN = {
     "options",
     "tracking",
     "description",
+    "stages",
+    "max_regions",
 }
+#: what a `[[stages]]` table may say: the file, then what a model's spec says of its input
+_STAGE_KNOWN = {"file", "task", "input", "layout", "mean", "std", "labels", "threshold"}
+_STAGE_KNOWN |= {"max_batch", "options"}
 
 
 class ModelSpecError(ValueError):
@@ -88,6 +99,10 @@ class ModelSpec:
     canary: CanaryPolicy = field(default_factory=CanaryPolicy)
     options: dict[str, Any] = field(default_factory=dict)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    #: later stages, run in order on crops of the regions the model finds
+    stages: tuple[StageSpec, ...] = ()
+    #: with stages: the best-scored regions of a frame they run on (the rest are left out)
+    max_regions: int = 50
 
     @classmethod
     def load(cls, model_dir: Path) -> ModelSpec:
@@ -105,11 +120,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, name: str, raw: dict[str, Any], base: Path | None = None) -> ModelSpec:
         where = f"model {name!r}"
-        unknown = set(raw) - _KNOWN
-        if unknown:
-            raise ModelSpecError(
-                f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_KNOWN)}"
-            )
+        _known_keys(raw, _KNOWN, where)
         task = raw.get("task")
         if not isinstance(task, str) or not task:
             raise ModelSpecError(f'{where}: set task = "<name>" (e.g. "blazeface")')
@@ -167,7 +178,42 @@ class ModelSpec:
             canary=policy,
             options=dict(raw.get("options", {})),
             tracking=tracking,
+            stages=_stages(raw.get("stages", []), name, where),
+            max_regions=_int_min(raw.get("max_regions", 50), 1, f"{where}: max_regions"),
         )
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A later stage: its network's file (in the version's folder) and how to feed it."""
+
+    file: str
+    spec: ModelSpec
+
+
+def _stages(raw: object, name: str, where: str) -> tuple[StageSpec, ...]:
+    if not (isinstance(raw, list) and all(isinstance(t, dict) for t in raw)):
+        raise ModelSpecError(f'{where}: stages must be tables, [[stages]] file = "rec.onnx" ...')
+    stages = []
+    for i, table in enumerate(raw):
+        at = f"{where}: stage {i + 1}"
+        _known_keys(table, _STAGE_KNOWN, at)
+        file = table.get("file")
+        if not isinstance(file, str) or Path(file).name != file or not file.endswith(".onnx"):
+            raise ModelSpecError(
+                f'{at}: file must name an .onnx file beside model.onnx, e.g. "rec.onnx"'
+            )
+        body = {k: v for k, v in table.items() if k != "file"}
+        body.setdefault("layout", "nchw")
+        spec = ModelSpec.from_dict(f"{name}/{Path(file).stem}", body)
+        stages.append(StageSpec(file, spec))
+    return tuple(stages)
+
+
+def _known_keys(raw: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = set(raw) - known
+    if unknown:
+        raise ModelSpecError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
 
 
 def _pos_int(v: object) -> bool:

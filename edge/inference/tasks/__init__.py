@@ -11,9 +11,12 @@ from edge.inference.tasks.base import Task
 from edge.inference.tasks.blazeface import BlazeFace
 from edge.inference.tasks.classify import Classification
 from edge.inference.tasks.textdet import DBText
+from edge.inference.tasks.textline import CTCText, TextAngle
 from edge.inference.tasks.yolo import Yolo
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (BlazeFace, DBText, Classification, Yolo)}
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls for cls in (BlazeFace, DBText, Classification, Yolo, TextAngle, CTCText)
+}
 
 
 def get_task(name: str) -> type[Task]:

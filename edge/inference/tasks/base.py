@@ -62,7 +62,10 @@ class Task(ABC):
             self.outputs = (*self.outputs, TRACK_IDS)
 
     def decode_hint(self) -> tuple[int, int]:
-        """The smallest (width, height) the decoder may scale the frame down to, at no loss."""
+        """The smallest (width, height) the decoder may scale the frame down to, at no loss.
+        A model with later stages crops the frame itself: it is decoded at full size."""
+        if self.spec.stages:
+            return (1 << 30, 1 << 30)
         return (self.spec.input_width, self.spec.input_height)
 
     @abstractmethod
