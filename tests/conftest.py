@@ -55,6 +55,21 @@ def text_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: the tracked model's lost_after_frames (tracked_repo)
+TRACKED_LOST_AFTER = 6
+
+
+@pytest.fixture(scope="session")
+def tracked_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BlazeFace as `faces`, tracked ([tracking], docs/models.md)."""
+    root = tmp_path_factory.mktemp("tracked-repo")
+    shutil.copytree(pulled / "blazeface", root / "faces")
+    toml = root / "faces" / "model.toml"
+    tracking = f"\n[tracking]\nenabled = true\nlost_after_frames = {TRACKED_LOST_AFTER}\n"
+    toml.write_text(toml.read_text() + tracking)
+    return root
+
+
 def jpeg(name: str, size: tuple[int, int] | None = None, quality: int = 85) -> bytes:
     im = Image.open(sample_image(name)).convert("RGB")
     if size is not None:

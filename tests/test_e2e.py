@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, Route
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+from edge.client.annotate import TRACK_COLOURS
 from tests.conftest import free_port, running, settings_for, wait_ready
 from tests.e2e_browser import (
     CAMERA_H,
@@ -26,6 +28,7 @@ from tests.e2e_browser import (
     write_y4m,
 )
 from tests.pace import deadline
+from tests.test_tracking import face
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -38,6 +41,7 @@ SNAPSHOT = """() => {
   const value = (id) => el(id).dataset.value;
   const overlay = el('overlay');
   const boxes = JSON.parse(overlay.dataset.boxes || '[]');
+  const colours = JSON.parse(overlay.dataset.colours || '[]');
   const dpr = overlay.width / Math.max(1, overlay.clientWidth);
   const ctx = overlay.getContext('2d');
   const alpha = (x, y) =>
@@ -47,6 +51,7 @@ SNAPSHOT = """() => {
   return {
     last: window.edgeLast || null,
     boxes,
+    colours,
     alphaOnEdge: alpha((x1 + x2) / 2, y1 + 1),
     alphaMirrored: alpha(overlay.clientWidth - (x1 + x2) / 2, (y1 + y2) / 2),
     video: [video.clientWidth, video.clientHeight, video.videoWidth, video.videoHeight],
@@ -75,6 +80,10 @@ SHOWS_FACE = """(transport) => {
     && el('stat-latency-p50').dataset.value !== ''
     && JSON.parse(el('overlay').dataset.boxes || '[]').length > 0;
 }"""
+
+
+#: the colour of a face without a track ID (edge/web/app.js)
+UNTRACKED_FACE = "#3fb950"
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -143,6 +152,7 @@ def check_face(snap: dict[str, Any]) -> None:
                 ox + FACE_IN_CAMERA[2] * scale, oy + FACE_IN_CAMERA[3] * scale]  # fmt: skip
     assert iou(snap["boxes"][0], expected) > 0.6, (snap["boxes"][0], expected)
     assert snap["alphaOnEdge"] > 0, "the overlay has no stroke on the box it says it drew"
+    assert snap["colours"][0] == UNTRACKED_FACE, "an untracked face is not in its usual colour"
     assert snap["alphaMirrored"] == 0, "the overlay is painted where there is no face"
 
 
@@ -338,3 +348,42 @@ async def test_without_a_camera_the_page_offers_the_models_and_start(face_repo: 
     assert "camera" in view["notice"].lower() and "press Start" in view["notice"], view
     assert again == view
     assert failed == [] and errors == []
+
+
+TWO_TRACKS_DRAWN = """() => {
+  const overlay = document.getElementById('overlay');
+  const ids = (window.edgeLast?.detections ?? []).map((d) => d.track_id);
+  const colours = JSON.parse(overlay.dataset.colours || '[]');
+  const labels = JSON.parse(overlay.dataset.labels || '[]');
+  return ids.length === 2 && new Set(ids).size === 2 && colours.length === 2
+    ? { ids, colours, labels } : null;
+}"""
+
+
+async def test_tracked_faces_are_drawn_in_their_tracks_colours(
+    tracked_repo: Path, tmp_path: Path
+) -> None:
+    """Guards against the dashboard drawing every track in one colour (or in a colour other
+    than `edge stream --annotate` gives the same track), or leaving the ID out of the label:
+    a camera showing two faces, a tracked model, two track IDs, two colours."""
+    picture = np.full((CAMERA_H, CAMERA_W, 3), 96, np.uint8)
+    f = face()
+    for x in (60, 420):
+        picture[150 : 150 + f.shape[0], x : x + f.shape[1]] = f
+    errors: list[str] = []
+    async with (
+        running(settings_for(tracked_repo)) as (url, _),
+        chromium(write_y4m(tmp_path / "two-faces.y4m", picture)) as browser,
+    ):
+        page = await open_page(browser, url + "/?transport=websocket&model=faces", errors)
+        try:
+            handle = await page.wait_for_function(TWO_TRACKS_DRAWN, timeout=wait_ms())
+        except PlaywrightTimeout:
+            snap = await page.evaluate(SNAPSHOT)
+            pytest.fail(f"two tracked faces not drawn within {wait_ms():.0f} ms: {snap}")
+        drawn = await handle.json_value()
+    ids, colours, labels = drawn["ids"], drawn["colours"], drawn["labels"]
+    assert colours == [TRACK_COLOURS[i % len(TRACK_COLOURS)] for i in ids], drawn
+    assert len(set(colours)) == 2 and UNTRACKED_FACE not in colours, drawn
+    assert [label.split()[:2] for label in labels] == [["face", f"#{i}"] for i in ids], drawn
+    assert errors == []

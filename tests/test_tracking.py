@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,12 @@ from PIL import Image
 
 from edge.inference.modelspec import ModelSpec, ModelSpecError
 from edge.inference.tracking import Tracker, TrackingSpec
-from tests.conftest import running, settings_for
+from tests.conftest import TRACKED_LOST_AFTER, running, settings_for
 from tests.imagedata import load_rgb
 from tests.pace import deadline, frame_cost, wait_until
 from tests.wsclient import Books, next_reply, open_stream, read_into
 
-LOST_AFTER = 6  # frames: the tracked model's lost_after_frames
+LOST_AFTER = TRACKED_LOST_AFTER  # frames
 W, H = 640, 360
 STEP = 4  # pixels a face moves each frame
 
@@ -93,18 +92,6 @@ def test_model_toml_tracking_table() -> None:
 
 
 # -- through the gateway ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tracked_repo(pulled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """BlazeFace as `faces`, tracked."""
-    root = tmp_path_factory.mktemp("tracked-repo")
-    shutil.copytree(pulled / "blazeface", root / "faces")
-    toml = root / "faces" / "model.toml"
-    toml.write_text(
-        toml.read_text() + f"\n[tracking]\nenabled = true\nlost_after_frames = {LOST_AFTER}\n"
-    )
-    return root
 
 
 @pytest.fixture

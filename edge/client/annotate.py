@@ -15,27 +15,39 @@ from typing import Any, cast
 from PIL import Image, ImageDraw
 
 from edge.client.errors import SourceError
-from edge.client.replies import Result
+from edge.client.replies import Detection, Result
 
 #: results waiting for the writer thread
 QUEUE = 32
 _STOP = object()
 COLOR = (255, 64, 32)
+#: a tracked detection's colours, picked by its track_id; the dashboard's (edge/web/app.js)
+TRACK_COLOURS = tuple("#e6194b #f58231 #ffe119 #bfef45 #42d4f4 #4363d8 #911eb4 #f032e6".split())
+
+
+def colour(d: Detection) -> str | tuple[int, int, int]:
+    """A tracked detection's track colour, the same on every frame (a stable hash of the ID:
+    neighbouring IDs, the tracks most often in view together, differ); COLOR otherwise."""
+    return COLOR if d.track_id is None else TRACK_COLOURS[abs(d.track_id) % len(TRACK_COLOURS)]
 
 
 def draw(image: Image.Image, result: Result) -> Image.Image:
-    """The picture with the result's boxes, keypoints and polygons drawn over it."""
+    """The picture with the result's boxes, keypoints and polygons drawn over it; a tracked
+    detection in its track's colour, its ID beside the label."""
     out = image.convert("RGB")
     pen = ImageDraw.Draw(out)
     width = max(2, round(max(out.size) / 240))
     for d in result.detections:
+        ink = colour(d)
         if d.box is not None:
-            pen.rectangle(d.box, outline=COLOR, width=width)
-            pen.text((d.box[0] + width, d.box[1] + width), f"{d.label} {d.score:.2f}", fill=COLOR)
+            pen.rectangle(d.box, outline=ink, width=width)
+            track = "" if d.track_id is None else f" #{d.track_id}"
+            text = f"{d.label}{track} {d.score:.2f}"
+            pen.text((d.box[0] + width, d.box[1] + width), text, fill=ink)
         for x, y in d.keypoints:
-            pen.ellipse((x - width, y - width, x + width, y + width), fill=COLOR)
+            pen.ellipse((x - width, y - width, x + width, y + width), fill=ink)
         if len(d.polygon) >= 3:
-            pen.polygon(d.polygon, outline=COLOR, width=width)
+            pen.polygon(d.polygon, outline=ink, width=width)
     if result.classes:
         best = result.classes[0]
         pen.text((width * 2, width * 2), f"{best.label} {best.score:.2f}", fill=COLOR)

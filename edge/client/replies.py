@@ -31,6 +31,8 @@ class Detection:
     box: tuple[float, float, float, float] | None = None
     keypoints: tuple[tuple[float, float], ...] = ()
     polygon: tuple[tuple[float, float], ...] = ()
+    #: a tracked model's: the same object across the stream's frames (docs/models.md)
+    track_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -189,11 +191,12 @@ def parse(text: str, connection: int = 0) -> Reply:
 
 
 def _detection(d: dict[str, Any]) -> Detection:
-    box = d.get("box")
+    box, track_id = d.get("box"), d.get("track_id")
     return Detection(
         label=str(d.get("label", "")),
         score=float(d.get("score", 0.0)),
         box=None if box is None else (float(box[0]), float(box[1]), float(box[2]), float(box[3])),
         keypoints=tuple((float(x), float(y)) for x, y in d.get("keypoints", ())),
         polygon=tuple((float(x), float(y)) for x, y in d.get("polygon", ())),
+        track_id=None if track_id is None else int(track_id),
     )

@@ -13,6 +13,9 @@ const BACKOFF_MAX_MS = 15000;
 const STALE_BOXES_MS = 1000; // boxes with no newer result for this long are cleared
 const STEADY_MS = 5000;
 const TOKEN_KEY = "edge-token"; // sessionStorage: kept for this tab only, never in the URL
+// A tracked detection's colour, picked by its track_id, the same on every frame; the same list
+// as `edge stream --annotate`'s (edge/client/annotate.py, TRACK_COLOURS).
+const TRACK_COLOURS = "#e6194b #f58231 #ffe119 #bfef45 #42d4f4 #4363d8 #911eb4 #f032e6".split(" ");
 
 // Events per second over a sliding window.
 function rate(windowMs = 2000) {
@@ -145,16 +148,18 @@ function draw(msg) {
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, overlay.clientWidth, overlay.clientHeight);
   overlay.dataset.boxes = "[]"; // what is drawn, in CSS pixels of the overlay, for tests
+  overlay.dataset.colours = overlay.dataset.labels = "[]";
   if (!msg) return;
   const { map } = displayed(msg.width, msg.height);
-  const boxes = [];
+  const [boxes, colours, labels] = [[], [], []];
   ctx.lineWidth = 3;
   ctx.font = "600 14px system-ui, sans-serif";
   for (const d of msg.detections ?? []) {
     const [x1, y1] = map(d.box.slice(0, 2));
     const [x2, y2] = map(d.box.slice(2, 4));
     boxes.push([x1, y1, x2, y2].map(Math.round));
-    ctx.strokeStyle = ctx.fillStyle = d.label === "face" ? "#3fb950" : "#58a6ff";
+    colours.push(colourOf(d));
+    ctx.strokeStyle = ctx.fillStyle = colours.at(-1);
     if (d.polygon) {
       ctx.beginPath();
       d.polygon.map(map).forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
@@ -164,13 +169,24 @@ function draw(msg) {
       ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     }
     for (const [x, y] of (d.keypoints ?? []).map(map)) ctx.fillRect(x - 2, y - 2, 4, 4);
-    label(ctx, `${d.label} ${d.score.toFixed(2)}`, x1, Math.max(18, y1 - 3));
+    const track = d.track_id == null ? "" : ` #${d.track_id}`;
+    labels.push(`${d.label}${track} ${d.score.toFixed(2)}`);
+    label(ctx, labels.at(-1), x1, Math.max(18, y1 - 3));
   }
   ctx.fillStyle = "#58a6ff";
   (msg.classes ?? []).forEach((c, i) => {
     label(ctx, `${c.label} ${c.score.toFixed(2)}`, 8, 26 + 20 * i);
   });
   overlay.dataset.boxes = JSON.stringify(boxes);
+  overlay.dataset.colours = JSON.stringify(colours);
+  overlay.dataset.labels = JSON.stringify(labels);
+}
+
+// A tracked detection in its track's colour (a stable hash of the ID: neighbouring IDs, the
+// tracks most often in view together, differ); others in the colour of their kind.
+function colourOf(d) {
+  if (d.track_id == null) return d.label === "face" ? "#3fb950" : "#58a6ff";
+  return TRACK_COLOURS[Math.abs(d.track_id) % TRACK_COLOURS.length];
 }
 
 // Text on a dark plate so it reads over any picture; (x, y) is its bottom left corner.
