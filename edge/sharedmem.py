@@ -10,8 +10,9 @@ Three parts, all fixed in size when the gateway starts:
   column per process, so when a process dies the supervisor zeroes its column and the slots it
   held come back. Changes take an `flock` on the file (held for microseconds; the kernel drops
   it if its holder dies). Keys are hashed to 64 bits; a key's row is freed when its counts
-  reach zero, which also forgets its bucket, as a client's bucket was forgotten when the
-  client left.
+  reach zero and its bucket is full again (one second after its last token at most), which
+  forgets the bucket: a client that has left is forgotten, and one whose requests or streams
+  follow one another keeps one budget across them.
 - **A board of canary decisions** (`canaries`, read and written by edge/models/canary/board.py): a
 row
   per model version on trial or decided, so that every process follows the one decision.
@@ -27,6 +28,7 @@ import hashlib
 import logging
 import mmap
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,11 @@ CANARY = np.dtype(
 )
 CANARY_ROWS = 64
 _EMPTY, _FREED = 0, 1  # key values a real hash never takes
+#: a client's bucket saves up one second of its rate, so one untouched this long is full again:
+#: until then its row outlives its last holder, or a client that opens one request or stream
+#: after another would start each with a fresh burst
+_REFILL_S = 1.0
+_clock = time.monotonic  # the clock of the buckets' `now` (a test sets its own)
 
 
 def _row(processes: int) -> np.dtype:
@@ -155,7 +162,7 @@ class Shared:
                 return i
             if k == _EMPTY:
                 break
-            if k == _FREED and free < 0:
+            if insert and free < 0 and (k == _FREED or self._idle(i)):
                 free = i
             i = (i + 1) % cap
         else:
@@ -166,6 +173,14 @@ class Shared:
         if slot >= 0:
             rows[slot] = (h, np.nan, 0.0, 0)
         return slot
+
+    def _idle(self, i: int) -> bool:
+        """Row `i` is held by nobody and its bucket is full: it may go."""
+        row = self.rows[i]
+        if row["counts"].any():
+            return False
+        spent = not np.isnan(row["tokens"]) and _clock() - row["at"] < _REFILL_S
+        return not spent
 
     def acquire(self, key: str, limit: int) -> bool:
         """Count one more holder of `key` for this process, unless `limit` (>0) holders exist
@@ -193,7 +208,7 @@ class Shared:
             counts = self.rows["counts"][i]
             if counts[self.index] > 0:
                 counts[self.index] -= 1
-            if not counts.any():
+            if self._idle(i):
                 self.rows["key"][i] = _FREED
 
     def count(self, key: str) -> int:
