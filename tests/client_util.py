@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from tests.imagedata import sample_image
-from tests.pace import deadline, wait_until
+from tests.pace import SLACK, deadline, start_cost, wait_until
 
 
 def make_video(path: Path, frames: int, fps: int = 10, photo: str = "astronaut.png") -> Path:
@@ -83,9 +83,12 @@ class StreamRun:
         return await self.finish()
 
     async def finish(self, frames: int = 50) -> tuple[int, str]:
+        """Wait for the run to end: (exit code, stderr). Allowed: starting the process (a
+        finish may be the whole run) and `frames` frames, at their costs measured here."""
         assert self.proc.stderr is not None
+        within = SLACK * start_cost() + deadline(frames=frames)
         try:
-            stderr = await asyncio.wait_for(self.proc.stderr.read(), deadline(frames=frames))
+            stderr = await asyncio.wait_for(self.proc.stderr.read(), within)
             rc = await asyncio.wait_for(self.proc.wait(), deadline())
         except asyncio.TimeoutError:
             self.proc.kill()

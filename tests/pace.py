@@ -9,7 +9,8 @@ the failure says what was still missing.
 
 `frame_cost(model)` is measured once per test process, the first time a test asks for it:
 the median time of one frame through the same stages a worker runs (decode, preprocess, the
-ONNX Runtime session on one thread, postprocess), here and now. Checks that something is fast
+ONNX Runtime session on one thread, postprocess), here and now; `start_cost()` likewise for
+starting a client process. Checks that something is fast
 enough measure their own reference in the same test instead (see test_overload.py).
 """
 
@@ -20,6 +21,8 @@ import functools
 import inspect
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -68,6 +71,18 @@ def measure_frame_cost(model: str = "blazeface") -> float:
     while len(times) < 5 or (sum(times) < 0.2 and len(times) < 50):
         times.append(one())
     return statistics.median(times)
+
+
+@functools.cache
+def start_cost() -> float:
+    """Seconds a Python process takes here to start and import what `edge stream` runs on
+    (the client, PyAV), measured on this machine at the first call: for a wait that includes
+    starting such a process."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "import edge.client.run, edge.client.sources, av"], check=True
+    )
+    return time.perf_counter() - t0
 
 
 def margin() -> float:

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from edge import sharedmem
 from edge.access.ratelimit import StreamQuota, TokenBucket, allow_frame
 from edge.compat import timeout
 from edge.core.outbox import Outbox
@@ -119,6 +120,32 @@ def test_a_flooding_stream_does_not_spend_its_siblings_budget() -> None:
     # No request context: the client limit needs one (the middleware sets it), so only the
     # stream limit applies here.
     assert [allow_frame(settings, streams[1], 0.0) for _ in range(5)] == [None] * 5
+
+
+@pytest.mark.unit
+def test_a_clients_budget_outlives_its_requests() -> None:
+    """Guards against a client's budget forgotten whenever it holds no stream: requests one
+    after another (each counted as a holder, one token, released) each started with a fresh
+    burst, so a client sending unary requests was never limited. Its row (and bucket) stays
+    while nobody holds it, until a new key needs the room."""
+    clock = [100.0]
+    shared = sharedmem.Shared(1, 64)
+    key, rate = "client:10.0.0.9", 20.0
+
+    def request() -> bool:
+        assert shared.acquire(key, 0)
+        try:
+            return shared.take_token(key, rate, clock[0]) is True
+        finally:
+            shared.release(key)
+
+    assert sum(request() for _ in range(40)) == rate  # one second's burst, not 40
+    clock[0] += 0.5
+    assert sum(request() for _ in range(40)) == rate / 2  # refilled at the rate
+    clock[0] += 1.0  # untouched for a second: full again
+    shared.acquire(key, 0)
+    shared.release(key)
+    assert shared.count(key) == 0 and sum(request() for _ in range(40)) == rate
 
 
 @pytest.mark.unit

@@ -78,6 +78,11 @@ class PhotoTrack(MediaStreamTrack):
         """Send no more frames."""
         self.frames = len(self.produced)
 
+    def seconds_left(self) -> float:
+        """How long, at its pace, the camera still films before it holds still."""
+        assert self.frames is not None
+        return max(0, self.frames - len(self.produced)) * self._period
+
     async def recv(self) -> VideoFrame:
         k = len(self.produced)
         if self.frames is not None and k >= self.frames:
@@ -139,10 +144,14 @@ class Client:
     async def settle(self, model: str = "blazeface") -> int:
         """Once the camera has sent its frames (held now if it had no count), the server's
         count of frames taken has stayed put and every one of them is answered: that count.
-        Allowed: the frames still in the decoder and the pipeline, at `model`'s cost here."""
+        Allowed: the time the camera still films, and every frame not yet answered (in the
+        encoder, the decoder or the pipeline) at `model`'s cost here."""
         assert self.track is not None and self.channel is not None
         if self.track.frames is None:
             self.track.hold()
+        assert self.track.frames is not None
+        outstanding = self.track.frames - len(self.books.replies)
+        within = self.track.seconds_left() + deadline(frames=3 + outstanding, model=model)
         last, n = -1, 0
 
         async def settled() -> bool:
@@ -158,7 +167,7 @@ class Client:
 
         await wait_until(
             settled,
-            deadline(frames=3, model=model),
+            within,
             lambda: f"{n} frames taken, unanswered: {set(range(n)) - set(self.books.replies)}",
         )
         assert self.track is not None

@@ -1,6 +1,12 @@
 """Regenerate edge/transports/grpc/gen/ from proto/: `python -m edge.transports.grpc.codegen`
-(needs grpcio-tools,
-in the `test` extra). tests/test_grpc_codegen.py fails when the committed modules are stale.
+(needs grpcio-tools TOOLS_VERSION, pinned in the `test` extra). tests/test_grpc_codegen.py fails
+when the committed modules are stale.
+
+The modules are generated with an old grpcio-tools on purpose: generated code refuses a
+protobuf runtime older than the protoc that made it, and grpc stubs a grpcio older than
+their generator, so the tools' age sets the floors of protobuf and grpcio in pyproject.toml
+(docs/deploy.md, "gRPC and protobuf versions"). 1.62.3 is the last release whose output
+checks neither: it needs protobuf 4.25.1 and grpcio 1.62.3, and runs on every newer 4.x to 7.x.
 
 Each proto in PROTOS is compiled as if it lived at edge/transports/grpc/gen/<name> (its
 `import "x.proto"`
@@ -11,6 +17,7 @@ of another one in PROTOS rewritten to match), so the generated modules import ea
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import sys
 import tempfile
@@ -20,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[3]
 PROTO_DIR = ROOT / "proto"
 GEN_DIR = Path(__file__).resolve().parent / "gen"
 PACKAGE = "edge/transports/grpc/gen"
+#: the grpcio-tools release the committed modules are generated with
+TOOLS_VERSION = "1.62.3"
 #: the protos to compile, in proto/; a service another module adds puts its file here
 PROTOS = ["inference.proto", "grpc_predict_v2.proto"]
 
@@ -81,7 +90,22 @@ def _own_pool(text: str, name: str) -> str:
     return head + "\n" + _POOL_IMPORT + sep.lstrip("\n") + tail.replace(_DEFAULT_POOL, _OWN_POOL)
 
 
+def tools_version() -> str | None:
+    """The grpcio-tools release installed here, or None."""
+    try:
+        return importlib.metadata.version("grpcio-tools")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def main() -> int:
+    if (found := tools_version()) != TOOLS_VERSION:
+        print(
+            f"codegen: grpcio-tools {found or 'is not installed'}; the modules are generated "
+            f"with {TOOLS_VERSION}: pip install 'grpcio-tools=={TOOLS_VERSION}'",
+            file=sys.stderr,
+        )
+        return 2
     for path in generate(GEN_DIR):
         print(f"wrote {path.relative_to(ROOT)}")
     return 0
