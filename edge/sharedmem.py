@@ -58,7 +58,7 @@ CANARY = np.dtype(
         ("by", "<i8"),
         ("gen", "<i8"),
         ("figures", "<f8", (8,)),
-        ("policy", "<f8", (6,)),
+        ("policy", "<f8", (9,)),
         ("version", "S32"),
         ("reason", "S480"),
     ]

@@ -32,14 +32,15 @@ pytestmark = pytest.mark.integration
 BUDGET = 120
 #: generous against noise: a copy of the model measures about 1, the slowed one 3 or more
 LATENCY_LIMIT = 2.0
-CANARY = f"""
-[canary]
-share = 0.5
+CANARY = f"""share = 0.5
 frames = {BUDGET}
 max_error_rate = 0.02
 max_latency_ratio = {LATENCY_LIMIT}
 min_agreement = 0.9
 """
+#: no minimum of streams, clients or time before a verdict: these trials test the figures,
+#: from one client (tests/test_canary_steer.py tests the minimums)
+NO_MINIMUMS = "min_streams = 1\nmin_clients = 1\nmin_seconds = 0\n"
 STREAMS = 4
 FPS = 40.0
 
@@ -77,13 +78,20 @@ async def _decided(
     return rows[version]
 
 
+def canary_repo(pulled: Path, root: Path, canary: str = "", minimums: str = NO_MINIMUMS) -> Path:
+    """A repository with version 1 whose model.toml's [canary] has `canary` and `minimums`
+    (by default, none)."""
+    repo = face_repo_copy(pulled, root)
+    toml = repo / "blazeface" / "model.toml"
+    toml.write_text(toml.read_text() + "\n[canary]\n" + canary + minimums)
+    return repo
+
+
 async def trial(pulled: Path, tmp_path: Path, face_jpeg: bytes, data: bytes | None) -> Outcome:
     """Streams run on version 1; version 2 (`data`, or a copy of version 1) is dropped into
     the repository the way an OTA update does; wait for its decision, keep the streams
     running a little longer, then stop them and account for every frame."""
-    repo = face_repo_copy(pulled, tmp_path / "repo")
-    toml = repo / "blazeface" / "model.toml"
-    toml.write_text(toml.read_text() + CANARY)
+    repo = canary_repo(pulled, tmp_path / "repo", CANARY)
     settings = settings_for(repo, watch_models_s=0.1)
     async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         clients = [await open_stream(http, url) for _ in range(STREAMS)]
@@ -213,7 +221,7 @@ async def test_rolled_back_stays_until_retried_or_a_newer_one_arrives(
     """Guards against a rolled-back version coming back by itself on the next rescan, and
     against an operator who cannot retry it: the load call's body sets the canary policy
     and asks for the retry; a newer version is tried against the incumbent, and promoted."""
-    repo = face_repo_copy(pulled, tmp_path / "repo")
+    repo = canary_repo(pulled, tmp_path / "repo")
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
         load = url + "/v1/models/blazeface/load"
         async with http.post(load, json={"canary": {"share": 1.5}}) as r:
@@ -265,9 +273,7 @@ async def test_with_two_processes_the_gateway_decides_once(
     """Guards against serving processes that decide differently on one version: the process
     that runs the canary's frames rolls it back, the other, which has run none of them,
     follows at once, and the decision is counted once."""
-    repo = face_repo_copy(pulled, tmp_path / "repo")
-    toml = repo / "blazeface" / "model.toml"
-    toml.write_text(toml.read_text() + "\n[canary]\nshare = 1.0\nframes = 50\n")
+    repo = canary_repo(pulled, tmp_path / "repo", "share = 1.0\nframes = 50\n")
     gw = await start(spawn_gateway, repo)
     add_version(pulled, repo, "2", canary_models.erroring())
     async with fresh() as probe, probe.post(gw.url + "/v1/models/blazeface/load") as r:
@@ -318,7 +324,7 @@ async def test_a_version_that_fails_at_run_time_is_rolled_back(
     """Guards against a canary judged on postprocessing alone: a session that raises at run
     time, after a clean warm-up, fails the trial too; its frames are answered
     `inference_failed`, each once, and the stream goes on with version 1."""
-    repo = face_repo_copy(pulled, tmp_path / "repo")
+    repo = canary_repo(pulled, tmp_path / "repo")
     async with running(settings_for(repo)) as (url, app), aiohttp.ClientSession() as http:
         add_version(pulled, repo, "2")
         body = {"canary": {"share": 1.0, "frames": 50}}
@@ -357,7 +363,7 @@ async def test_a_promoted_version_serves_every_way_in(
     """Guards against a promoted version that routing refuses: once promoted (state
     `promoted`, not `ready`), a stream pinned to it opens and a KServe request, which runs on
     the version serving by pinning it, is answered, instead of unknown_model / unavailable."""
-    repo = face_repo_copy(pulled, tmp_path / "repo")
+    repo = canary_repo(pulled, tmp_path / "repo")
     async with running(settings_for(repo)) as (url, _), aiohttp.ClientSession() as http:
         await _every_stream_tries(http, url, pulled, repo, frames=20)
         ws, books = await open_stream(http, url)

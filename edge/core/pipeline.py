@@ -289,7 +289,7 @@ class Pipeline:
         """Feed the canary trial this batch takes part in, if any (edge/models/canary/): the
         frames with an image (a raw input, KServe's NAME.raw, is not judged), and the batch
         run on the incumbent too when asked (`cost_s` is None when the batch failed)."""
-        judged = [p for f, p in zip(ready, payloads, strict=True) if f.image is not None]
+        judged = [(f, p) for f, p in zip(ready, payloads, strict=True) if f.image is not None]
 
         def rerun(incumbent: LoadedModel) -> tuple[float, list[float]]:
             assert batch is not None
@@ -306,7 +306,8 @@ class Pipeline:
             )
             return cost, agreements
 
-        self._repo.canaries.judge(model, judged, cost_s, rerun)
+        sources = [(f.stream.id, f.stream.client) for f, _ in judged]
+        self._repo.canaries.judge(model, [p for _, p in judged], cost_s, rerun, sources)
 
     def error(
         self, stream: Stream, frame: Frame, code: str, message: str, stage: str, model: str = ""

@@ -140,10 +140,11 @@ class StreamSession(ABC, Generic[C]):
     def closing(self) -> bool:
         return self._closing
 
-    def open(self, route: Route) -> Stream:
-        """Open the stream on `route` (raises UnknownModel) and count the session."""
+    def open(self, route: Route, client: str | None) -> Stream:
+        """Open the stream on `route` for the client at address `client` (raises
+        UnknownModel) and count the session."""
         stream = self.stream = streams.open_stream(
-            self.services, self.transport, route, self.send, wire=self.wire
+            self.services, self.transport, route, self.send, wire=self.wire, client=client
         )
         self.services.metrics.active_streams.labels(self.transport).inc()
         self.services.session_opened(self)

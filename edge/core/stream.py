@@ -44,6 +44,7 @@ class Stream:
     stats_every_s: float = 0.0  # periodic stats messages; 0: only on request
     publish: bool = True  # results go to the sinks (edge/sinks), if there are any
     topic: str = ""  # the stream's topic suffix at the sinks; "": its session id
+    client: str = ""  # the client's address (as aiohttp's request.remote); "": unknown
     # guarded by the scheduler's lock
     slot: Frame | None = None
     busy: bool = False

@@ -36,10 +36,11 @@ def open_stream(
     send: Send,
     session: str | None = None,
     wire: Wire[Any] = codec.JSON,
+    client: str | None = None,
 ) -> Stream:
     """A stream bound to a model (raises UnknownModel), with its outbox wired to metrics;
     its replies are encoded by `wire` (docs/protocol.md's JSON unless the transport says)
-    and written by `send`."""
+    and written by `send`; `client` is the client's address (None: unknown)."""
     session = session or new_session_id()
     routed = services.repo.route(route, session)
     m = services.metrics
@@ -64,6 +65,7 @@ def open_stream(
         route=routed.route,
         outbox=outbox,
         model_label=routed.model.name,
+        client=client or "",
     )
     holder.append(stream)
     outbox.tap = services.publisher.tap(stream)
@@ -144,6 +146,7 @@ async def infer_once(
     threshold: float | None = None,
     max_age_s: float | None = None,
     publish: bool = True,
+    client: str | None = None,
 ) -> Answer | None:
     """One frame (seq 0) on a stream of its own, through the same scheduler as the streams
     (fair with them, batched, counted): its one answer (a result, an error or a drop notice),
@@ -154,7 +157,7 @@ async def infer_once(
         if not answer.done() and not isinstance(message, Notice):
             answer.set_result(message)
 
-    stream = open_stream(services, transport, route, send, wire=Typed())
+    stream = open_stream(services, transport, route, send, wire=Typed(), client=client)
     stream.threshold, stream.max_age_s, stream.publish = threshold, max_age_s, publish
     sender = asyncio.create_task(stream.outbox.run(), name=f"sender-{stream.id}")
     try:

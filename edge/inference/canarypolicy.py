@@ -13,6 +13,16 @@ _LIMITS = {
     "share": (0.0, 1.0),
     "max_error_rate": (0.0, 1.0),
     "min_agreement": (0.0, 1.0),
+    "min_seconds": (0.0, 86400.0),
+}
+#: the distinct streams and clients a trial remembers (edge/models/canary/trial.py): the
+#: most a minimum may ask for
+MOST_SEEN = 1000
+#: the integer keys and their bounds
+_COUNTS: dict[str, tuple[int, int | None]] = {
+    "frames": (1, None),
+    "min_streams": (1, MOST_SEEN),
+    "min_clients": (1, MOST_SEEN),
 }
 
 
@@ -36,6 +46,13 @@ class CanaryPolicy:
     max_latency_ratio: float = 1.5
     #: the mean agreement of its detections with the incumbent's, on the same frames
     min_agreement: float = 0.8
+    #: no verdict until the trial has judged frames of this many distinct streams (in the
+    #: process that decides), so one stream cannot decide a version
+    min_streams: int = 3
+    #: ... and of this many distinct client addresses, so one client cannot
+    min_clients: int = 2
+    #: ... and has run this long (seconds), so a burst of frames cannot
+    min_seconds: float = 60.0
 
     def updated(self, raw: Mapping[str, Any], where: str) -> CanaryPolicy:
         """This policy with the keys of `raw` replaced, each checked."""
@@ -51,9 +68,12 @@ class CanaryPolicy:
                 if not isinstance(value, bool):
                     raise CanaryPolicyError(f"{where}: enabled must be true or false")
                 values[key] = value
-            elif key == "frames":
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise CanaryPolicyError(f"{where}: frames must be an integer >= 1")
+            elif key in _COUNTS:
+                least, most = _COUNTS[key]
+                whole = isinstance(value, int) and not isinstance(value, bool)
+                if not whole or value < least or (most is not None and value > most):
+                    bounds = f"between {least} and {most}" if most else f">= {least}"
+                    raise CanaryPolicyError(f"{where}: {key} must be an integer {bounds}")
                 values[key] = value
             else:
                 if not isinstance(value, int | float) or isinstance(value, bool):
@@ -61,8 +81,8 @@ class CanaryPolicy:
                 lo, hi = _LIMITS.get(key, (1.0, math.inf))
                 if not lo <= float(value) <= hi or (key == "share" and value == 0):
                     bounds = f"in ({lo:g}, {hi:g}]" if key == "share" else f">= {lo:g}"
-                    if key in ("max_error_rate", "min_agreement"):
-                        bounds = "between 0 and 1"
+                    if key in ("max_error_rate", "min_agreement", "min_seconds"):
+                        bounds = f"between {lo:g} and {hi:g}"
                     raise CanaryPolicyError(f"{where}: {key} must be {bounds}, not {value!r}")
                 values[key] = float(value)
         return replace(self, **values)

@@ -33,9 +33,11 @@ from edge.kserve.tensors import DTYPES, Tensor, datatype_of
 from edge.models.repository import Route, UnknownModel
 
 
-async def infer(services: Services, request: InferRequest, transport: str) -> InferResponse:
-    """Answer `request`, or raise KServeError; nothing is queued for a request that fails
-    its checks."""
+async def infer(
+    services: Services, request: InferRequest, transport: str, client: str | None = None
+) -> InferResponse:
+    """Answer `request` from the client at address `client`, or raise KServeError; nothing
+    is queued for a request that fails its checks."""
     target = Target.parse(request.model)
     model = metadata.resolve(services.repo, target, request.version)
     threshold = _threshold(request.parameters)
@@ -46,7 +48,7 @@ async def infer(services: Services, request: InferRequest, transport: str) -> In
         names = list(model.output_names)
         _check_outputs(target, request, names)
         replies = await asyncio.gather(
-            *(one_frame(services, transport, route, row, None, publish=False) for row in rows)
+            *(one_frame(services, transport, route, row, None, False, client) for row in rows)
         )
         arrays = [_outputs_of(reply) for reply in replies]
         outputs = [
@@ -55,7 +57,8 @@ async def infer(services: Services, request: InferRequest, transport: str) -> In
     else:
         image = image_of(services, model, request)
         _check_outputs(target, request, [t.name for t in metadata.pipeline_outputs(model)])
-        result = _result_of(await one_frame(services, transport, route, image, threshold))
+        reply = await one_frame(services, transport, route, image, threshold, client=client)
+        result = _result_of(reply)
         try:
             outputs = pipeline_tensors(model.task, result)
         except ValueError as e:  # NaN or an infinity, which the result's JSON cannot hold
@@ -126,11 +129,14 @@ async def one_frame(
     data: bytes | RawInput,
     threshold: float | None,
     publish: bool = True,
+    client: str | None = None,
 ) -> Answer:
     """One frame through the scheduler as a one-frame stream (common.infer_once); its answer
     (a result, a drop notice or an error), or KServeError when none comes in time."""
     try:
-        reply = await common.infer_once(services, transport, route, data, threshold, None, publish)
+        reply = await common.infer_once(
+            services, transport, route, data, threshold, None, publish, client
+        )
     except UnknownModel as e:  # the version went away since it was resolved
         raise KServeError("unavailable", str(e)) from None
     if reply is None:

@@ -139,7 +139,7 @@ async def _infer(request: web.Request, services: Services) -> web.Response:
         return _bad("threshold must be a number between 0 and 1", 400, "bad_request")
 
     # Through the same scheduler as the streams: fair with them, batched, counted.
-    reply = await common.infer_once(services, TRANSPORT, route, body, th)
+    reply = await common.infer_once(services, TRANSPORT, route, body, th, client=request.remote)
     if reply is None:
         return _bad("no result in time", 503, "timeout")
     try:

@@ -148,7 +148,7 @@ async def _infer(
         )
 
     req = await _parsed(parse, len(body))
-    response = await infer(services, req, TRANSPORT)
+    response = await infer(services, req, TRANSPORT, request.remote)
     data, json_length = await _off_loop(lambda: rest.encode_response(response, req), 0)
     if json_length is None:
         return web.Response(body=data, content_type="application/json")

@@ -142,7 +142,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return ws
         session = WebSocketSession(services, ws)
         try:
-            session.open(route)
+            session.open(route, request.remote)
         except UnknownModel as e:  # the model went away between the check and the upgrade
             await ws.send_str(codec.error(None, "unknown_model", str(e)))
             await ws.close(code=WSCloseCode.POLICY_VIOLATION)

@@ -40,7 +40,19 @@ FIGURES = (
     "compared",
 )
 #: the policy keys the load call may set, in the order a model's row keeps them
-POLICY = ("enabled", "share", "frames", "max_error_rate", "max_latency_ratio", "min_agreement")
+POLICY = (
+    "enabled",
+    "share",
+    "frames",
+    "max_error_rate",
+    "max_latency_ratio",
+    "min_agreement",
+    "min_streams",
+    "min_clients",
+    "min_seconds",
+)
+#: the policy keys whose values are whole numbers
+_COUNTS = ("frames", "min_streams", "min_clients")
 
 
 @dataclass(frozen=True)
@@ -179,5 +191,5 @@ class Board:
         raw: dict[str, Any] = {}
         for k, v in zip(POLICY, self.rows["policy"][i], strict=True):
             if not math.isnan(v):
-                raw[k] = bool(v) if k == "enabled" else int(v) if k == "frames" else float(v)
+                raw[k] = bool(v) if k == "enabled" else int(v) if k in _COUNTS else float(v)
         return base.updated(raw, f"canary settings of {name}") if raw else base

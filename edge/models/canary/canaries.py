@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge.inference.canarypolicy import CanaryPolicy
@@ -99,9 +99,11 @@ class Canaries:
         log.info(
             "model %s@%s: canary on a share of %g of the streams against version %s; promoted "
             "after %d frames within limits (error rate +%g, latency p95 ratio %g, agreement "
-            "%g), rolled back as soon as it fails",
+            "%g), rolled back as soon as it fails; no verdict before %d streams of %d clients "
+            "over %g s",
             state.name, state.version, policy.share, incumbent.version, policy.frames,
             policy.max_error_rate, policy.max_latency_ratio, policy.min_agreement,
+            policy.min_streams, policy.min_clients, policy.min_seconds,
         )  # fmt: skip
 
     def _serve(self, m: ModelVersions, state: VersionState) -> None:
@@ -149,10 +151,12 @@ class Canaries:
         payloads: list[dict[str, Any] | None],
         cost_s: float | None,
         rerun: Rerun,
+        sources: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Feed the trial `model` takes part in, if any, one batch: `payloads`, each judged
         frame's result (None: answered with an error); `cost_s`, what the batch's run cost
-        (`LoadedModel.run_costed`; None: it failed). The incumbent's batches count its errors;
+        (`LoadedModel.run_costed`; None: it failed); `sources`, each judged frame's (stream
+        id, client address). The incumbent's batches count its errors;
         a canary's batch is run on the incumbent too (`rerun`), for latency and agreement. A
         verdict is published and applied; else a decision another process took is followed."""
         canary = self._trial_of(model)
@@ -172,7 +176,7 @@ class Canaries:
                 log.warning(
                     "canary %s: incumbent %s failed: %s", model.ref, canary.incumbent.ref, e
                 )
-        verdict = canary.trial.canary_batch(n, errors, agreements, seconds)
+        verdict = canary.trial.canary_batch(n, errors, agreements, seconds, sources)
         self._show(canary)
         if verdict is not None:
             self._decide(canary, verdict)

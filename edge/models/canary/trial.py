@@ -22,18 +22,24 @@ soon as the evidence is decisive: when the errors or the disagreement already ex
 whole budget allows, or when, after a quarter of the budget, the median ratio is over the
 limit (the median of that many runs is not moved by a few slow ones). Only the first verdict
 is returned.
+
+No verdict either way until the evidence comes from more than one client: the trial has
+judged frames of `min_streams` distinct streams from `min_clients` distinct client addresses
+and has run `min_seconds`; until then it keeps collecting. These are what this process saw:
+each process runs its own trial (edge/models/canary/canaries.py).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from edge.inference.canarypolicy import CanaryPolicy
+from edge.inference.canarypolicy import MOST_SEEN, CanaryPolicy
 
 #: a limit met exactly is met, whatever the rounding of (1 - 0.8) x 100
 _EPS = 1e-9
@@ -53,9 +59,14 @@ def percentile(values: list[float], q: float) -> float:
 class Trial:
     """The evidence one serving process gathers on a canary; fed by worker threads."""
 
-    def __init__(self, policy: CanaryPolicy) -> None:
+    def __init__(self, policy: CanaryPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
+        self._clock = clock
+        self._started = clock()
         self._lock = threading.Lock()
+        #: the distinct streams and client addresses whose canary frames it judged (up to MOST_SEEN)
+        self._streams: set[str] = set()
+        self._clients: set[str] = set()
         self.served = self.errors = 0  # canary frames, and those answered with an error
         self.incumbent_served = self.incumbent_errors = 0
         self.compared = 0  # canary frames whose detections were compared with the incumbent's
@@ -76,13 +87,20 @@ class Trial:
         errors: int,
         agreements: Sequence[float] = (),
         seconds: tuple[float, float] | None = None,
+        sources: Iterable[tuple[str, str]] = (),
     ) -> Verdict | None:
         """Record one canary batch: its frames, those that failed, the agreement of each
-        compared frame, and (canary, incumbent) session seconds per frame. Returns the verdict
-        the first time one is reached, else None."""
+        compared frame, (canary, incumbent) session seconds per frame, and the (stream id,
+        client address) of each frame. Returns the verdict the first time one is reached,
+        else None."""
         with self._lock:
             if self.verdict is not None:
                 return None
+            for stream, client in sources:
+                if len(self._streams) < MOST_SEEN:
+                    self._streams.add(stream)
+                if len(self._clients) < MOST_SEEN:
+                    self._clients.add(client)
             self.served += frames
             self.errors += errors
             self.compared += len(agreements)
@@ -113,25 +131,52 @@ class Trial:
             "incumbent_latency_p95_ms": incumbent_p95 * 1e3,
             "latency_ratio": canary_p95 / incumbent_p95 if incumbent_p95 > 0 else math.nan,
             "latency_p50_ratio": canary_p50 / incumbent_p50 if incumbent_p50 > 0 else math.nan,
+            "streams": len(self._streams),
+            "clients": len(self._clients),
+            "seconds": self._clock() - self._started,
         }
 
     def _incumbent_rate(self) -> float:
         return self.incumbent_errors / self.incumbent_served if self.incumbent_served else 0.0
 
+    def _heard_enough(self, f: dict[str, float]) -> bool:
+        """Whether the evidence is broad enough for any verdict: enough distinct streams and
+        clients, over enough time."""
+        p = self.policy
+        return (
+            f["streams"] >= p.min_streams
+            and f["clients"] >= p.min_clients
+            and f["seconds"] >= p.min_seconds
+        )
+
     def _judge(self) -> Verdict | None:
         p, f = self.policy, self._figures()
-        budget = p.frames
+        if not self._heard_enough(f):
+            return None  # keep collecting
+        if self.served < p.frames:
+            return self._judge_early(f)
+        return self._judge_budget(f)
+
+    def _judge_early(self, f: dict[str, float]) -> Verdict | None:
+        """Decisive before the budget is spent: no outcome of the frames left could pass."""
+        p, budget = self.policy, self.policy.frames
         error_limit = p.max_error_rate + self._incumbent_rate()
-        # decisive before the budget is spent: no outcome of the frames left could pass
         if self.errors > error_limit * budget + _EPS:
             return self._fail(f, [self._error_text(f, error_limit, early=True)])
         if self.compared - self._agreement > (1 - p.min_agreement) * budget + _EPS:
             return self._fail(f, [self._agreement_text(f, early=True)])
-        ratio, median = f["latency_ratio"], f["latency_p50_ratio"]
-        if len(self._canary_s) >= max(10, budget // 4) and median > p.max_latency_ratio:
+        if len(self._canary_s) >= max(10, budget // 4) and (
+            f["latency_p50_ratio"] > p.max_latency_ratio
+        ):
             return self._fail(f, [self._latency_text(f, early=True)])
-        if self.served < budget:
-            return None
+        return None
+
+    def _judge_budget(self, f: dict[str, float]) -> Verdict:
+        """The budget is spent (or more, while the minimums were not met): every limit, on
+        every frame judged."""
+        p = self.policy
+        error_limit = p.max_error_rate + self._incumbent_rate()
+        ratio, median = f["latency_ratio"], f["latency_p50_ratio"]
         failed = []
         if f["error_rate"] > error_limit + _EPS:
             failed.append(self._error_text(f, error_limit))
@@ -146,7 +191,8 @@ class Trial:
             f"passed {self.served} frames: error rate {f['error_rate']:.1%} (incumbent "
             f"{f['incumbent_error_rate']:.1%}), latency ratio p95 {ratio:.2f} and median "
             f"{median:.2f} (limit {p.max_latency_ratio:g}), agreement "
-            f"{f['agreement']:.3f} (at least {p.min_agreement:g})",
+            f"{f['agreement']:.3f} (at least {p.min_agreement:g}); from {f['streams']:g} "
+            f"streams of {f['clients']:g} clients over {f['seconds']:.0f} s",
             f,
         )
 

@@ -80,9 +80,10 @@ async def serve_stream(
         except NotAdmitted as e:
             await abort(context, e.refusal)
         session = GrpcStreamSession(services, context, translation, transport, first)
-        with client_of(app[CLIENTS], peer_host(context.peer())):
+        client = peer_host(context.peer())
+        with client_of(app[CLIENTS], client):
             try:
-                session.open(route)
+                session.open(route, client)
             except UnknownModel as e:  # the model went away between the check and the run
                 await context.abort(Code.NOT_FOUND, f"unknown_model: {e}")
             await session.run()

@@ -76,9 +76,9 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     async def Predict(  # noqa: N802 (the method's name in the proto)
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> Response:
-        services = self.services
+        services, client = self.services, calls.peer_host(context.peer())
         try:
-            hold = admission.admit_request(services, TRANSPORT, calls.peer_host(context.peer()))
+            hold = admission.admit_request(services, TRANSPORT, client)
         except NotAdmitted as e:
             await calls.abort(context, e.refusal)
         with hold:
@@ -100,7 +100,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
                 await context.abort(Code.INVALID_ARGUMENT, f"bad_message: {e}")
             max_age_s = max_age_ms / 1000 if max_age_ms else None
             reply = await common.infer_once(
-                services, TRANSPORT, route, request.payload, threshold, max_age_s
+                services, TRANSPORT, route, request.payload, threshold, max_age_s, client=client
             )
             if reply is None:
                 await context.abort(Code.DEADLINE_EXCEEDED, "timeout: no result in time")

@@ -130,10 +130,9 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        client = calls.peer_host(context.peer())
         try:
-            hold = admission.admit_request(
-                self.services, TRANSPORT, calls.peer_host(context.peer())
-            )
+            hold = admission.admit_request(self.services, TRANSPORT, client)
         except NotAdmitted as e:
             await calls.abort(context, e.refusal)
         try:
@@ -143,7 +142,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
                     req = await asyncio.to_thread(to_request, request, limit)
                 else:
                     req = to_request(request, limit)
-                response = await infer(self.services, req, TRANSPORT)
+                response = await infer(self.services, req, TRANSPORT, client)
         except KServeError as e:
             await context.abort(calls.status(e.kind), e.message)
         return to_response(response)

@@ -50,11 +50,13 @@ class Peers:
         self._runs: dict[WebRTCSession, asyncio.Task[None]] = {}
         self.closed = False
 
-    def open(self, services: Services, route: Route, offer: Offer) -> WebRTCSession:
+    def open(
+        self, services: Services, route: Route, offer: Offer, client: str | None
+    ) -> WebRTCSession:
         session = WebRTCSession(
             services, offer, self.configuration, self.draw, self.sessions.discard
         )
-        session.open(route)  # UnknownModel
+        session.open(route, client)  # UnknownModel
         self.sessions.add(session)
         return session
 
@@ -130,7 +132,7 @@ async def handle(request: web.Request) -> web.Response:
         admission.take_stream_slot(request.remote)
         admission.hold(auth.keep_stream_slot(request))
         try:
-            session = peers.open(services, route, offer)
+            session = peers.open(services, route, offer, request.remote)
         except UnknownModel as e:  # the model went away since the check
             raise admission.refuse(unknown_model(e)) from None
     except NotAdmitted as e:
