@@ -83,6 +83,13 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=r,
         )
+        self.stage_batch_size = Histogram(
+            "edge_stage_batch_size",
+            "Crops per run of a model's later stage (model.toml [[stages]]), by its task",
+            ["model", "task"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+            registry=r,
+        )
         self.batch_limit = Gauge(
             "edge_batch_limit",
             "Frames a batch may gather now: the measured best size up to max_batch",

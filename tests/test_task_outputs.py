@@ -44,7 +44,7 @@ class OneModel:
     """A repository serving one model, version 1, whose task is `task`."""
 
     def __init__(self, task: Any) -> None:
-        self.model = SimpleNamespace(task=task)
+        self.model = SimpleNamespace(task=task, stages=[])
 
     def names(self) -> list[str]:
         return ["m"]

@@ -37,7 +37,7 @@ from edge.frames import (
 )
 from edge.inference.decode import decode
 from edge.inference.engine import LoadedModel
-from edge.inference.stages import run_stages
+from edge.inference.stages import OnBatch, run_stages
 from edge.metrics import Metrics
 from edge.models.repository import Repository
 from edge.models.shadow import run_shadow, second_opinion
@@ -225,7 +225,13 @@ class Pipeline:
                 payload = model.task.postprocess(rows, f.context, image, floor)
                 if model.stages:
                     payload = run_stages(
-                        model.stages, model.spec, model.task.rows, image, payload, index
+                        model.stages,
+                        model.spec,
+                        model.task.rows,
+                        image,
+                        payload,
+                        index,
+                        self._stage_batch(model),
                     )
                 tracks.follow(self._metrics, stream, model, payload, threshold, frame.seq)
                 done = time.monotonic()
@@ -240,6 +246,11 @@ class Pipeline:
             return None
         self._push(Reply(stream, result, message, frame.received_at, model.name, text))
         return payload, done
+
+    def _stage_batch(self, model: LoadedModel) -> OnBatch:
+        """What observes the batch sizes of `model`'s later stages, labelled by task."""
+        sizes = self._metrics.stage_batch_size
+        return lambda stage, n: sizes.labels(model.name, stage.task.name).observe(n)
 
     def _trace(self, model: LoadedModel, f: InFlight, run: BatchRun, done: float) -> None:
         if self._tracer is None:

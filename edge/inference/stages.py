@@ -58,22 +58,27 @@ def make_stage(
     return Stage(file, task, sessions)
 
 
+#: told each stage run's batch size (the pipeline observes it in /metrics)
+OnBatch = Callable[[Stage, int], None]
+
+
 def run_stages(
     stages: list[Stage], spec: ModelSpec, rows: str, image: Image, payload: dict[str, Any],
-    worker: int,
+    worker: int, on_batch: OnBatch | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """`payload` with its regions (`payload[rows]`) bounded and given each stage's fields."""
+    """`payload` with its regions (`payload[rows]`) bounded and given each stage's fields;
+    `on_batch` is told the size of every batch a stage runs."""
     regions = sorted(payload.get(rows, []), key=lambda r: -float(r.get("score", 0.0)))
     regions = regions[: spec.max_regions]
     if regions and stages:
         crops = [crop_upright(image, _corners(r, stages[0].task.takes)) for r in regions]
         for stage in stages:
-            crops = _run_stage(stage, crops, regions, worker)
+            crops = _run_stage(stage, crops, regions, worker, on_batch)
     return {**payload, rows: regions}
 
 
-def _run_stage(stage: Stage, crops: list[Image], regions: list[dict[str, Any]], worker: int
-               ) -> list[Image]:  # fmt: skip
+def _run_stage(stage: Stage, crops: list[Image], regions: list[dict[str, Any]], worker: int,
+               on_batch: OnBatch | None) -> list[Image]:  # fmt: skip
     task = stage.task
     threshold = task.spec.threshold
     samples = [task.preprocess(c)[0] for c in crops]
@@ -85,6 +90,8 @@ def _run_stage(stage: Stage, crops: list[Image], regions: list[dict[str, Any]], 
         picked = [samples[i] for i in chunk]
         batch = _pad(picked, task.batch_width([s.shape[-1] for s in picked]))
         outputs = stage.run(batch, worker)
+        if on_batch is not None:
+            on_batch(stage, len(chunk))
         for row, i in enumerate(chunk):
             fields = task.postprocess([o[row] for o in outputs], None, crops[i], threshold)
             regions[i].update({k: fields[k] for k in task.gives})

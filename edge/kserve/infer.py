@@ -6,7 +6,7 @@ metrics under the transport's label, answered once. A request is checked against
 before anything is queued, so a bad tensor never reaches a worker.
 
 - pipeline (`NAME`): the `image` element is the frame; its typed result becomes the tensors
-  its task declares (`Task.outputs`) and its JSON (`result`).
+  its task and later stages declare (metadata.declared) and its JSON (`result`).
 - raw (`NAME.raw`): each row of the input is one frame (`RawInput`) that skips decode,
   preprocess and postprocess; the rows' outputs (arrays, as the network made them) are
   stacked back into the batch.
@@ -15,6 +15,7 @@ before anything is queued, so a bad tensor never reaches a worker.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ async def infer(
         reply = await one_frame(services, transport, route, image, threshold, client=client)
         result = _result_of(reply)
         try:
-            outputs = pipeline_tensors(model.task, result)
+            outputs = pipeline_tensors(model.task, result, metadata.declared(model))
         except ValueError as e:  # NaN or an infinity, which the result's JSON cannot hold
             raise KServeError("internal", f"postprocess_failed: {e}") from None
     wanted = {o.name for o in request.outputs}
@@ -166,13 +167,15 @@ def _result_of(reply: Answer) -> Result:
     raise KServeError("internal", f"{reply.code}: {reply.message}")
 
 
-def pipeline_tensors(task: Task, result: Result) -> list[Tensor]:
+def pipeline_tensors(
+    task: Task, result: Result, outputs: Sequence[Output] | None = None
+) -> list[Tensor]:
     """A result as the pipeline's output tensors (metadata.pipeline_outputs): each output the
-    task declares, from that field of every row, then the result's JSON without its seq
-    (ValueError if it holds NaN)."""
+    model declares (`outputs`, metadata.declared; default the task's own), from that field of
+    every row, then the result's JSON without its seq (ValueError if it holds NaN)."""
     rows = result.payload.get(task.rows, [])
     columns: list[tuple[Output | TensorSpec, list[Any]]] = [
-        (o, [row[o.field] for row in rows]) for o in task.outputs
+        (o, [row[o.field] for row in rows]) for o in (task.outputs if outputs is None else outputs)
     ]
     columns.append((RESULT, [codec.unary(result)]))
     return [_tensor(spec, values) for spec, values in columns]

@@ -4,8 +4,8 @@ Every model of the repository is served two ways, under two names:
 
 - `NAME`, the pipeline: one input `image` (BYTES [1], an encoded JPEG or PNG) that runs
   through decode, preprocess, the network and the task's postprocess like a WebSocket frame;
-  outputs the result as the typed tensors its task declares (`Task.outputs`) and as its JSON
-  (`result`).
+  outputs the result as the typed tensors its task and later stages declare (`Task.outputs`)
+  and as its JSON (`result`).
 - `NAME.raw`, the network: its ONNX input and outputs as they are, the input at the size the
   gateway feeds it (`model.toml`'s `input`), batched with every other frame of the model.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 from edge import __version__
 from edge.inference.engine import LoadedModel
+from edge.inference.tasks.base import Output
 from edge.kserve.errors import KServeError
 from edge.kserve.tensors import ONNX_TYPES, datatype_of
 from edge.models.repository import Repository, Route, UnknownModel
@@ -121,9 +122,14 @@ def model_metadata(repo: Repository, target: Target, version: str) -> dict[str, 
 
 
 def pipeline_outputs(model: LoadedModel) -> tuple[TensorSpec, ...]:
-    """The outputs the model's task declares (`Task.outputs`), in order, then `result`."""
-    declared = (TensorSpec(o.name, o.datatype, o.shape) for o in model.task.outputs)
-    return (*declared, RESULT)
+    """The outputs the model declares (`declared`), in order, then `result`."""
+    return (*(TensorSpec(o.name, o.datatype, o.shape) for o in declared(model)), RESULT)
+
+
+def declared(model: LoadedModel) -> tuple[Output, ...]:
+    """The tensors a model's results carry: its task's (`Task.outputs`), then each later
+    stage's (an OCR model's `texts` and `text_confidences`), one element per region."""
+    return (*model.task.outputs, *(o for stage in model.stages for o in stage.task.outputs))
 
 
 def raw_input(model: LoadedModel) -> TensorSpec:

@@ -2,7 +2,8 @@
 
 A `RegionTask` declares what it takes (`takes`: the region field that locates its crop, a
 polygon clockwise from the top left) and what it gives (`gives`: the fields merged into each
-region). Its `preprocess` turns one crop into one sample of any width; the stage runner
+region; its `outputs` are the tensors they make, served after the first stage's). Its
+`preprocess` turns one crop into one sample of any width; the stage runner
 (edge/inference/stages.py) pads a batch's samples on the right to `batch_width`, with zeros
 after normalisation, as PaddleOCR does. `turn` may hand the next stage a changed crop (the
 orientation classifier turns upside-down lines).

@@ -23,6 +23,7 @@ import numpy as np
 
 from edge.frames import Image
 from edge.inference.modelspec import ModelSpec
+from edge.inference.tasks.base import Output
 from edge.inference.tasks.crops import RegionTask, line_sample
 from edge.inference.tasks.options import read_options
 
@@ -58,6 +59,10 @@ class CTCText(RegionTask):
     name = "ctc_text"
     kind = "text_recognition"
     gives = ("text", "confidence")
+    outputs = (
+        Output("texts", "BYTES", (-1,), "text"),
+        Output("text_confidences", "FP32", (-1,), "confidence"),
+    )
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

@@ -221,6 +221,8 @@ def result_response(result: Result) -> Response:
             det.polygon.add(x=x, y=y)
         if "track_id" in d:
             det.track_id = d["track_id"]
+        if "text" in d:
+            det.text, det.text_confidence = d["text"], d["confidence"]
     classes = payload.get("classes", ())
     for c in classes:
         r.classes.add(index=c["index"], label=c["label"], score=c["score"])

@@ -12,7 +12,8 @@ from edge.core.services import Services
 from edge.core.stream import Stream
 from edge.frames import Dropped, Error, Notice, RawInput, Result
 from edge.inference.engine import LoadedModel
-from edge.inference.tasks.base import Task
+from edge.inference.tasks.base import Output, Task
+from edge.kserve import metadata
 from edge.kserve.errors import KServeError, invalid
 from edge.kserve.infer import as_tensor, image_of, pipeline_tensors, raw_rows
 from edge.kserve.messages import InferRequest, InferResponse
@@ -41,7 +42,8 @@ class ModelStreamTranslation:
         self._version = ""
         self._ids: dict[int, str] = {}
         self._wanted: dict[int, set[str]] = {}
-        self._task: Task | None = None  # the pipeline form's
+        self._task: Task | None = None  # the pipeline form's, and what it outputs
+        self._declared: tuple[Output, ...] = ()
         self._names: list[str] = []  # the raw form's outputs
 
     def route(self, first: pb.ModelInferRequest, default_model: str) -> Route:
@@ -54,7 +56,7 @@ class ModelStreamTranslation:
         routed = self.services.repo.route(Route(target.name, first.model_version or None))
         model = routed.model
         self._target, self._version = target, first.model_version
-        self._task = model.task
+        self._task, self._declared = model.task, metadata.declared(model)
         self._names = list(model.output_names)
         return routed.route
 
@@ -115,7 +117,7 @@ class ModelStreamTranslation:
             outputs = [as_tensor(n, a[None]) for n, a in pairs]
         else:  # ValueError for NaN: the frame is answered postprocess_failed (its id kept)
             assert self._task is not None
-            outputs = pipeline_tensors(self._task, result)
+            outputs = pipeline_tensors(self._task, result, self._declared)
         rid, wanted = self._ids.pop(result.seq, ""), self._wanted.pop(result.seq, None)
         if wanted:
             outputs = [t for t in outputs if t.name in wanted]

@@ -47,20 +47,24 @@ class InferenceResponse(_message.Message):
         y2: float
         def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
     class Detection(_message.Message):
-        __slots__ = ("label", "score", "box", "keypoints", "polygon", "track_id")
+        __slots__ = ("label", "score", "box", "keypoints", "polygon", "track_id", "text", "text_confidence")
         LABEL_FIELD_NUMBER: _ClassVar[int]
         SCORE_FIELD_NUMBER: _ClassVar[int]
         BOX_FIELD_NUMBER: _ClassVar[int]
         KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
         POLYGON_FIELD_NUMBER: _ClassVar[int]
         TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+        TEXT_FIELD_NUMBER: _ClassVar[int]
+        TEXT_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
         label: str
         score: float
         box: InferenceResponse.Box
         keypoints: _containers.RepeatedCompositeFieldContainer[InferenceResponse.Point]
         polygon: _containers.RepeatedCompositeFieldContainer[InferenceResponse.Point]
         track_id: int
-        def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[InferenceResponse.Box, _Mapping]] = ..., keypoints: _Optional[_Iterable[_Union[InferenceResponse.Point, _Mapping]]] = ..., polygon: _Optional[_Iterable[_Union[InferenceResponse.Point, _Mapping]]] = ..., track_id: _Optional[int] = ...) -> None: ...
+        text: str
+        text_confidence: float
+        def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[InferenceResponse.Box, _Mapping]] = ..., keypoints: _Optional[_Iterable[_Union[InferenceResponse.Point, _Mapping]]] = ..., polygon: _Optional[_Iterable[_Union[InferenceResponse.Point, _Mapping]]] = ..., track_id: _Optional[int] = ..., text: _Optional[str] = ..., text_confidence: _Optional[float] = ...) -> None: ...
     class ClassScore(_message.Message):
         __slots__ = ("index", "label", "score")
         INDEX_FIELD_NUMBER: _ClassVar[int]
