@@ -17,6 +17,7 @@ from edge.core.pipeline import Pipeline, Reply
 from edge.core.stream import Stream
 from edge.frames import Dropped, Error, Frame, Notice, RawInput, Result, Timing, Wire
 from edge.inference.tasks.blazeface import BlazeFace
+from edge.inference.tracking import TrackingSpec
 from edge.kserve.infer import pipeline_tensors
 from edge.metrics import Metrics
 from edge.models.repository import Route
@@ -132,7 +133,8 @@ def _model(task: Task) -> Any:
         task=task,
         sample_shape=(3,),
         sample_dtype=np.dtype(np.float32),
-        spec=SimpleNamespace(threshold=0.5, shadow={}),
+        spec=SimpleNamespace(threshold=0.5, shadow={}, tracking=TrackingSpec()),
+        stages=(),
         sizer=SimpleNamespace(record=lambda n, s: None, best=1),
         run_costed=lambda batch, worker: ([batch * 2], 0.001, 0.001),
     )
@@ -143,7 +145,7 @@ def _serve(task: Task, wire: Wire[Any], data: Any) -> list[Reply]:
         pass
 
     replies: list[Reply] = []
-    canaries = SimpleNamespace(judge=lambda model, payloads, cost_s, rerun: None)
+    canaries = SimpleNamespace(judge=lambda model, payloads, cost_s, rerun, sources=(): None)
     repo = SimpleNamespace(shadow_of=lambda name: None, canaries=canaries)
     pipeline = Pipeline(repo, Metrics(), replies.append, max_pixels=1 << 20)  # type: ignore[arg-type]
     outbox = Outbox(send, max_pending=4, send_timeout=1.0, wire=wire)
