@@ -56,7 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("process", ("edge.process",)),
     # programs that talk to a gateway over the wire
     ("clients", ("edge.client", "edge.bench")),
-    ("entry", ("edge.cli", "edge.__main__")),
+    ("entry", ("edge.cli", "edge.launch", "edge.__main__")),
 ]
 
 #: the most modules the root of edge/ may hold (the foundation, the entry points)
