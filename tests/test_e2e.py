@@ -212,7 +212,10 @@ async def test_webrtc_dashboard_boxes_the_face(face_repo: Path, browser: Browser
     errors: list[str] = []
     async with running(settings_for(face_repo)) as (url, app):
         webrtc_routed(app)
-        page = await open_page(browser, url + "/?transport=webrtc", errors)
+        # ICE and DTLS on a slow or busy machine can take longer than the page's 5 s: give
+        # them the time this machine needs, so the test sees WebRTC and not its fallback
+        ice_ms = int(1000 * deadline(30))
+        page = await open_page(browser, url + f"/?transport=webrtc&ice_timeout_ms={ice_ms}", errors)
         snap = await shows_face(page, "webrtc")
         check_face(snap)
         check_figures(snap)

@@ -46,13 +46,21 @@ def raw_input(x: np.ndarray) -> triton.InferInput:
     return i
 
 
+def _repeated(field: Any) -> bool:
+    """Whether a field is repeated, on protobuf 4 (`label`) and on 6 and later (`is_repeated`,
+    where `label` is deprecated)."""
+    if hasattr(field, "is_repeated"):
+        return bool(field.is_repeated)
+    return bool(field.label == field.LABEL_REPEATED)
+
+
 @pytest.mark.unit
 def test_our_proto_numbers_every_field_as_tritonclient_does() -> None:
     """Guards against a field number or type that differs from the protocol's: a stock client
     would then send or read the wrong field without any error."""
 
     def fields(message: Any) -> dict[str, tuple[int, int, bool]]:
-        out = {f.name: (f.number, f.type, f.is_repeated) for f in message.fields}
+        out = {f.name: (f.number, f.type, _repeated(f)) for f in message.fields}
         for nested in message.nested_types:
             if not nested.GetOptions().map_entry:
                 out.update({f"{nested.name}.{k}": v for k, v in fields(nested).items()})

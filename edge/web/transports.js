@@ -6,7 +6,9 @@
 const MAX_SIDE = 640; // frames are scaled down so that their long side is at most this
 const JPEG_QUALITY = 0.8;
 const HELLO_TIMEOUT_MS = 5000;
-const ICE_TIMEOUT_MS = 5000; // WebRTC that is not connected by then counts as failed
+// WebRTC that is not connected by then counts as failed (`?ice_timeout_ms=` for a slow machine)
+const ICE_TIMEOUT_MS =
+  Number(new URLSearchParams(location.search).get("ice_timeout_ms")) || 5000;
 const LOST_AFTER_MS = 5000; // an unanswered frame this old no longer holds a sending slot
 
 function seqsOf(msg) {
