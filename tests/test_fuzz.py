@@ -218,7 +218,10 @@ def test_route_parse_answers_a_route_or_unknown_model(text: str) -> None:
 @pytest.fixture
 async def small_server(face_repo: Path) -> AsyncIterator[tuple[str, web.Application]]:
     """The app with BlazeFace and a 256 KiB frame limit (cheap oversized frames)."""
-    settings = settings_for(face_repo, max_frame_bytes=256 * 1024, max_streams=1000)
+    # every good offer opens a session from this one address: no per-address stream cap
+    settings = settings_for(
+        face_repo, max_frame_bytes=256 * 1024, max_streams=1000, max_streams_per_client=0
+    )
     async with running(settings) as served:
         yield served
 
