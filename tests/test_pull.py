@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import shutil
@@ -49,11 +50,14 @@ class LocalPackage:
     def data(self) -> bytes:
         buf = io.BytesIO()
         if self.kind == "tgz":
-            with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-                for name, content in self.members.items():
-                    info = tarfile.TarInfo(name)
-                    info.size = len(content)
-                    tf.addfile(info, io.BytesIO(content))
+            # gzip's header holds the time it was written: mtime=0, so that two builds a second
+            # apart (a slow or busy machine) are the same bytes and the pinned digest holds
+            with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+                with tarfile.open(fileobj=gz, mode="w") as tf:
+                    for name, content in self.members.items():
+                        info = tarfile.TarInfo(name)
+                        info.size = len(content)
+                        tf.addfile(info, io.BytesIO(content))
         else:
             with zipfile.ZipFile(buf, "w") as zf:
                 for name, content in self.members.items():
