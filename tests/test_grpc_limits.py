@@ -273,7 +273,7 @@ async def test_a_client_that_never_reads_does_not_grow_memory_on_grpc(
             good = await gc.stub(other).Predict(gc.request(face_jpeg), timeout=deadline())
             assert gc.full(good).detections
         await call.done_writing()
-        await asyncio.wait_for(gc.read_stream(call, books), deadline(frames=n))
+        await asyncio.wait_for(gc.read_rest(call, books), deadline(frames=n))
         assert await call.code() == Code.OK
     assert books.unanswered() == [] and books.answered_twice() == []
     kinds = books.kinds()

@@ -55,6 +55,18 @@ class Services:
     #: set to rescan the model repository now (SIGHUP)
     reload: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def not_ready(self) -> list[str]:
+        """Why the gateway is not ready, or nothing: what /readyz, KServe's health calls and
+        gRPC's health service all answer. This process's own readiness is published to the
+        others first (the event-loop monitor also does so on its beat), so once one process
+        has said ready, every other one agrees that this one is."""
+        here = self.repo.ready and not self.draining
+        self.cluster.shared.me["ready"] = int(here)
+        if self.draining:
+            return ["draining"]
+        reasons = [] if here else self.repo.not_ready_reasons()
+        return reasons + self.cluster.not_ready()  # the other serving processes, if any
+
     def session_opened(self, session: Session) -> None:
         self.sessions.add(session)
         self.cluster.shared.me["streams"] = len(self.sessions)  # the supervisor's load figure

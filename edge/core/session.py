@@ -105,6 +105,10 @@ class StreamSession(ABC, Generic[C]):
     # -- what a transport supplies -----------------------------------------------------------
     #: how the stream's replies are encoded for this wire (docs/protocol.md's JSON by default)
     wire: Wire[Any] = codec.JSON
+    #: whether a client that finished sending (its reader returned None) still reads, as a
+    #: gRPC call after half-close does: its replies then flow for as long as it accepts them
+    #: (the outbox's send timeout, as on a live stream), not only for CLOSE_GRACE_S
+    reads_after_sending = False
 
     @abstractmethod
     async def send(self, message: Any) -> None:
@@ -187,7 +191,9 @@ class StreamSession(ABC, Generic[C]):
             reader.cancel()
             await _reap([reader])
             if not sender.done() and self.answerable():
-                await streams.finish(services, stream, CLOSE_GRACE_S, ending.drop_reason)
+                still_reading = self.reads_after_sending and ending.how is How.CLOSED
+                flush = services.settings.send_timeout_s if still_reading else 0.0
+                await streams.finish(services, stream, CLOSE_GRACE_S, ending.drop_reason, flush)
                 if ending.how is How.GOING_AWAY:
                     await self.say_goaway(stream)
             else:

@@ -242,8 +242,11 @@ async def send_stats_periodically(stream: Stream) -> None:
             stream.outbox.notice(Notice("stats", stream.stats.as_dict()))
 
 
-async def finish(services: Services, stream: Stream, grace: float, reason: str) -> None:
-    """Let the frame in flight finish (bounded), account for the one still waiting, flush."""
+async def finish(
+    services: Services, stream: Stream, grace: float, reason: str, flush: float = 0.0
+) -> None:
+    """Let the frame in flight finish (bounded by `grace`), account for the one still waiting,
+    flush (within what is left of `grace`, or `flush` seconds if more)."""
     deadline = time.monotonic() + grace
     await settle(services, stream, deadline)
     left = services.scheduler.withdraw(stream)
@@ -253,7 +256,7 @@ async def finish(services: Services, stream: Stream, grace: float, reason: str) 
         stream.outbox.drop(left.seq, reason)
     await settle(services, stream, deadline)
     await asyncio.sleep(0)  # let replies the workers already pushed reach the outbox
-    await stream.outbox.flush(max(0.1, deadline - time.monotonic()))
+    await stream.outbox.flush(max(0.1, flush, deadline - time.monotonic()))
 
 
 async def settle(services: Services, stream: Stream, deadline: float) -> None:

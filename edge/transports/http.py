@@ -32,11 +32,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    if services.draining:
-        return web.json_response({"ready": False, "reasons": ["draining"]}, status=503)
-    reasons = [] if services.repo.ready else services.repo.not_ready_reasons()
-    reasons += services.cluster.not_ready()  # the other serving processes, if any
+    reasons = request.app[SERVICES].not_ready()
     if reasons:
         return web.json_response({"ready": False, "reasons": reasons}, status=503)
     return web.json_response({"ready": True})

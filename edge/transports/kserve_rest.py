@@ -69,18 +69,10 @@ async def live(request: web.Request) -> web.Response:
 
 @routes.get("/v2/health/ready")
 async def ready(request: web.Request) -> web.Response:
-    reasons = not_ready(request.app[SERVICES])
+    reasons = request.app[SERVICES].not_ready()
     if reasons:  # the protocol: 200 is true, a 4xx false
         return web.json_response({"ready": False, "error": "; ".join(reasons)}, status=400)
     return web.json_response({"ready": True})
-
-
-def not_ready(services: Services) -> list[str]:
-    """Why the gateway is not ready (as /readyz says), or nothing."""
-    if services.draining:
-        return ["draining"]
-    reasons = [] if services.repo.ready else services.repo.not_ready_reasons()
-    return reasons + services.cluster.not_ready()
 
 
 @routes.get("/v2/models/{name}")

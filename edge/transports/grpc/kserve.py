@@ -37,7 +37,6 @@ from edge.transports.grpc.kserve_messages import (
     to_response,
 )
 from edge.transports.grpc.kserve_stream import ModelStreamTranslation
-from edge.transports.kserve_rest import not_ready
 
 TRANSPORT = "kserve-grpc"
 SERVICE = "inference.GRPCInferenceService"
@@ -94,7 +93,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:  # noqa: N802
-        return pb.ServerReadyResponse(ready=not not_ready(self.services))
+        return pb.ServerReadyResponse(ready=not self.services.not_ready())
 
     async def ModelReady(  # noqa: N802
         self, request: pb.ModelReadyRequest, context: Any

@@ -106,7 +106,7 @@ class GrpcServer:
     async def _follow_readiness(self) -> None:
         ready: bool | None = None
         while True:
-            now = _ready(self.services)
+            now = not self.services.not_ready()
             if now != ready:
                 await self._set_health(now)
                 ready = now
@@ -120,11 +120,6 @@ class GrpcServer:
         )
         for name in ("", *self.names):
             await self._health.set(name, status)
-
-
-def _ready(services: Services) -> bool:
-    """What /readyz says: models warm here and in every other process, and not draining."""
-    return not services.draining and services.repo.ready and not services.cluster.not_ready()
 
 
 GRPC_SERVER = web.AppKey("grpc_server", GrpcServer)

@@ -15,7 +15,8 @@ here. What is gRPC's own is here, once:
 - only the outbox's sender task writes, one response at a time, each awaited: a client that
   does not read fills the outbox (new frames dropped `overload`) and after `send_timeout_s`
   without a response accepted the call ends with RESOURCE_EXHAUSTED, as a WebSocket is closed;
-- a client that half-closes gets every answer (bounded by UNARY_TIMEOUT_S), then status OK;
+- a client that half-closes gets every answer (the frames still to run bounded by
+  UNARY_TIMEOUT_S, their replies by `send_timeout_s` as on a live stream), then status OK;
 - the drain answers every frame taken and ends the call with UNAVAILABLE and the trailing
   metadata `retry-after-ms`, as the WebSocket's goaway and 1001;
 - `max_oversize_frames` frames in a row over `max_frame_bytes` end it with RESOURCE_EXHAUSTED
@@ -73,6 +74,8 @@ STATUS: dict[How, Close] = {
 
 
 class GrpcStreamSession(StreamSession[Close]):
+    reads_after_sending = True  # half-close
+
     def __init__(
         self,
         services: Services,
