@@ -120,7 +120,8 @@ class Settings:
     #: seconds a token-less WebSocket has to send its `auth` message
     auth_timeout_s: float = 5.0
     #: token-less WebSockets waiting for their `auth` message, in the whole gateway and per
-    #: client address; they hold no stream slot (docs/security.md)
+    #: client address; they hold no stream slot. gRPC's open calls (health, reflection) have
+    #: the same bounds, in a pool of their own (docs/security.md)
     max_pending_auth: int = 32
     max_pending_auth_per_client: int = 4
     #: open streams one client address may hold, whatever its token; 0: no limit beyond

@@ -57,6 +57,41 @@ async def test_calls_need_a_token_when_auth_is_on(face_repo: Path, face_jpeg: by
         await serving(channel)  # without a token
 
 
+async def test_open_calls_are_bounded_before_their_request_is_read(
+    face_repo: Path, face_jpeg: bytes
+) -> None:
+    """Health and reflection need no token, so grpcio would read a request of up to the largest
+    message any method takes from anyone: each open call holds a slot of
+    max_pending_auth_per_client, taken before its request is read. With two health watches
+    held, a third open call from the address is RESOURCE_EXHAUSTED, a 24 MiB one as well
+    (its request never read), while a token's call is served; when the watches end, health
+    answers again."""
+    settings = settings_for(
+        face_repo, auth_tokens=(TOKEN,), max_pending_auth_per_client=2, max_pending_auth=8
+    )
+    async with (
+        gc.grpc_gateway(settings) as (_, _, target),
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        await serving(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+        for w in watches:  # each has its slot once it answered
+            assert (await asyncio.wait_for(w.read(), deadline())).status
+        huge = health_pb2.HealthCheckRequest(service="x" * (24 << 20))
+        for request in (health_pb2.HealthCheckRequest(), huge):
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await health.Check(request, timeout=deadline())
+            assert e.value.code() == Code.RESOURCE_EXHAUSTED, e.value
+        ok = await gc.stub(channel).Predict(
+            gc.request(face_jpeg), metadata=gc.auth(TOKEN), timeout=deadline()
+        )
+        assert gc.full(ok).detections
+        for w in watches:
+            w.cancel()
+        await serving(channel)  # the slots came back
+
+
 async def serving(channel: grpc.aio.Channel) -> None:
     """Wait until health says SERVING (it follows readiness a moment after /readyz)."""
     health = health_pb2_grpc.HealthStub(channel)

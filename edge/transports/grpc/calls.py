@@ -17,7 +17,7 @@ from edge.core.admission import Admission, Kind, NotAdmitted, Refusal
 from edge.core.services import SERVICES
 from edge.models.repository import UnknownModel
 from edge.settings import Settings
-from edge.transports.grpc.guard import PRINCIPAL
+from edge.transports.grpc.guard import PRINCIPAL, peer_host
 from edge.transports.grpc.streaming import GrpcStreamSession, Translation
 
 Code = grpc.StatusCode
@@ -95,17 +95,6 @@ async def _first_request(context: grpc.aio.ServicerContext, idle: float) -> Any:
         return await asyncio.wait_for(context.read(), idle or None)
     except asyncio.TimeoutError:
         await context.abort(Code.DEADLINE_EXCEEDED, f"no request for {idle:g} s")
-
-
-def peer_host(peer: str) -> str:
-    """The client's address from gRPC's peer string (`ipv4:1.2.3.4:5678`, `ipv6:[::1]:5678`),
-    written as aiohttp's `request.remote`, so one client is one client on every transport."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0]
-    return peer
 
 
 def frame_limit(settings: Settings) -> int:

@@ -27,7 +27,7 @@ from edge.core.stream import Stream
 from edge.frames import Dropped, Error, Notice, Result
 from edge.models.repository import Route, UnknownModel
 from edge.settings import Settings
-from edge.transports.grpc import calls
+from edge.transports.grpc import calls, guard
 from edge.transports.grpc.gen import inference_pb2, inference_pb2_grpc
 
 TRANSPORT = "grpc"
@@ -76,7 +76,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     async def Predict(  # noqa: N802 (the method's name in the proto)
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> Response:
-        services, client = self.services, calls.peer_host(context.peer())
+        services, client = self.services, guard.peer_host(context.peer())
         try:
             hold = admission.admit_request(services, TRANSPORT, client)
         except NotAdmitted as e:

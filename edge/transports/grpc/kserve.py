@@ -26,7 +26,7 @@ from edge.kserve import metadata
 from edge.kserve.errors import KServeError
 from edge.kserve.infer import infer
 from edge.kserve.metadata import Target
-from edge.transports.grpc import calls
+from edge.transports.grpc import calls, guard
 from edge.transports.grpc.gen import grpc_predict_v2_pb2 as pb
 from edge.transports.grpc.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from edge.transports.grpc.kserve_messages import (
@@ -129,7 +129,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        client = calls.peer_host(context.peer())
+        client = guard.peer_host(context.peer())
         try:
             hold = admission.admit_request(self.services, TRANSPORT, client)
         except NotAdmitted as e:
