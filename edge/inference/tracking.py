@@ -34,6 +34,16 @@ import numpy as np
 
 #: how much of a new velocity measurement replaces the old estimate (exponential smoothing)
 _SMOOTHING = 0.5
+#: the colours a track is drawn in, picked by its ID (`track_colour`), wherever results are
+#: drawn: the WebRTC return track, `edge stream --annotate`, the dashboard (edge/web/app.js
+#: holds the same list)
+TRACK_COLOURS = tuple("#e6194b #f58231 #ffe119 #bfef45 #42d4f4 #4363d8 #911eb4 #f032e6".split())
+
+
+def track_colour(track_id: int) -> str:
+    """A track's colour, the same on every frame: the ID modulo the palette, so neighbouring
+    IDs (the tracks most often in view together) differ."""
+    return TRACK_COLOURS[abs(track_id) % len(TRACK_COLOURS)]
 
 
 class TrackingSpecError(ValueError):
