@@ -140,11 +140,11 @@ def render(clip: Clip, seq: int, places: list[tuple[int, int]]) -> bytes:
 class Score:
     """What one method reported on one clip, counted against the truth (see above)."""
 
+    ids: dict[int, set[int]] = field(default_factory=dict)  # face -> IDs it was given
     missed: int = 0
     switches: int = 0
     fragments: int = 0
-    false: int = 0
-    ids: dict[int, set[int]] = field(default_factory=dict)  # face -> IDs it was given
+    false: int = 0  # reported boxes on no face
     cpu_us: float = 0.0
 
 
