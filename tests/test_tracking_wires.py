@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import re
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,13 @@ def test_annotate_writes_text_under_boxes() -> None:
     under = picture[42:70, 10:140]
     assert (np.abs(under - 128).sum(axis=2) > 60).sum() > 30, "no text under the HELLO box"
     assert (picture[42:70, 160:290] == 128).all(), "text under a box that read none"
+
+
+@pytest.mark.unit
+def test_the_dashboard_has_the_gateways_track_colours() -> None:
+    """Guards against the dashboard's copy of the track palette (edge/web/app.js) drifting
+    from the one the WebRTC return track and `edge stream --annotate` draw with: the same
+    track would show in two colours."""
+    app = (Path(__file__).resolve().parent.parent / "edge" / "web" / "app.js").read_text()
+    (listed,) = re.findall(r'const TRACK_COLOURS = "([^"]*)"\.split\(" "\);', app)
+    assert tuple(listed.split(" ")) == TRACK_COLOURS
