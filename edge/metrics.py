@@ -90,6 +90,14 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=r,
         )
+        self.stage_batch_frames = Histogram(
+            "edge_stage_batch_frames",
+            "Frames (of different streams) whose crops one run of a model's later stage "
+            "carried, by its task",
+            ["model", "task"],
+            buckets=(1, 2, 3, 4, 6, 8, 16),
+            registry=r,
+        )
         self.batch_limit = Gauge(
             "edge_batch_limit",
             "Frames a batch may gather now: the measured best size up to max_batch",

@@ -5,6 +5,7 @@ that move, a fallback that says so, a reconnect after the gateway restarts."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
+from PIL import Image, ImageDraw, ImageFont
 from playwright.async_api import Browser, Page, Route
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from edge.client.annotate import TRACK_COLOURS
+from edge.inference.tracking import TRACK_COLOURS
 from tests.conftest import free_port, running, settings_for, wait_ready
 from tests.e2e_browser import (
     CAMERA_H,
@@ -389,4 +391,55 @@ async def test_tracked_faces_are_drawn_in_their_tracks_colours(
     assert colours == [TRACK_COLOURS[i % len(TRACK_COLOURS)] for i in ids], drawn
     assert len(set(colours)) == 2 and UNTRACKED_FACE not in colours, drawn
     assert [label.split()[:2] for label in labels] == [["face", f"#{i}"] for i in ids], drawn
+    assert errors == []
+
+
+TEXTS_DRAWN = """() => {
+  const overlay = document.getElementById('overlay');
+  const texts = JSON.parse(overlay.dataset.texts || '[]');
+  if (!texts.length) return null;
+  const dpr = overlay.width / Math.max(1, overlay.clientWidth);
+  const ctx = overlay.getContext('2d');
+  const alpha = (x, y) =>
+    ctx.getImageData(Math.round(x * dpr), Math.round(y * dpr), 1, 1).data[3];
+  return {
+    read: (window.edgeLast?.detections ?? []).map((d) => d.text),
+    texts,
+    boxes: JSON.parse(overlay.dataset.boxes || '[]'),
+    plates: texts.map(([, x, y]) => alpha(x + 2, y + 9)),
+  };
+}"""
+
+
+@pytest.mark.timeout(180)  # the OCR model loads and runs far slower than BlazeFace
+async def test_read_text_is_drawn_under_its_box(pulled: Path, tmp_path: Path) -> None:
+    """Guards against the dashboard leaving out what a reading model (`ocr`) read, or drawing
+    it anywhere but under the box it was read in: a camera showing printed lines, the OCR
+    model, each line's text on the overlay right below its box."""
+    lines = ["Hello World 42", "edge gateway"]
+    page = Image.new("RGB", (CAMERA_W, CAMERA_H), "white")
+    pen = ImageDraw.Draw(page)
+    for i, text in enumerate(lines):
+        pen.text((60, 80 + 160 * i), text, fill="black", font=ImageFont.load_default(size=44))
+    repo = tmp_path / "repo"
+    shutil.copytree(pulled / "ocr", repo / "ocr")
+    errors: list[str] = []
+    async with (
+        running(settings_for(repo)) as (url, _),
+        chromium(write_y4m(tmp_path / "text.y4m", np.asarray(page))) as browser,
+    ):
+        page_ = await open_page(browser, url + "/?transport=websocket&model=ocr", errors)
+        within = wait_ms() + 1000 * deadline(30, model="ppocr_det")
+        try:
+            handle = await page_.wait_for_function(TEXTS_DRAWN, timeout=within)
+        except PlaywrightTimeout:
+            snap = await page_.evaluate(SNAPSHOT)
+            pytest.fail(f"no text drawn within {within:.0f} ms: {snap}")
+        drawn = await handle.json_value()
+    texts, boxes = drawn["texts"], drawn["boxes"]
+    assert sorted(t for t, _, _ in texts) == sorted(t for t in drawn["read"] if t), drawn
+    assert any(t == "Hello World 42" for t, _, _ in texts), drawn  # what was printed
+    for (_, x, y), (x1, _, _, y2) in zip(texts, boxes, strict=False):
+        assert abs(x - x1) <= 1 and 0 <= y - y2 <= 5, drawn  # right under its box
+    assert all(a > 0 for a in drawn["plates"]), "the overlay has no plate where it says"
     assert errors == []

@@ -32,17 +32,17 @@ STREAMS = 4
 RESULTS_EACH = 2
 
 
-async def test_stage_batches_under_overload(pulled: Path, tmp_path: Path) -> None:
-    """Guards against stages breaking the stream rules under load (a frame answered twice or
-    never, a queue instead of latest-frame-wins) and against stage batches nobody can see:
-    each stage's batch sizes must be in /metrics, adding up to the lines read."""
-    shutil.copytree(pulled / "ocr", tmp_path / "ocr")
-    page = render(LINES, 0.0)
+async def overload(
+    repo: Path, page: bytes, lines: int
+) -> tuple[list[Books], dict[tuple[str, tuple], float]]:
+    """STREAMS streams of `page` (`lines` lines) sent faster than the gateway serving `repo`
+    reads them, until each got RESULTS_EACH results and every frame sent was answered: each
+    stream's books and /metrics at the end."""
     # one OCR frame of eight lines, as tests/test_ocr.py allows one of three, times two
-    per_frame = 2 * (20 * frame_cost("ppocr_det"))
+    per_frame = 2 * (20 * frame_cost("ppocr_det")) * max(1.0, lines / 8)
     fps = max(50.0, outpacing_fps(STREAMS, model="ppocr_det"))
     async with (
-        running(settings_for(tmp_path, **NO_RATE_LIMITS)) as (url, _),
+        running(settings_for(repo, **NO_RATE_LIMITS)) as (url, _),
         aiohttp.ClientSession() as http,
     ):
         clients = [await open_stream(http, url, "ocr") for _ in range(STREAMS)]
@@ -69,16 +69,32 @@ async def test_stage_batches_under_overload(pulled: Path, tmp_path: Path) -> Non
         for ws, _ in clients:
             await ws.close()
         await asyncio.wait_for(asyncio.gather(*readers), deadline())
-    lines = 0
-    for _, books in clients:
+    return [b for _, b in clients], samples
+
+
+def lines_read(every: list[Books], lines: list[tuple[str, int]]) -> int:
+    """The lines of every result, each checked: all the page's lines, each read as one;
+    every frame answered once, and some dropped stale."""
+    read = 0
+    for books in every:
         assert books.unanswered() == [] and books.answered_twice() == [], books.kinds()
         assert books.kinds().get("dropped:stale", 0) > 0, books.kinds()
         for msgs in books.replies.values():
             if msgs[0]["type"] == "result":
                 dets = msgs[0]["detections"]
-                assert len(dets) == len(LINES), dets
+                assert len(dets) == len(lines), dets
                 assert all(d["text"].startswith("line ") for d in dets), dets
-                lines += len(dets)
+                read += len(dets)
+    return read
+
+
+async def test_stage_batches_under_overload(pulled: Path, tmp_path: Path) -> None:
+    """Guards against stages breaking the stream rules under load (a frame answered twice or
+    never, a queue instead of latest-frame-wins) and against stage batches nobody can see:
+    each stage's batch sizes must be in /metrics, adding up to the lines read."""
+    shutil.copytree(pulled / "ocr", tmp_path / "ocr")
+    every, samples = await overload(tmp_path, render(LINES, 0.0), len(LINES))
+    lines = lines_read(every, LINES)
     for task in ("text_angle", "ctc_text"):
         name = "edge_stage_batch_size"
         crops = total(samples, name + "_sum", model="ocr", task=task)
@@ -87,3 +103,29 @@ async def test_stage_batches_under_overload(pulled: Path, tmp_path: Path) -> Non
         assert crops == lines, (task, crops, lines)  # every line once, none lost or repeated
         assert batches == at_most_6 > 0, (task, batches, at_most_6)  # capped at max_batch
         assert crops >= 4 * batches, (task, crops, batches)  # lines batched: 6 and 2
+
+
+#: two lines a frame: a stage batch of more than two crops holds lines of several frames
+FEW_LINES = LINES[:2]
+
+
+async def test_stage_batches_carry_crops_of_several_streams(pulled: Path, tmp_path: Path) -> None:
+    """Guards against later stages batched per frame only: frames of different streams that
+    the first stage ran together must share the recogniser's batches (several frames per
+    stage batch in /metrics, batches larger than one frame's lines), each line's text merged
+    back into its own frame's result, every frame answered once."""
+    shutil.copytree(pulled / "ocr", tmp_path / "ocr")
+    toml = tmp_path / "ocr" / "model.toml"
+    text = toml.read_text().replace("max_batch = 2 ", "max_batch = 4 ", 1)
+    toml.write_text(text.replace("max_delay_ms = 2.0", 'max_delay_ms = 20.0\nbatching = "max"', 1))
+    every, samples = await overload(tmp_path, render(FEW_LINES, 0.0), len(FEW_LINES))
+    lines = lines_read(every, FEW_LINES)
+    for task in ("text_angle", "ctc_text"):
+        crops = total(samples, "edge_stage_batch_size_sum", model="ocr", task=task)
+        one_frame = total(samples, "edge_stage_batch_size_bucket", model="ocr", task=task,
+                          le=f"{len(FEW_LINES)}.0")  # fmt: skip
+        runs = total(samples, "edge_stage_batch_frames_count", model="ocr", task=task)
+        alone = total(samples, "edge_stage_batch_frames_bucket", model="ocr", task=task, le="1.0")
+        assert crops == lines, (task, crops, lines)  # every line once, in its own frame
+        assert alone < runs, (task, alone, runs)  # some runs carried several frames' lines
+        assert one_frame < runs, (task, one_frame, runs)  # more lines than one frame has

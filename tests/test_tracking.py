@@ -80,6 +80,21 @@ def test_weak_detections_only_continue_tracks() -> None:
 
 
 @pytest.mark.unit
+def test_weak_detections_do_not_steer_the_motion() -> None:
+    """Guards against a weak detection, often a displaced box (a face half hidden is found
+    taller and higher), changing a track's measured motion: the next predictions would
+    drift off the object and its next strong detection would start a new ID
+    (bench/tracking.py, the occluded clip)."""
+    tracker = Tracker(TrackingSpec(enabled=True, low=0.2))
+    for t in range(3):
+        assert ids(tracker, boxes(10 * t), t) == [1]
+    assert ids(tracker, boxes(40, y=130), 3, [0.3]) == [1]  # weak, 30 px off, kept on
+    (track,) = tracker.tracks
+    assert track.velocity.tolist() == [10.0, 0.0, 10.0, 0.0]  # what strong boxes measured
+    assert track.predicted(4).tolist() == [50.0, 130.0, 140.0, 220.0]  # from where it was
+
+
+@pytest.mark.unit
 def test_model_toml_tracking_table() -> None:
     """Guards against a bad [tracking] table being taken silently."""
     base = {"task": "blazeface", "input": [128, 128]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import tritonclient.http as triton_http
 from PIL import Image, ImageColor
 
 from edge.client import annotate, replies
+from edge.inference.tracking import TRACK_COLOURS
 from edge.transports.grpc.gen import inference_pb2 as ours
 from tests import grpcclient as gc
 from tests.conftest import running, settings_for
@@ -161,5 +163,38 @@ def test_annotate_colours_boxes_by_track_id() -> None:
     assert [d.track_id for d in result.detections] == [1, 2, None]
     picture = np.asarray(annotate.draw(Image.new("RGB", (200, 100), "gray"), result))
     tops = [tuple(picture[10, x].tolist()) for x in (35, 100, 165)]  # each box's top edge
-    tracks = [ImageColor.getrgb(c) for c in annotate.TRACK_COLOURS]
+    tracks = [ImageColor.getrgb(c) for c in TRACK_COLOURS]
     assert tops == [tracks[1], tracks[2], annotate.COLOR]
+
+
+@pytest.mark.unit
+def test_annotate_writes_text_under_boxes() -> None:
+    """Guards against `edge stream --annotate` leaving out what a reading model read (or the
+    client dropping `text` when it parses a result), or writing it anywhere but under its
+    box."""
+    msg = {"type": "result", "seq": 0, "width": 300, "height": 120, "detections": [
+        {"label": "text", "score": 0.9, "box": [10, 10, 140, 40], "polygon": [[10, 10],
+         [140, 10], [140, 40], [10, 40]], "text": "HELLO", "confidence": 0.97},
+        {"label": "text", "score": 0.9, "box": [160, 10, 290, 40], "polygon": [[160, 10],
+         [290, 10], [290, 40], [160, 40]]},
+    ]}  # fmt: skip
+    result = replies.parse(json.dumps(msg))
+    assert isinstance(result, replies.Result)
+    assert [(d.text, d.text_confidence) for d in result.detections] == [
+        ("HELLO", 0.97), (None, None)
+    ]  # fmt: skip
+    grey = Image.new("RGB", (300, 120), "gray")
+    picture = np.asarray(annotate.draw(grey, result)).astype(int)
+    under = picture[42:70, 10:140]
+    assert (np.abs(under - 128).sum(axis=2) > 60).sum() > 30, "no text under the HELLO box"
+    assert (picture[42:70, 160:290] == 128).all(), "text under a box that read none"
+
+
+@pytest.mark.unit
+def test_the_dashboard_has_the_gateways_track_colours() -> None:
+    """Guards against the dashboard's copy of the track palette (edge/web/app.js) drifting
+    from the one the WebRTC return track and `edge stream --annotate` draw with: the same
+    track would show in two colours."""
+    app = (Path(__file__).resolve().parent.parent / "edge" / "web" / "app.js").read_text()
+    (listed,) = re.findall(r'const TRACK_COLOURS = "([^"]*)"\.split\(" "\);', app)
+    assert tuple(listed.split(" ")) == TRACK_COLOURS

@@ -42,9 +42,10 @@ from edge.compat import timeout
 from edge.core.outbox import Outbox
 from edge.core.services import SERVICES
 from edge.frames import Result, Timing
+from edge.inference.tracking import track_colour
 from edge.process.app import drain
 from edge.settings import Settings, SettingsError
-from edge.transports.webrtc.annotate import BOX_YUV, boxes, draw_box
+from edge.transports.webrtc.annotate import BOX_YUV, annotate, draw_box, marks, yuv_of
 from edge.transports.webrtc.media import ChannelWriter
 from edge.transports.webrtc.offer import PEERS, ice_configuration
 from tests.conftest import running, settings_for, wait_ready
@@ -478,13 +479,39 @@ def test_draw_box_outlines_in_all_three_planes() -> None:
     yuv = np.zeros((h * 3 // 2, w), np.uint8)
     timing = Timing(0.0, 0.0, 0.0)
     result = Result(0, "m@1", 128, 96, timing, {"detections": [{"box": [20, 10, 60, 50]}]})
-    for box in boxes(result, w, h):
-        draw_box(yuv, w, h, box)
+    for mark in marks(result, w, h):
+        draw_box(yuv, w, h, mark.box, mark.colour)
     y = yuv[:h]
     assert (y[5, 10:32] == BOX_YUV[0]).all() and (y[5:26, 10] == BOX_YUV[0]).all()
     assert y[15, 20] == 0 and y[0, 0] == 0
     u = yuv.reshape(-1)[w * h : w * h + w * h // 4].reshape(h // 2, w // 2)
     assert u[2, 5] == BOX_YUV[1] and u[7, 10] == 0
+
+
+@pytest.mark.unit
+def test_return_track_colours_tracks_and_writes_text_under_boxes() -> None:
+    """Guards against the return track drawing every track in one colour (or in another
+    colour than the dashboard and `edge stream --annotate` give the same track), and against
+    what a reading model read not being written under its box."""
+    w, h = 320, 240
+    grey = VideoFrame.from_ndarray(np.full((h * 3 // 2, w), 128, np.uint8), format="yuv420p")
+    grey.pts, grey.time_base = 0, fractions.Fraction(1, 90000)
+    detections = [
+        {"label": "text", "score": 0.9, "box": [20, 20, 140, 60], "track_id": 1, "text": "HELLO"},
+        {"label": "text", "score": 0.9, "box": [180, 20, 300, 60], "track_id": 2},
+    ]
+    result = Result(0, "m@1", w, h, Timing(0.0, 0.0, 0.0), {"detections": detections})
+    drawn = annotate(grey, result).to_ndarray()
+    luma = drawn[:h].astype(int)
+    tops = [int(luma[20, 80]), int(luma[20, 240])]  # each box's top edge
+    assert tops == [yuv_of(track_colour(1))[0], yuv_of(track_colour(2))[0]]
+    assert tops[0] != tops[1] and BOX_YUV[0] not in tops
+    under = luma[62:92, 20:140]  # the band under the first box: the text on its plate
+    rows, cols = np.nonzero(under != 128)
+    assert len(rows) > 100, "nothing written under the box that reads HELLO"
+    assert rows.min() <= 2 and cols.min() <= 2, "the text is not right under its box"
+    assert len(np.unique(under[rows, cols])) >= 2, "a plate with no text on it"
+    assert (luma[62:92, 180:300] == 128).all(), "text written under a box that read none"
 
 
 class FakeChannel(AsyncIOEventEmitter):

@@ -25,6 +25,7 @@ from typing import Any, cast
 import numpy as np
 import onnxruntime as ort
 
+from edge.bench.stagerun import later_stages, read_regions
 from edge.inference.decode import decode
 from edge.inference.modelspec import ModelSpec
 from edge.inference.tasks import get_task
@@ -62,7 +63,7 @@ class Baseline:
 
 class Stages:
     """One model's frame path outside the gateway, on one session of `threads` threads
-    (0: ORT's default)."""
+    (0: ORT's default), its later stages included (one session each, the same threads)."""
 
     def __init__(self, models: Path, model: str, providers: list[str], threads: int) -> None:
         self.spec = ModelSpec.load(models / model)
@@ -71,17 +72,18 @@ class Stages:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1 if threads == 1 else 0
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(model_file(models, model)), opts, providers=providers
-        )
+        path = model_file(models, model)
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.feed = self.session.get_inputs()[0].name
+        self.later = later_stages(path.parent, self.spec, providers, opts)
 
     def run(self, data: bytes) -> dict[str, Any]:
         """One frame through every stage: the payload a result carries."""
         image = decode(data, self.task.decode_hint(), 1 << 30)
         tensor, ctx = self.task.preprocess(image)
         outputs = self.session.run(None, {self.feed: tensor[None]})
-        return self.task.postprocess([o[0] for o in outputs], ctx, image, self.spec.threshold)
+        found = self.task.postprocess([o[0] for o in outputs], ctx, image, self.spec.threshold)
+        return read_regions(self.later, self.spec, self.task.rows, image, found)
 
     def loop(self, data: bytes, seconds: float) -> tuple[float, float]:
         """Frames a second over `seconds` of back-to-back frames, and CPU cores busy."""

@@ -5,12 +5,25 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+#: what the drawn page for a reading model says: a label's or a notice's few lines
+PAGE_LINES = (
+    ("PLATFORM 4", 44), ("Next train 10:42 to Central", 26), ("Stopping at all stations", 22),
+    ("Please stand behind the yellow line", 20), ("Lift out of order", 24),
+    ("edge gateway 2026", 18),
+)  # fmt: skip
 
 
-def frame_jpeg(size: tuple[int, int], image: Path | None = None, quality: int = 80) -> bytes:
-    """`image` (any file Pillow reads) resized to `size`, or a drawn test card without one."""
-    picture = Image.open(image).convert("RGB") if image else test_card(size)
+def frame_jpeg(
+    size: tuple[int, int], image: Path | None = None, quality: int = 80, reads_text: bool = False
+) -> bytes:
+    """`image` (any file Pillow reads) resized to `size`, or without one a drawn picture: a
+    page of printed lines for a model that reads text (`reads_text`), else a test card."""
+    if image:
+        picture = Image.open(image).convert("RGB")
+    else:
+        picture = text_page(size) if reads_text else test_card(size)
     buf = io.BytesIO()
     picture.resize(size).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
@@ -33,3 +46,15 @@ def test_card(size: tuple[int, int]) -> Image.Image:
         cx, cy = w * (k + 1) // 4, h // 2
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(200 - 40 * k, 150, 110 + 40 * k))
     return card
+
+
+def text_page(size: tuple[int, int]) -> Image.Image:
+    """Dark lines of printed text (PAGE_LINES, Pillow's own font) on a light page, drawn at
+    640x480 and scaled to `size`: what a reading model finds and reads."""
+    page = Image.new("RGB", (640, 480), (236, 232, 220))
+    pen = ImageDraw.Draw(page)
+    y = 28
+    for text, points in PAGE_LINES:
+        pen.text((36, y), text, fill=(24, 24, 32), font=ImageFont.load_default(size=points))
+        y += int(points * 2.2)
+    return page.resize(size)

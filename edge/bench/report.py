@@ -39,6 +39,13 @@ LOAD_COLUMNS = (
 FAIRNESS_COLUMNS = (
     "transport", "run", "streams", "results per stream (min - max)", "Jain's index",
 )  # fmt: skip
+#: a model with later stages: its headline runs against the ceiling of all its stages
+STAGE_COLUMNS = (
+    "run", "throughput (results/s)", "p50 frame age (ms)", "p99 frame age (ms)",
+    "ratio to the ceiling", "target",
+)  # fmt: skip
+#: the share of the ceiling a model with stages should reach at the headline overload (#24)
+STAGE_TARGET = 0.90
 AGE_COLUMNS = (
     "server", "throughput (results/s)", "p50 latency (ms)", "p99 latency (ms)", "max (ms)",
     "median age, first third -> last third (ms)", "unanswered",
@@ -102,6 +109,7 @@ def _model(m: ModelResults, charts: dict[str, str]) -> str:
         f"Every client sent the same frame: a {m.frame}. The ceiling: {m.ceiling():.1f} "
         f"frames/s (the median of {len(m.ceilings)} measurements before the runs).",
         "",
+        *_stages(m),
         "### Comparison",
         "",
         _table(COLUMNS, _comparison(m)),
@@ -155,6 +163,32 @@ def _model(m: ModelResults, charts: dict[str, str]) -> str:
         out += ["Raw sessions, each layout and batch size:", ""]
         out += [f"- {n}" for n in m.notes] + [""]
     return "\n".join(out)
+
+
+def _stages(m: ModelResults) -> list[str]:
+    """For a model with later stages: what the ceiling runs, and its headline runs (every
+    transport's 1.5x load, the long overload on both servers) against it and the target."""
+    if len(m.stages) < 2:
+        return []
+    ceiling = m.ceiling()
+    runs = [r for r in m.find("load") if r.factor == 1.5] + m.find("age") + m.find("age", "naive")
+    rows = []
+    for r in runs:
+        ages, got = _ages_ms(r.run), r.run.throughput()
+        met = "met" if ceiling and got / ceiling >= STAGE_TARGET else "not met"
+        rows.append([_label(r), _f(got, 1), _f(percentile(ages, 0.5), 1),
+                     _f(percentile(ages, 0.99), 1), _ratio(got, ceiling),
+                     f"{STAGE_TARGET:.2f}x: {met}"])  # fmt: skip
+    return [
+        "### Stages against the ceiling",
+        "",
+        f"Stages: {' → '.join(m.stages)}. The ceiling and the plain loop run every stage of "
+        "each frame, one frame at a time, one process per core (edge/bench/stagerun.py), as "
+        "does the naive server; the raw sessions row is the first stage alone.",
+        "",
+        _table(STAGE_COLUMNS, rows),
+        "",
+    ]
 
 
 def _comparison(m: ModelResults) -> list[list[str]]:

@@ -40,6 +40,8 @@ class ModelResults:
     runs: list[Measured] = field(default_factory=list)
     batches: dict[str, float] = field(default_factory=dict)  # from the gateway's /metrics
     notes: list[str] = field(default_factory=list)
+    #: the model's stages in words, first to last (more than one: later stages on crops)
+    stages: list[str] = field(default_factory=list)
 
     def ceiling(self) -> float:
         """What the machine can do with this model: the median of the ceilings measured

@@ -19,7 +19,7 @@ from typing import Any
 
 from edge.bench import scenarios
 from edge.bench.baselines import CeilingPool, RawSession, ort_providers, plain_loop
-from edge.bench.frames import frame_jpeg
+from edge.bench.frames import PAGE_LINES, frame_jpeg
 from edge.bench.links import TransportUnavailable, opener
 from edge.bench.machine import machine, versions
 from edge.bench.options import Options
@@ -33,7 +33,9 @@ from edge.bench.servers import (
     scratch_repository,
     wait_ready,
 )
+from edge.bench.stagerun import described
 from edge.bench.stats import drift
+from edge.inference.modelspec import ModelSpec
 
 #: exit codes besides 0
 BAD_ARGUMENTS, SERVER_FAILED, TOO_BUSY = 2, 1, 3
@@ -148,10 +150,15 @@ def _model(
 ) -> ModelResults:  # fmt: skip
     """Every run for one model, in order, between two measurements of its ceiling."""
     image = options.image_for(model)
-    data = frame_jpeg(options.size, image)
+    spec = ModelSpec.load(models / model)
+    data = frame_jpeg(options.size, image, reads_text=bool(spec.stages))
     w, h = options.size
-    source = image.name if image else "a drawn test card"
+    drawn = (
+        f"a drawn page of {len(PAGE_LINES)} printed lines" if spec.stages else "a drawn test card"
+    )
+    source = image.name if image else drawn
     got = ModelResults(model, f"{w}x{h} JPEG of {source}, {len(data) / 1e3:.0f} kB")
+    got.stages = described(spec)
     providers = ort_providers(options.providers)
     say(f"{model}: the ceiling, {plan.ceiling_repeats} x {plan.ceiling_seconds:g} s")
     with CeilingPool(models, model, data, providers) as pool:

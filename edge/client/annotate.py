@@ -16,24 +16,24 @@ from PIL import Image, ImageDraw
 
 from edge.client.errors import SourceError
 from edge.client.replies import Detection, Result
+from edge.inference.tracking import track_colour
 
 #: results waiting for the writer thread
 QUEUE = 32
 _STOP = object()
 COLOR = (255, 64, 32)
-#: a tracked detection's colours, picked by its track_id; the dashboard's (edge/web/app.js)
-TRACK_COLOURS = tuple("#e6194b #f58231 #ffe119 #bfef45 #42d4f4 #4363d8 #911eb4 #f032e6".split())
 
 
 def colour(d: Detection) -> str | tuple[int, int, int]:
-    """A tracked detection's track colour, the same on every frame (a stable hash of the ID:
-    neighbouring IDs, the tracks most often in view together, differ); COLOR otherwise."""
-    return COLOR if d.track_id is None else TRACK_COLOURS[abs(d.track_id) % len(TRACK_COLOURS)]
+    """A tracked detection's track colour (edge.inference.tracking.track_colour); COLOR
+    otherwise."""
+    return COLOR if d.track_id is None else track_colour(d.track_id)
 
 
 def draw(image: Image.Image, result: Result) -> Image.Image:
     """The picture with the result's boxes, keypoints and polygons drawn over it; a tracked
-    detection in its track's colour, its ID beside the label."""
+    detection in its track's colour, its ID beside the label; the text a region reads
+    under its box."""
     out = image.convert("RGB")
     pen = ImageDraw.Draw(out)
     width = max(2, round(max(out.size) / 240))
@@ -44,6 +44,8 @@ def draw(image: Image.Image, result: Result) -> Image.Image:
             track = "" if d.track_id is None else f" #{d.track_id}"
             text = f"{d.label}{track} {d.score:.2f}"
             pen.text((d.box[0] + width, d.box[1] + width), text, fill=ink)
+            if d.text:  # what a reading model read, under its box
+                pen.text((d.box[0], d.box[3] + width), d.text, fill=ink)
         for x, y in d.keypoints:
             pen.ellipse((x - width, y - width, x + width, y + width), fill=ink)
         if len(d.polygon) >= 3:

@@ -33,6 +33,9 @@ class Detection:
     polygon: tuple[tuple[float, float], ...] = ()
     #: a tracked model's: the same object across the stream's frames (docs/models.md)
     track_id: int | None = None
+    #: what a reading model (`ocr`) read in the region, and how sure it is
+    text: str | None = None
+    text_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,8 @@ def parse(text: str, connection: int = 0) -> Reply:
 
 
 def _detection(d: dict[str, Any]) -> Detection:
-    box, track_id = d.get("box"), d.get("track_id")
+    box, track_id, text = d.get("box"), d.get("track_id"), d.get("text")
+    confidence = d.get("confidence") if text is not None else None
     return Detection(
         label=str(d.get("label", "")),
         score=float(d.get("score", 0.0)),
@@ -199,4 +203,6 @@ def _detection(d: dict[str, Any]) -> Detection:
         keypoints=tuple((float(x), float(y)) for x, y in d.get("keypoints", ())),
         polygon=tuple((float(x), float(y)) for x, y in d.get("polygon", ())),
         track_id=None if track_id is None else int(track_id),
+        text=None if text is None else str(text),
+        text_confidence=None if confidence is None else float(confidence),
     )

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from edge.frames import (
 )
 from edge.inference.decode import decode
 from edge.inference.engine import LoadedModel
-from edge.inference.stages import OnBatch, run_stages
+from edge.inference.stages import OnBatch, Stage, run_stages
 from edge.metrics import Metrics
 from edge.models.repository import Repository
 from edge.models.shadow import run_shadow, second_opinion
@@ -70,6 +70,16 @@ class InFlight:
     context: Any  # what preprocess noted for postprocess (None for a raw input)
     decoding: float  # when its decode began (time.monotonic())
     prepared: float  # when its tensor was ready
+
+
+@dataclass(slots=True)
+class Found:
+    """A frame's answer between its postprocessing and its result: the payload (None for a
+    raw input, whose answer is the network's `outputs`) and the seconds spent on it so far."""
+
+    payload: dict[str, Any] | None
+    spent: float
+    outputs: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(slots=True)
@@ -111,7 +121,11 @@ class Pipeline:
         if run is None:  # every frame was answered inference_failed
             self._judge(index, model, None, ready, [None] * len(ready), None)
             return
-        payloads = self._answer_all(index, model, ready, run)
+        payloads, stages_s = self._answer_all(index, model, ready, run)
+        # the batch's cost per frame, its later stages' included: frames batched together
+        # have their crops batched together too (edge/inference/stages.py)
+        model.sizer.record(len(ready), run.ended - run.started + stages_s)
+        self._metrics.batch_limit.labels(model.name).set(model.sizer.best)
         self._sample_shadow(index, model, run.batch, ready, payloads)
         self._judge(index, model, run.batch, ready, payloads, run.cost_s)
 
@@ -180,59 +194,88 @@ class Pipeline:
         m.inference_latency.labels(model.name).observe(t1 - t0)
         m.stage_latency.labels(model.name, "session").observe(session_s)
         m.batch_size.labels(model.name).observe(len(ready))
-        model.sizer.record(len(ready), t1 - t0)
-        m.batch_limit.labels(model.name).set(model.sizer.best)
         return BatchRun(batch, outputs, taken, t0, t1, cost_s)
 
     def _answer_all(
         self, index: int, model: LoadedModel, ready: list[InFlight], run: BatchRun
-    ) -> list[dict[str, Any] | None]:
-        """Answer each frame of the batch; their payloads (None: a raw input, or a failure)."""
+    ) -> tuple[list[dict[str, Any] | None], float]:
+        """Answer each frame of the batch: its outputs postprocessed, the model's later stages
+        run on what all of them found at once, then its result sent. Their payloads (None: a
+        raw input, or a failure) and the seconds the later stages took."""
+        found = [
+            self._postprocess(model, f, [o[i] for o in run.outputs]) for i, f in enumerate(ready)
+        ]
+        stages_s = self._later_stages(index, model, ready, found) if model.stages else 0.0
         post = self._metrics.stage_latency.labels(model.name, "postprocess")
         waited = self._metrics.queue_wait.labels(model.name)
         payloads: list[dict[str, Any] | None] = []
-        for i, f in enumerate(ready):
-            t_post = time.monotonic()
-            answered = self._answer(index, model, f, [o[i] for o in run.outputs], run)
-            if answered is None:
+        for f, got in zip(ready, found, strict=True):
+            t_finish = time.monotonic()
+            done = None if got is None else self._finish(model, f, got, run)
+            if got is None or done is None:
                 payloads.append(None)
                 continue
-            payload, done = answered
             if f.image is not None:
-                post.observe(time.monotonic() - t_post)
+                post.observe(got.spent + time.monotonic() - t_finish)
             waited.observe(run.taken - f.frame.received_at)
             self._trace(model, f, run, done)
-            payloads.append(payload)
-        return payloads
+            payloads.append(got.payload)
+        return payloads, stages_s
 
-    def _answer(
-        self, index: int, model: LoadedModel, f: InFlight, rows: list[np.ndarray], run: BatchRun
-    ) -> tuple[dict[str, Any] | None, float] | None:
-        """Postprocess one frame's outputs `rows` (and run the model's later stages on what
-        it found, on worker `index`'s sessions), encode its result for its stream's wire
-        and hand it on: its payload and when it was done; None when it failed (answered
-        postprocess_failed)."""
-        stream, frame, image = f.stream, f.frame, f.image
-        payload: dict[str, Any] | None = None
+    def _postprocess(self, model: LoadedModel, f: InFlight, rows: list[np.ndarray]) -> Found | None:
+        """The first stage's answer for one frame from its outputs `rows`; None when it failed
+        (answered postprocess_failed)."""
+        if f.image is None:  # a raw input: the network's own outputs are its answer
+            return Found(None, 0.0, tuple(rows))
+        t0 = time.monotonic()
         try:
-            if image is None:  # a raw input: the network's own outputs are its answer
+            threshold = model.spec.threshold if f.stream.threshold is None else f.stream.threshold
+            payload = model.task.postprocess(
+                rows, f.context, f.image, tracks.floor(model, threshold)
+            )
+        except Exception as e:
+            self._failed(model, f, e)
+            return None
+        return Found(payload, time.monotonic() - t0)
+
+    def _later_stages(
+        self, index: int, model: LoadedModel, ready: list[InFlight], found: list[Found | None]
+    ) -> float:
+        """Run the model's later stages on the regions of every frame of the batch at once
+        (on worker `index`'s sessions); a frame they fail on is answered postprocess_failed.
+        The seconds they took, each frame charged an equal share."""
+        todo = [i for i, got in enumerate(found) if got is not None and ready[i].image is not None]
+        if not todo:
+            return 0.0
+        frames = [(cast(Image, ready[i].image), cast(Found, found[i]).payload or {}) for i in todo]
+        t0 = time.monotonic()
+        try:
+            staged = run_stages(
+                model.stages, model.spec, model.task.rows, frames, index, self._stage_batch(model)
+            )
+        except Exception as e:  # one frame, which the stages failed on
+            staged = [e] * len(todo)
+        spent = time.monotonic() - t0
+        for i, out in zip(todo, staged, strict=True):
+            got = cast(Found, found[i])
+            if isinstance(out, Exception):
+                self._failed(model, ready[i], out)
+                found[i] = None
+            else:
+                got.payload, got.spent = out, got.spent + spent / len(todo)
+        return spent
+
+    def _finish(self, model: LoadedModel, f: InFlight, got: Found, run: BatchRun) -> float | None:
+        """Track a frame's detections, encode its result for its stream's wire and hand it
+        on: when it was done; None when that failed (answered postprocess_failed)."""
+        stream, frame, image, payload = f.stream, f.frame, f.image, got.payload
+        try:
+            if image is None or payload is None:
                 done = time.monotonic()
                 timing = _timing(frame, run, done)
-                result = Result(frame.seq, model.ref, 0, 0, timing, outputs=tuple(rows))
+                result = Result(frame.seq, model.ref, 0, 0, timing, outputs=got.outputs)
             else:
                 threshold = model.spec.threshold if stream.threshold is None else stream.threshold
-                floor = tracks.floor(model, threshold)
-                payload = model.task.postprocess(rows, f.context, image, floor)
-                if model.stages:
-                    payload = run_stages(
-                        model.stages,
-                        model.spec,
-                        model.task.rows,
-                        image,
-                        payload,
-                        index,
-                        self._stage_batch(model),
-                    )
                 tracks.follow(self._metrics, stream, model, payload, threshold, frame.seq)
                 done = time.monotonic()
                 timing = _timing(frame, run, done)
@@ -241,16 +284,26 @@ class Pipeline:
             message = stream.outbox.wire.result(result)
             text = _for_sinks(stream, result, message)
         except Exception as e:
-            log.exception("session=%s seq=%d: postprocess failed", stream.id, frame.seq)
-            self.error(stream, frame, "postprocess_failed", str(e), "postprocess", model.name)
+            self._failed(model, f, e)
             return None
         self._push(Reply(stream, result, message, frame.received_at, model.name, text))
-        return payload, done
+        return done
+
+    def _failed(self, model: LoadedModel, f: InFlight, e: Exception) -> None:
+        """Answer a frame whose postprocessing (later stages, tracking, encoding) failed."""
+        log.error("session=%s seq=%d: postprocess failed", f.stream.id, f.frame.seq, exc_info=e)
+        self.error(f.stream, f.frame, "postprocess_failed", str(e), "postprocess", model.name)
 
     def _stage_batch(self, model: LoadedModel) -> OnBatch:
-        """What observes the batch sizes of `model`'s later stages, labelled by task."""
-        sizes = self._metrics.stage_batch_size
-        return lambda stage, n: sizes.labels(model.name, stage.task.name).observe(n)
+        """What observes the runs of `model`'s later stages, labelled by task: the crops each
+        carried, and the frames (of different streams) they came from."""
+        crops, frames = self._metrics.stage_batch_size, self._metrics.stage_batch_frames
+
+        def observe(stage: Stage, n: int, sources: int) -> None:
+            crops.labels(model.name, stage.task.name).observe(n)
+            frames.labels(model.name, stage.task.name).observe(sources)
+
+        return observe
 
     def _trace(self, model: LoadedModel, f: InFlight, run: BatchRun, done: float) -> None:
         if self._tracer is None:

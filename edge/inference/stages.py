@@ -1,13 +1,17 @@
 """A model's later stages (model.toml `[[stages]]`): run on crops of what the first found.
 
 The first stage's postprocess gives regions (its payload's `rows`); `run_stages` runs every
-later stage on them inside the same worker job, before the frame is answered, so a frame is
-still answered once and the scheduler's rules (latest frame wins, every frame answered) hold
-as for a one-stage model. The best-scored `max_regions` regions are kept (the rest are left
-out of the answer); each is cropped once (`RegionTask.takes`), and each stage runs its crops
-in batches of up to its `max_batch`, narrowest first so a batch pads little, padded on the
-right to the task's `batch_width`. What a stage gives (`RegionTask.gives`) is merged into
-the region its crop came from; what it turns (`RegionTask.turn`) is what the next one takes.
+later stage on them inside the same worker job, before the frames are answered, so a frame
+is still answered once and the scheduler's rules (latest frame wins, every frame answered)
+hold as for a one-stage model. It takes every frame of the worker's batch at once: the
+frames of different streams that the first stage ran together (up to its batch limit,
+edge/inference/batching.py) have their crops batched together too. The best-scored
+`max_regions` regions of each frame are kept (the rest are left out of the answer); each is
+cropped once (`RegionTask.takes`), and each stage runs all the crops in batches of up to its
+`max_batch`, narrowest first so a batch pads little, padded on the right to the task's
+`batch_width` (the batch's widest sample, which is never wider than the task's input: the
+padded width's cap). What a stage gives (`RegionTask.gives`) is merged into the region its
+crop came from; what it turns (`RegionTask.turn`) is what the next one takes.
 """
 
 from __future__ import annotations
@@ -58,44 +62,96 @@ def make_stage(
     return Stage(file, task, sessions)
 
 
-#: told each stage run's batch size (the pipeline observes it in /metrics)
-OnBatch = Callable[[Stage, int], None]
+#: told each stage run's size: the stage, the crops it carried, the frames they came from
+#: (the pipeline observes both in /metrics)
+OnBatch = Callable[[Stage, int, int], None]
+
+
+@dataclass(slots=True)
+class _Crops:
+    """The crops of every frame of a batch, flattened: each with its region and its frame."""
+
+    images: list[Image]
+    regions: list[dict[str, Any]]
+    frames: list[int]  # the index of the frame each crop came from
 
 
 def run_stages(
-    stages: list[Stage], spec: ModelSpec, rows: str, image: Image, payload: dict[str, Any],
-    worker: int, on_batch: OnBatch | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """`payload` with its regions (`payload[rows]`) bounded and given each stage's fields;
-    `on_batch` is told the size of every batch a stage runs."""
+    stages: list[Stage], spec: ModelSpec, rows: str,
+    frames: list[tuple[Image, dict[str, Any]]], worker: int, on_batch: OnBatch | None = None,
+) -> list[dict[str, Any] | Exception]:  # fmt: skip
+    """Each frame's payload with its regions (`payload[rows]`) bounded and given each stage's
+    fields, the crops of all `frames` batched together; for a frame the stages failed on, the
+    exception. When a joint batch fails, each frame is run again alone, so a frame that
+    breaks a stage costs only itself. `on_batch` is told the size of every batch a stage
+    runs."""
+    bounded = [_bounded(payload, rows, spec) for _, payload in frames]
+    try:
+        _run_all(stages, [im for im, _ in frames], bounded, worker, on_batch)
+    except Exception:
+        if len(frames) == 1:
+            raise
+        return [_alone(stages, spec, rows, frame, worker, on_batch) for frame in frames]
+    payloads = [payload for _, payload in frames]
+    return [{**p, rows: regions} for p, regions in zip(payloads, bounded, strict=True)]
+
+
+def _alone(
+    stages: list[Stage], spec: ModelSpec, rows: str, frame: tuple[Image, dict[str, Any]],
+    worker: int, on_batch: OnBatch | None,
+) -> dict[str, Any] | Exception:  # fmt: skip
+    try:
+        return run_stages(stages, spec, rows, [frame], worker, on_batch)[0]
+    except Exception as e:
+        return e
+
+
+def _bounded(payload: dict[str, Any], rows: str, spec: ModelSpec) -> list[dict[str, Any]]:
+    """The best-scored `max_regions` regions of a payload, copied (merging into them leaves
+    the first stage's payload as it was)."""
     regions = sorted(payload.get(rows, []), key=lambda r: -float(r.get("score", 0.0)))
-    regions = regions[: spec.max_regions]
-    if regions and stages:
-        crops = [crop_upright(image, _corners(r, stages[0].task.takes)) for r in regions]
+    return [dict(r) for r in regions[: spec.max_regions]]
+
+
+def _run_all(
+    stages: list[Stage], images: list[Image], regions: list[list[dict[str, Any]]], worker: int,
+    on_batch: OnBatch | None,
+) -> None:  # fmt: skip
+    if not stages:
+        return
+    takes = stages[0].task.takes
+    crops = _Crops([], [], [])
+    for i, (image, mine) in enumerate(zip(images, regions, strict=True)):
+        crops.images += [crop_upright(image, _corners(r, takes)) for r in mine]
+        crops.regions += mine
+        crops.frames += [i] * len(mine)
+    if crops.images:
         for stage in stages:
-            crops = _run_stage(stage, crops, regions, worker, on_batch)
-    return {**payload, rows: regions}
+            crops.images = _run_stage(stage, crops, worker, on_batch)
 
 
-def _run_stage(stage: Stage, crops: list[Image], regions: list[dict[str, Any]], worker: int,
+def _run_stage(stage: Stage, crops: _Crops, worker: int,
                on_batch: OnBatch | None) -> list[Image]:  # fmt: skip
+    """One stage over every crop, in batches of up to its `max_batch`, narrowest first; what
+    it gives merged into each crop's region; the crops the next stage takes."""
     task = stage.task
     threshold = task.spec.threshold
-    samples = [task.preprocess(c)[0] for c in crops]
+    samples = [task.preprocess(c)[0] for c in crops.images]
     order = np.argsort([s.shape[-1] for s in samples], kind="stable").tolist()
     size = task.spec.max_batch
-    turned = list(crops)
+    turned = list(crops.images)
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
         picked = [samples[i] for i in chunk]
         batch = _pad(picked, task.batch_width([s.shape[-1] for s in picked]))
         outputs = stage.run(batch, worker)
         if on_batch is not None:
-            on_batch(stage, len(chunk))
+            on_batch(stage, len(chunk), len({crops.frames[i] for i in chunk}))
         for row, i in enumerate(chunk):
-            fields = task.postprocess([o[row] for o in outputs], None, crops[i], threshold)
-            regions[i].update({k: fields[k] for k in task.gives})
-            turned[i] = task.turn(crops[i], fields)
+            image = crops.images[i]
+            fields = task.postprocess([o[row] for o in outputs], None, image, threshold)
+            crops.regions[i].update({k: fields[k] for k in task.gives})
+            turned[i] = task.turn(image, fields)
     return turned
 
 

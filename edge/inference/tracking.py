@@ -14,7 +14,9 @@ still count. Each update:
 3. matches detections scoring at or above the stream's threshold to the predictions, greedily
    by IOU (at least `iou`), then the detections between `low` and the threshold to the tracks
    still unmatched (ByteTrack's second pass: a face turning away or blurred by motion keeps
-   its track through a weak frame);
+   its track through a weak frame). A weak detection moves its track but does not measure
+   its velocity: a half-hidden face is found as a displaced box, and motion measured from it
+   sends the predictions off the face (bench/tracking.py measured both, docs/benchmarks.md);
 4. starts a track for each unmatched detection at or above the threshold; an unmatched weak
    detection is not reported.
 
@@ -34,6 +36,16 @@ import numpy as np
 
 #: how much of a new velocity measurement replaces the old estimate (exponential smoothing)
 _SMOOTHING = 0.5
+#: the colours a track is drawn in, picked by its ID (`track_colour`), wherever results are
+#: drawn: the WebRTC return track, `edge stream --annotate`, the dashboard (edge/web/app.js
+#: holds the same list)
+TRACK_COLOURS = tuple("#e6194b #f58231 #ffe119 #bfef45 #42d4f4 #4363d8 #911eb4 #f032e6".split())
+
+
+def track_colour(track_id: int) -> str:
+    """A track's colour, the same on every frame: the ID modulo the palette, so neighbouring
+    IDs (the tracks most often in view together) differ."""
+    return TRACK_COLOURS[abs(track_id) % len(TRACK_COLOURS)]
 
 
 class TrackingSpecError(ValueError):
@@ -84,9 +96,10 @@ class Track:
     def predicted(self, t: float) -> np.ndarray:
         return self.box + self.velocity * max(0.0, t - self.seen)
 
-    def follow(self, box: np.ndarray, t: float) -> None:
+    def follow(self, box: np.ndarray, t: float, steer: bool = True) -> None:
+        """Seen at `box` at time `t`; its velocity measured again unless `steer` is false."""
         dt = t - self.seen
-        if dt > 0:
+        if dt > 0 and steer:
             measured = (box - self.box) / dt
             weight = 1.0 if self.hits == 1 else _SMOOTHING  # a first step is all we know
             self.velocity = self.velocity + weight * (measured - self.velocity)
@@ -107,8 +120,12 @@ class Tracker:
     """One stream's tracks. Not thread-safe: its stream has at most one frame in flight, so
     one worker at a time updates it (edge/core/tracks.py)."""
 
-    def __init__(self, spec: TrackingSpec, model: str = "") -> None:
+    def __init__(self, spec: TrackingSpec, model: str = "", weak_steer: bool = False) -> None:
         self.spec, self.model = spec, model
+        #: whether a weak detection that continues a track measures its velocity too (as
+        #: ByteTrack's Kalman update does); off: it moves the track, its motion stays
+        #: what strong detections measured (bench/tracking.py compares the two)
+        self.weak_steer = weak_steer
         self.tracks: list[Track] = []
         self._next_id = 1
 
@@ -120,9 +137,9 @@ class Tracker:
         strong = [i for i in range(len(boxes)) if scores[i] >= threshold]
         weak = [i for i in range(len(boxes)) if self.spec.low <= scores[i] < threshold]
         free = list(alive)
-        for wanted in (strong, weak):
+        for wanted, steer in ((strong, True), (weak, self.weak_steer)):
             for i, k in self._match(boxes, wanted, free, t):
-                k.follow(boxes[i], t)
+                k.follow(boxes[i], t, steer)
                 ids[i] = k.id
                 free.remove(k)
         started = 0

@@ -14,7 +14,8 @@ const STALE_BOXES_MS = 1000; // boxes with no newer result for this long are cle
 const STEADY_MS = 5000;
 const TOKEN_KEY = "edge-token"; // sessionStorage: kept for this tab only, never in the URL
 // A tracked detection's colour, picked by its track_id, the same on every frame; the same list
-// as `edge stream --annotate`'s (edge/client/annotate.py, TRACK_COLOURS).
+// as the gateway's (edge/inference/tracking.py, TRACK_COLOURS), which `edge stream --annotate`
+// and the WebRTC return track draw with.
 const TRACK_COLOURS = "#e6194b #f58231 #ffe119 #bfef45 #42d4f4 #4363d8 #911eb4 #f032e6".split(" ");
 
 // Events per second over a sliding window.
@@ -148,10 +149,10 @@ function draw(msg) {
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, overlay.clientWidth, overlay.clientHeight);
   overlay.dataset.boxes = "[]"; // what is drawn, in CSS pixels of the overlay, for tests
-  overlay.dataset.colours = overlay.dataset.labels = "[]";
+  overlay.dataset.colours = overlay.dataset.labels = overlay.dataset.texts = "[]";
   if (!msg) return;
   const { map } = displayed(msg.width, msg.height);
-  const [boxes, colours, labels] = [[], [], []];
+  const [boxes, colours, labels, texts] = [[], [], [], []];
   ctx.lineWidth = 3;
   ctx.font = "600 14px system-ui, sans-serif";
   for (const d of msg.detections ?? []) {
@@ -172,6 +173,11 @@ function draw(msg) {
     const track = d.track_id == null ? "" : ` #${d.track_id}`;
     labels.push(`${d.label}${track} ${d.score.toFixed(2)}`);
     label(ctx, labels.at(-1), x1, Math.max(18, y1 - 3));
+    // what a reading model read, under its box; [x, y] of its plate's top left, for tests
+    if (d.text) {
+      texts.push([d.text, Math.round(x1), Math.round(y2 + 3)]);
+      label(ctx, d.text, x1, y2 + 20);
+    }
   }
   ctx.fillStyle = "#58a6ff";
   (msg.classes ?? []).forEach((c, i) => {
@@ -180,6 +186,7 @@ function draw(msg) {
   overlay.dataset.boxes = JSON.stringify(boxes);
   overlay.dataset.colours = JSON.stringify(colours);
   overlay.dataset.labels = JSON.stringify(labels);
+  overlay.dataset.texts = JSON.stringify(texts);
 }
 
 // A tracked detection in its track's colour (a stable hash of the ID: neighbouring IDs, the
