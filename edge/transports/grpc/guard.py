@@ -134,7 +134,8 @@ def bounded(handler: grpc.RpcMethodHandler, quotas: tuple[StreamQuota, StreamQuo
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     "too many health or reflection calls at once; retry",
                 )
-            slots.append(slot)
+            else:
+                slots.append(slot)
         try:
             if unary_request:
                 request = await context.read()
