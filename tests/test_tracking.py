@@ -61,12 +61,17 @@ def test_predicts_motion_over_dropped_frames() -> None:
 
 @pytest.mark.unit
 def test_ends_tracks_after_the_absence() -> None:
-    """Guards against a track living forever, or ending before its absence is over."""
+    """Guards against a track living forever, or ending before its absence is over, or
+    ending when the frames it was absent from were dropped rather than looked at."""
     tracker = Tracker(TrackingSpec(enabled=True, lost_after_frames=5))
     assert ids(tracker, boxes(10), 0) == [1]
     assert ids(tracker, boxes(10), 5) == [1]  # unseen for 4 frames: still the same
-    update = tracker.update(boxes(10), np.array([0.9]), 0.5, 11)  # unseen for 5 frames
+    assert ids(tracker, boxes(10), 20) == [1]  # 14 frames dropped, none looked at: the same
+    assert ids(tracker, boxes(10)[:0], 22) == []  # looked for, missed
+    update = tracker.update(boxes(10), np.array([0.9]), 0.5, 26)  # unseen for 5 frames
     assert (update.ids, update.started, update.ended) == ([2], 1, 1)
+    update = tracker.update(boxes(10)[:0], np.array([]), 0.5, 40)  # missed after 14 frames
+    assert (update.ids, update.started, update.ended) == ([], 0, 1)
 
 
 @pytest.mark.unit

@@ -7,7 +7,10 @@ arrival at the gateway is not (a network stall delivers a burst of frames at onc
 motion measured over arrival times would read it as a jump); the frames the stream dropped
 still count. Each update:
 
-1. ends the tracks unseen for more than `lost_after_frames` frames;
+1. ends the tracks unseen for more than `lost_after_frames` frames that were also looked for
+   and missed in a frame since they were last seen: frames the stream dropped are no
+   evidence that an object left, so a gap of dropped frames longer than the absence (a
+   machine slower than the camera) leaves its tracks one frame to be found in;
 2. predicts where each live track is now: its last box moved by its velocity over the time
    since it was last seen, so frames the stream dropped under load (latest-frame-wins) are a
    longer step of the same motion, not a break;
@@ -92,6 +95,7 @@ class Track:
     seen: float  # when (the frame's sequence number)
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # pixels per frame
     hits: int = 1  # frames it was seen in
+    missed: int = 0  # frames it was looked for in and not found, since it was last seen
 
     def predicted(self, t: float) -> np.ndarray:
         return self.box + self.velocity * max(0.0, t - self.seen)
@@ -103,7 +107,7 @@ class Track:
             measured = (box - self.box) / dt
             weight = 1.0 if self.hits == 1 else _SMOOTHING  # a first step is all we know
             self.velocity = self.velocity + weight * (measured - self.velocity)
-        self.box, self.seen, self.hits = box, t, self.hits + 1
+        self.box, self.seen, self.hits, self.missed = box, t, self.hits + 1, 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,17 +135,21 @@ class Tracker:
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, threshold: float, t: float) -> Update:
         """Match this frame's detections (`boxes` (N, 4), `scores` (N,)) at time `t`."""
-        alive = [k for k in self.tracks if t - k.seen <= self.spec.lost_after_frames]
-        ended = len(self.tracks) - len(alive)
+        lost = self.spec.lost_after_frames
+        alive = [k for k in self.tracks if t - k.seen <= lost or not k.missed]
         ids: list[int | None] = [None] * len(boxes)
         strong = [i for i in range(len(boxes)) if scores[i] >= threshold]
         weak = [i for i in range(len(boxes)) if self.spec.low <= scores[i] < threshold]
-        free = list(alive)
+        free = {k.id: k for k in alive}
         for wanted, steer in ((strong, True), (weak, self.weak_steer)):
-            for i, k in self._match(boxes, wanted, free, t):
+            for i, k in self._match(boxes, wanted, list(free.values()), t):
                 k.follow(boxes[i], t, steer)
                 ids[i] = k.id
-                free.remove(k)
+                del free[k.id]
+        for k in free.values():
+            k.missed += 1
+        alive = [k for k in alive if k.id not in free or t - k.seen <= lost]
+        ended = len(self.tracks) - len(alive)
         started = 0
         for i in strong:
             if ids[i] is None:
