@@ -96,6 +96,18 @@ def test_grpc_builds_responses_from_the_typed_values() -> None:
     assert wire.notice(Notice("pong")) == []
 
 
+def test_grpc_merges_a_run_of_drops_when_the_client_asks() -> None:
+    """A stream whose client set merge_dropped gets each run of drops the outbox merged as one
+    DROPPED response naming every frame (`seqs`, `seq` the first), as the WebSocket's; the
+    others keep one response per frame, which is all a client without `seqs` can read."""
+    wire = PredictTranslation()
+    wire.merge_dropped = True
+    (r,) = wire.dropped(Dropped((3, 4, 9), "stale"))
+    assert (r.seq, list(r.seqs), r.reason) == (3, [3, 4, 9], "stale")
+    wire.merge_dropped = False
+    assert [list(d.seqs) for d in wire.dropped(Dropped((3, 4), "stale"))] == [[], []]
+
+
 def test_kserve_tensors_from_the_typed_result() -> None:
     tensors = {t.name: t for t in pipeline_tensors(BlazeFace, RESULT)}
     assert tensors["boxes"].data.tolist() == [[10.0, 20.0, 110.0, 140.0]]
