@@ -182,3 +182,27 @@ def test_the_pipeline_encodes_with_the_streams_wire() -> None:
     (reply,) = _serve(Task(), codec.JSON, RawInput(np.ones(3, np.float32)))
     assert isinstance(reply.answer, Result) and reply.answer.outputs is not None
     assert reply.answer.outputs[0].tolist() == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"detections": [{"label": "face", "score": 0.93123, "box": [10.5, 20.25, 1e16, 1e-7]}]},
+        {"text": 'naïve ✓ \u2028 "quoted"', "nothing": None, "nullable": "null"},
+        {"big": 2**70, "negative": -(2**63), "tiny": 5e-324, "keys": {1: "int key"}},
+        {"nested": [[[]], {}, True, False, 0, -0.0]},
+    ],
+)
+def test_json_text_reads_back_as_the_standard_library_writes_it(value: Any) -> None:
+    """The replies' encoder (orjson where installed, the standard library where its text
+    would differ or it cannot) writes what json.loads reads back as the same values."""
+    text = codec._dumps(value)
+    assert json.loads(text) == json.loads(codec._stdlib_dumps(value))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_json_text_refuses_nan_and_infinities(bad: float) -> None:
+    """orjson writes NaN and the infinities as null; a result holding one must fail instead
+    (the frame is answered postprocess_failed), whichever encoder runs."""
+    with pytest.raises(ValueError):
+        codec.result(Result(0, "m@1", 1, 1, TIMING, {"score": bad}))
