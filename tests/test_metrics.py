@@ -1,5 +1,5 @@
 """The per-frame metrics gather in plain Python and are published in batches
-(edge/metricbuffer.py): what a scrape shows must be what prometheus_client would have shown had
+(edge/metrics/buffer.py): what a scrape shows must be what prometheus_client would have shown had
 every write gone to it directly, exactly, whichever thread wrote."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from edge import metricbuffer
 from edge.metrics import Metrics
+from edge.metrics import buffer as metricbuffer
 
 pytestmark = pytest.mark.unit
 

@@ -128,7 +128,7 @@ def _publish_models(app: web.Application) -> None:
 
 
 async def _metrics(app: web.Application) -> AsyncIterator[None]:
-    """The per-frame metrics gather in plain Python (edge/metricbuffer.py); the pulse
+    """The per-frame metrics gather in plain Python (edge/metrics/buffer.py); the pulse
     publishes them while the app runs, and this once more at the very end."""
     yield
     app[SERVICES].metrics.flush()

@@ -8,7 +8,7 @@ model loading), the process counts as saturated: it refuses new streams with `50
 the supervisor hands new connections to the other processes, until the median falls under
 half the limit. It also
 writes this process's row of the shared state (ready, saturated) and its memory gauges, and
-publishes the per-frame metrics this process gathered (edge/metricbuffer.py): every
+publishes the per-frame metrics this process gathered (edge/metrics/buffer.py): every
 FLUSH_EVERY_S, and within a beat when a scrape in any process asks (`flush_gen`).
 """
 
@@ -25,7 +25,7 @@ from contextlib import suppress
 from aiohttp import web
 
 from edge.core.services import SERVICES, Services
-from edge.metricbuffer import FLUSH_EVERY_S
+from edge.metrics.buffer import FLUSH_EVERY_S
 
 log = logging.getLogger("edge.pulse")
 

@@ -189,7 +189,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def flush_everywhere(services: Services) -> None:
     """Have every serving process publish the per-frame metrics it gathered
-    (edge/metricbuffer.py) before a scrape reads them: each one's pulse answers within a beat;
+    (edge/metrics/buffer.py) before a scrape reads them: each one's pulse answers within a beat;
     wait for them, bounded by FLUSH_WAIT_S (a process that lags more shows its last flush)."""
     shared = services.cluster.shared
     with shared.locked():

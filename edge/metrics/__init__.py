@@ -10,7 +10,7 @@ counters and histograms are summed, each gauge is combined as its `multiprocess_
 (values of processes that died are dropped from the live modes; counters keep them).
 
 The metrics written for every frame (counts, stage times, in-flight frames) gather in plain
-Python and are published in batches (edge/metricbuffer.py): a frame costs a few additions,
+Python and are published in batches (edge/metrics/buffer.py): a frame costs a few additions,
 not thirty locked, system-calling writes.
 """
 
@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from edge import __version__
-from edge import metricbuffer as buffered
+from edge.metrics import buffer as buffered
 
 TRANSPORTS = ("websocket", "webrtc", "http", "grpc", "kserve-grpc")
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -255,7 +255,7 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        #: the per-frame metrics, gathered in plain Python until a flush (edge/metricbuffer.py)
+        #: the per-frame metrics, gathered in plain Python until a flush (edge/metrics/buffer.py)
         self._buffered = [v for v in vars(self).values() if isinstance(v, buffered.Buffered)]
         # Info has no multiprocess form: it lives in a registry of its own, added at scrape time
         self._build = r if multiprocess_dir is None else CollectorRegistry()
@@ -266,7 +266,7 @@ class Metrics:
 
     def flush(self) -> None:
         """Publish what the per-frame metrics gathered since the last flush
-        (edge/metricbuffer.py): every FLUSH_EVERY_S, at each scrape and at shutdown."""
+        (edge/metrics/buffer.py): every FLUSH_EVERY_S, at each scrape and at shutdown."""
         for metric in self._buffered:
             metric.flush()
 
