@@ -5,7 +5,6 @@ does its work; edge.bench does `edge bench`'s)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.metadata
 import logging
 import os
@@ -315,10 +314,11 @@ def _serve(settings: Settings) -> int:
         from edge.process.supervisor import Supervisor
 
         return Supervisor(settings, n).run()
+    from edge.process import eventloop
     from edge.process.serving import serve
 
     try:
-        asyncio.run(serve(settings))
+        eventloop.run(serve(settings), settings.uvloop)
     except KeyboardInterrupt:
         pass
     except SettingsError as e:  # a port taken since the check

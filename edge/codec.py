@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,33 @@ import numpy as np
 from edge.frames import Answer, Dropped, Error, Notice, Result
 from edge.sinks.base import MAX_TOPIC, TOPIC
 
+_fast: Callable[[Any], bytes] | None
+_FastError: type[Exception]
+try:  # a dependency; where it is missing, the standard library's encoder does it all
+    import orjson
+
+    _fast, _FastError = orjson.dumps, orjson.JSONEncodeError
+except ImportError:  # pragma: no cover - pyproject.toml installs it
+    _fast, _FastError = None, TypeError
+
 PROTOCOL = 1
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_stdlib_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _dumps(obj: Any) -> str:
+    """Compact JSON text; ValueError for NaN or an infinity (JSON has none). orjson's, three
+    times faster, when its text holds no `null`: it writes NaN and the infinities as null, so
+    text with one (or what it cannot encode at all) goes to the standard library's encoder,
+    which refuses them and writes None as null."""
+    if _fast is not None:
+        try:
+            text = _fast(obj)
+        except _FastError:
+            pass
+        else:
+            if b"null" not in text:
+                return text.decode()
+    return _stdlib_dumps(obj)
 
 
 class ProtocolError(ValueError):

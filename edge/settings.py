@@ -105,6 +105,9 @@ class Settings:
     #: a version newer than the one serving enters as a canary (docs/models.md); off: it
     #: replaces the serving one at once
     canary: bool = True
+    #: run the serving processes on uvloop where it is installed (the default on Linux and
+    #: macOS); off: asyncio's own event loop
+    uvloop: bool = True
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: static API tokens (docs/security.md); any token setting, file or JWT key turns auth on

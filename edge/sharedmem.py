@@ -36,7 +36,9 @@ import numpy as np
 
 log = logging.getLogger("edge.shared")
 
-_HEADER = np.dtype([("processes", "<i8"), ("capacity", "<i8"), ("reload_gen", "<i8")])
+_HEADER = np.dtype(
+    [("processes", "<i8"), ("capacity", "<i8"), ("reload_gen", "<i8"), ("flush_gen", "<i8")]
+)
 MEMBER = np.dtype(
     [
         ("pid", "<i8"),
@@ -46,6 +48,7 @@ MEMBER = np.dtype(
         ("streams", "<i8"),
         ("received", "<i8"),
         ("reload_done", "<i8"),
+        ("flush_done", "<i8"),  # the last flush_gen whose metrics it published
         ("rss", "<i8"),
         ("started", "<f8"),
     ]

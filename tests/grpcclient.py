@@ -83,6 +83,8 @@ def as_message(r: ours.InferenceResponse) -> dict[str, Any]:
     msg: dict[str, Any] = {"type": STATUS[r.status], "seq": r.seq}
     if r.status == ours.InferenceResponse.DROPPED:
         msg["reason"] = r.reason
+        if r.seqs:  # merged (merge_dropped): every frame it answers
+            msg["seqs"] = list(r.seqs)
     elif r.status == ours.InferenceResponse.ERROR:
         msg["code"], msg["message"] = r.code, r.message
     else:

@@ -144,6 +144,7 @@ def test_a_unary_request_holds_its_client_until_it_ends() -> None:
         with hold:
             pass
     assert shared.count("client:10.0.0.1") == 0
+    s.metrics.flush()  # the per-frame counts gather until a flush (edge/metrics/buffer.py)
     sample = s.metrics.registry.get_sample_value(
         "edge_frames_rate_limited_total", {"transport": "kserve", "limit": "client"}
     )

@@ -57,7 +57,8 @@ def test_quick_run_writes_the_report_with_its_tables_and_charts(
     out.mkdir()
     (out / "benchmarks.md").write_text(f"stale figures\n{GENERATED_END}\n\nnotes kept by hand\n")
     done = bench(
-        "--quick", "--force", "--models", "blazeface", "--transports", "websocket,webrtc,grpc",
+        "--quick", "--force", "--models", "blazeface",
+        "--transports", "websocket,websocket-credits,webrtc,grpc",
         "--repository", str(pulled), "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -70,6 +71,7 @@ def test_quick_run_writes_the_report_with_its_tables_and_charts(
         "## Machine and command",
         "## blazeface",
         "### Comparison",
+        "### CPU per result against the plain loop",
         "### Throughput against offered load",
         "### Fairness",
         "### Frame age over a long overload",
@@ -101,7 +103,17 @@ def test_quick_run_writes_the_report_with_its_tables_and_charts(
     for expected in expected_rows:
         assert any(name.startswith(expected) for name in names), (expected, names)
     load = table(report, "transport")
-    assert {row[0] for row in load[1:]} == {"websocket", "webrtc", "grpc"}
+    assert {row[0] for row in load[1:]} == {"websocket", "websocket-credits", "webrtc", "grpc"}
+    # each client's CPU per result against the plain loop: with credits, none sent in vain
+    overhead = {row[0]: row for row in table(report, "transport, client")[1:]}
+    assert set(overhead) == {
+        "plain loop (the ceiling)",
+        "websocket, a client without credits",
+        "websocket, a client that follows credits",
+        "webrtc",
+        "grpc",
+    }
+    assert all(row[2].endswith("x") for row in overhead.values())
     assert table(report, "server")[1][0] == "gateway"
     assert table(report, "server")[2][0] == "naive in-order server"
 

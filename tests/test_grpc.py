@@ -111,6 +111,41 @@ async def test_many_frames_on_a_stream_each_answered_once_results_in_order(
     assert processed == len(results) and processed + dropped == n
 
 
+async def test_a_stream_that_asks_for_merged_drops_has_every_frame_answered_once(
+    gateway: tuple[str, Any, str], face_jpeg: bytes
+) -> None:
+    """merge_dropped: a burst of frames (most of them superseded) is still answered once per
+    frame, counting every seq of a merged DROPPED response, each response's `seq` the first
+    of its `seqs`; the metrics count each frame once."""
+    url, _, target = gateway
+    n = 120
+    books = Books()
+
+    async def requests() -> AsyncIterator[Any]:
+        async for r in gc.paced(books, face_jpeg, n):
+            yield ours.InferenceRequest(payload=r.payload, merge_dropped=True)
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.stream_stream(
+            "/inference.InferenceService/PredictStream",
+            ours.InferenceRequest.SerializeToString,
+            Response.FromString,
+        )(requests())
+        responses = []
+        async for response in call:
+            responses.append(response)
+            books.record(gc.as_message(response))
+        assert await call.code() == grpc.StatusCode.OK
+    assert books.unanswered() == [] and books.answered_twice() == []
+    dropped = [r for r in responses if r.status == Response.DROPPED]
+    assert all(r.seqs and r.seq == r.seqs[0] for r in dropped)
+    async with aiohttp.ClientSession() as http:
+        metrics = await scrape(http, url)
+    counted = total(metrics, "edge_frames_processed_total", transport="grpc")
+    counted += total(metrics, "edge_frames_dropped_total", transport="grpc")
+    assert counted == n == sum(len(r.seqs) for r in dropped) + len(responses) - len(dropped)
+
+
 async def test_one_request_then_half_close_gets_its_answer_and_a_clean_end(
     gateway: tuple[str, Any, str], face_jpeg: bytes
 ) -> None:

@@ -57,3 +57,35 @@ async def test_backlog_is_bounded_and_a_stuck_socket_is_cut_off() -> None:
     assert box.failed is not None
     box.put("after")  # ignored once failed: nothing accumulates for a dead client
     assert len(box._messages) == 3  # noqa: SLF001
+
+
+async def test_a_held_drop_goes_out_with_the_next_message_merged_with_the_others() -> None:
+    """A frame superseded by a newer one (hold) wakes no sender of its own: its notice waits
+    for the next message of the stream and goes out before it, merged with the other held
+    ones; a flush sends what is held even when no message follows."""
+    sent: list[dict[str, object]] = []
+
+    async def send(text: str) -> None:
+        sent.append(json.loads(text))
+
+    box = Outbox(send, max_pending=4, send_timeout=1.0)
+    task = asyncio.create_task(box.run())
+    try:
+        box.drop(1, "stale", hold=True)
+        box.drop(3, "stale", hold=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert sent == []  # nothing woke the sender
+        box.put('{"type":"result","seq":4}')
+        assert await box.flush(1.0)
+        assert sent == [
+            {"type": "dropped", "seqs": [1, 3], "reason": "stale"},
+            {"type": "result", "seq": 4},
+        ]
+        box.drop(5, "stale", hold=True)
+        assert await box.flush(1.0)  # the stream ends: what is held goes out
+        assert sent[-1] == {"type": "dropped", "seq": 5, "reason": "stale"}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

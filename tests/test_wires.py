@@ -96,6 +96,18 @@ def test_grpc_builds_responses_from_the_typed_values() -> None:
     assert wire.notice(Notice("pong")) == []
 
 
+def test_grpc_merges_a_run_of_drops_when_the_client_asks() -> None:
+    """A stream whose client set merge_dropped gets each run of drops the outbox merged as one
+    DROPPED response naming every frame (`seqs`, `seq` the first), as the WebSocket's; the
+    others keep one response per frame, which is all a client without `seqs` can read."""
+    wire = PredictTranslation()
+    wire.merge_dropped = True
+    (r,) = wire.dropped(Dropped((3, 4, 9), "stale"))
+    assert (r.seq, list(r.seqs), r.reason) == (3, [3, 4, 9], "stale")
+    wire.merge_dropped = False
+    assert [list(d.seqs) for d in wire.dropped(Dropped((3, 4), "stale"))] == [[], []]
+
+
 def test_kserve_tensors_from_the_typed_result() -> None:
     tensors = {t.name: t for t in pipeline_tensors(BlazeFace, RESULT)}
     assert tensors["boxes"].data.tolist() == [[10.0, 20.0, 110.0, 140.0]]
@@ -170,3 +182,27 @@ def test_the_pipeline_encodes_with_the_streams_wire() -> None:
     (reply,) = _serve(Task(), codec.JSON, RawInput(np.ones(3, np.float32)))
     assert isinstance(reply.answer, Result) and reply.answer.outputs is not None
     assert reply.answer.outputs[0].tolist() == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"detections": [{"label": "face", "score": 0.93123, "box": [10.5, 20.25, 1e16, 1e-7]}]},
+        {"text": 'naïve ✓ \u2028 "quoted"', "nothing": None, "nullable": "null"},
+        {"big": 2**70, "negative": -(2**63), "tiny": 5e-324, "keys": {1: "int key"}},
+        {"nested": [[[]], {}, True, False, 0, -0.0]},
+    ],
+)
+def test_json_text_reads_back_as_the_standard_library_writes_it(value: Any) -> None:
+    """The replies' encoder (orjson where installed, the standard library where its text
+    would differ or it cannot) writes what json.loads reads back as the same values."""
+    text = codec._dumps(value)
+    assert json.loads(text) == json.loads(codec._stdlib_dumps(value))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_json_text_refuses_nan_and_infinities(bad: float) -> None:
+    """orjson writes NaN and the infinities as null; a result holding one must fail instead
+    (the frame is answered postprocess_failed), whichever encoder runs."""
+    with pytest.raises(ValueError):
+        codec.result(Result(0, "m@1", 1, 1, TIMING, {"score": bad}))

@@ -1,6 +1,7 @@
 """The gRPC transport's client for the bench: one `PredictStream` call per stream of the
 gateway's InferenceService (proto/inference.proto); each request is a frame, each response
-answers one frame by its seq, read into the WebSocket's JSON terms."""
+answers one frame by its seq (or, a drop notice, several: the client asks for them merged,
+`merge_dropped`), read into the WebSocket's JSON terms."""
 
 from __future__ import annotations
 
@@ -46,8 +47,11 @@ class GrpcLink(Link):
     async def send(self, frame: bytes) -> None:
         # the first request names the model; the later ones leave it as it is
         model, self.model = self.model, ""
+        request = pb.InferenceRequest(payload=frame, model_id=model)
+        if not self.sent_at:  # the first request asks for merged drop notices too
+            request.merge_dropped = True
         self.sent_at.append(time.monotonic())
-        await self.call.write(pb.InferenceRequest(payload=frame, model_id=model))
+        await self.call.write(request)
 
     async def recv(self) -> dict[str, Any]:
         try:
@@ -56,7 +60,10 @@ class GrpcLink(Link):
             raise EndOfStream from None
         if response is grpc.aio.EOF:
             raise EndOfStream
-        return {"type": KINDS[response.status], "seq": response.seq}
+        reply = {"type": KINDS[response.status], "seq": response.seq}
+        if response.seqs:  # a run of drops merged into one response
+            reply["seqs"] = list(response.seqs)
+        return reply
 
     async def close(self) -> None:
         self.call.cancel()

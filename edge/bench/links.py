@@ -15,8 +15,9 @@ from edge.bench.link import EndOfStream, Link, TransportUnavailable, WebSocketLi
 
 __all__ = ["TRANSPORTS", "EndOfStream", "Link", "Opener", "TransportUnavailable", "opener"]
 
-#: every transport `edge bench --transports` knows, in the order the report lists them
-TRANSPORTS = ("websocket", "webrtc", "grpc")
+#: every transport `edge bench --transports` knows, in the order the report lists them;
+#: `websocket-credits` is the WebSocket driven by a client that follows credits
+TRANSPORTS = ("websocket", "websocket-credits", "webrtc", "grpc")
 
 Opener = Callable[[aiohttp.ClientSession, str, str], Awaitable[Link]]
 
@@ -25,6 +26,10 @@ def opener(name: str) -> Opener:
     """How to open a stream over transport `name`; TransportUnavailable when it cannot be."""
     if name == "websocket":
         return WebSocketLink.open
+    if name == "websocket-credits":
+        from edge.bench.creditlink import CreditWebSocketLink
+
+        return CreditWebSocketLink.open
     if name == "webrtc":
         try:
             from edge.bench.rtclink import RtcLink

@@ -10,8 +10,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-#: the transports benchmarked when --transports is not given
-DEFAULT_TRANSPORTS = ("websocket", "webrtc", "grpc")
+#: the transports benchmarked when --transports is not given (`websocket-credits`: the
+#: WebSocket driven by a client that follows credits, edge/bench/creditlink.py)
+DEFAULT_TRANSPORTS = ("websocket", "websocket-credits", "webrtc", "grpc")
 #: the module each transport's client needs
 NEEDS = {"webrtc": "aiortc", "grpc": "grpc"}
 
@@ -50,8 +51,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--transports",
-        help="websocket, webrtc, grpc, comma-separated (default: all three, those whose "
-        "client libraries are installed)",
+        help="websocket, websocket-credits (a client that follows credits), webrtc, grpc, "
+        "comma-separated (default: all four, those whose client libraries are installed)",
     )
     p.add_argument(
         "--out",

@@ -10,6 +10,7 @@ import math
 import statistics
 from pathlib import Path
 
+from edge.bench import overhead
 from edge.bench.baselines import Baseline
 from edge.bench.charts import draw
 from edge.bench.load import Run
@@ -114,6 +115,7 @@ def _model(m: ModelResults, charts: dict[str, str]) -> str:
         "",
         _table(COLUMNS, _comparison(m)),
         "",
+        *overhead.section(m),
         "### Throughput against offered load",
         "",
     ]

@@ -4,7 +4,9 @@ The outbox holds messages already encoded for its stream's wire (`wire`, an
 edge.frames.Wire chosen by the transport: results and errors come encoded from the worker
 that answered them, notices are encoded here) and hands them to `send` one at a time. Results
 and errors queue up to a limit; drop notices are kept as runs of seqs and merged into one
-message each, so a client that stops reading costs O(1) memory: once its backlog is full its
+message each (a frame superseded by a newer one is reported with the next message its stream
+is sent, not on its own: the sender wakes and writes once a result, not once a frame read),
+so a client that stops reading costs O(1) memory: once its backlog is full its
 new frames are dropped as `overload` before they cost any work, and a socket that accepts
 nothing for `send_timeout` seconds is closed. Replies to control messages are bounded too:
 past the bound, a pong, stats or config notice joins the one of its type already waiting
@@ -118,8 +120,11 @@ class Outbox(Generic[M]):
             self._merged[notice.type] = notice
             self._kick()
 
-    def drop(self, seq: int, reason: str) -> None:
-        """Queue a drop notice; consecutive seqs with one reason merge into one run."""
+    def drop(self, seq: int, reason: str, *, hold: bool = False) -> None:
+        """Queue a drop notice; consecutive seqs with one reason merge into one run. `hold`:
+        the frame was superseded by one still to be answered; its notice waits for the next
+        message (or a flush) rather than wake the sender for itself, so the drops of a
+        result's frame interval go out merged, as one message, with it."""
         if self.failed is not None:
             return
         runs = self._drops.setdefault(reason, [])
@@ -127,7 +132,10 @@ class Outbox(Generic[M]):
             runs[-1][1] = seq
         else:
             runs.append([seq, seq])
-        self._kick()
+        if hold:
+            self._idle.clear()
+        else:
+            self._kick()
         if self.tap is not None:
             self.tap.dropped(seq, reason)
 
@@ -136,7 +144,10 @@ class Outbox(Generic[M]):
         self._wake.set()
 
     async def flush(self, within: float) -> bool:
-        """Wait until everything queued was written; False if `within` seconds ran out."""
+        """Wait until everything queued (held drop notices too) was written; False if
+        `within` seconds ran out."""
+        if self._drops:
+            self._kick()
         try:
             async with timeout(within):
                 await self._idle.wait()

@@ -108,7 +108,7 @@ def take_frame(
     if old is not None:
         stream.stats.dropped += 1
         m.dropped.labels(t, label, "stale").inc()
-        stream.outbox.drop(old.seq, "stale")
+        stream.outbox.drop(old.seq, "stale", hold=True)  # goes out with `frame`'s answer
 
 
 def refuse_frame(services: Services, stream: Stream, seq: int, code: str, message: str) -> None:

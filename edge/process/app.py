@@ -77,6 +77,7 @@ def create_app(
     app.add_routes(kserve_rest.routes)  # KServe v2 over REST (docs/protocols.md)
     app.router.add_get("/v1/stream", websocket.handle)
     _add_web(app, settings)
+    app.cleanup_ctx.append(_metrics)  # first in, last out: after every frame is answered
     app.cleanup_ctx.append(_executor)
     app.cleanup_ctx.append(_sinks)  # stopped after the workers: the drain's results go out too
     app.cleanup_ctx.append(_workers)
@@ -124,6 +125,13 @@ def _publish_models(app: web.Application) -> None:
     for row in services.repo.describe():
         if row["version"] is not None:
             g.labels(row["name"], row["version"]).set(1.0 if row["serving"] else 0.0)
+
+
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    """The per-frame metrics gather in plain Python (edge/metrics/buffer.py); the pulse
+    publishes them while the app runs, and this once more at the very end."""
+    yield
+    app[SERVICES].metrics.flush()
 
 
 async def _executor(app: web.Application) -> AsyncIterator[None]:

@@ -7,7 +7,9 @@ latest-frame-wins cannot see them. When the median lag of the last second passes
 model loading), the process counts as saturated: it refuses new streams with `503 busy` and
 the supervisor hands new connections to the other processes, until the median falls under
 half the limit. It also
-writes this process's row of the shared state (ready, saturated) and its memory gauges.
+writes this process's row of the shared state (ready, saturated) and its memory gauges, and
+publishes the per-frame metrics this process gathered (edge/metrics/buffer.py): every
+FLUSH_EVERY_S, and within a beat when a scrape in any process asks (`flush_gen`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from contextlib import suppress
 from aiohttp import web
 
 from edge.core.services import SERVICES, Services
+from edge.metrics.buffer import FLUSH_EVERY_S
 
 log = logging.getLogger("edge.pulse")
 
 PERIOD_S = 0.05
 WINDOW = 20  # periods: the worst lag of the last second decides
+FLUSH_EVERY = max(1, round(FLUSH_EVERY_S / PERIOD_S))  # periods between metric flushes
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -67,6 +71,10 @@ async def beat(services: Services) -> None:
         me["ready"] = int(services.repo.ready and not services.draining)
         me["saturated"] = int(services.saturated)
         n += 1
+        asked = int(cluster.shared.header["flush_gen"])  # a scrape somewhere waits for us
+        if n % FLUSH_EVERY == 0 or asked > me["flush_done"]:
+            m.flush()
+            me["flush_done"] = asked
         if n % WINDOW == 1:
             m.loop_lag.labels(process).set(max(lags))
             m.saturated.labels(process).set(int(services.saturated))

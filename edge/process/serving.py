@@ -27,7 +27,7 @@ from aiohttp import web
 
 from edge import __version__
 from edge.compat import timeout
-from edge.process import descriptors
+from edge.process import descriptors, eventloop
 from edge.process.preflight import CONFIG_EXIT, named, tls_context
 from edge.process.supervisor import HELD_SIGNALS
 from edge.settings import Settings, SettingsError
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
     shared.me["pid"] = os.getpid()
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, cluster, fd))
+            eventloop.run(serve(settings, cluster, fd), settings.uvloop)
     except SettingsError as e:  # the supervisor stops rather than replace us
         print(f"edge: bad setting: {e}", file=sys.stderr)
         return CONFIG_EXIT

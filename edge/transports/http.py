@@ -171,10 +171,37 @@ async def read_body(request: web.Request, within: float) -> bytes:
         ) from None
 
 
+#: how long a scrape waits for the other serving processes to publish their metrics
+FLUSH_WAIT_S = 1.0
+
+
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    data = request.app[SERVICES].metrics.exposition()
+    services = request.app[SERVICES]
+    await flush_everywhere(services)
+    data = services.metrics.exposition()
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def flush_everywhere(services: Services) -> None:
+    """Have every serving process publish the per-frame metrics it gathered
+    (edge/metrics/buffer.py) before a scrape reads them: each one's pulse answers within a beat;
+    wait for them, bounded by FLUSH_WAIT_S (a process that lags more shows its last flush)."""
+    shared = services.cluster.shared
+    with shared.locked():
+        shared.header["flush_gen"] += 1
+        asked = int(shared.header["flush_gen"])
+    shared.me["flush_done"] = asked  # exposition() flushes this process's own
+
+    def waiting() -> bool:
+        members = shared.members
+        return bool(((members["flush_done"] < asked) & (members["pid"] != 0)).any())
+
+    deadline = time.monotonic() + FLUSH_WAIT_S
+    for _ in range(10_000):  # polls shared memory: nothing here could set an Event
+        if not waiting() or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.01)
 
 
 #: a refusal's kind as an HTTP status

@@ -5,8 +5,9 @@ PredictStream, a thin adapter between its messages and the pipeline's frames and
 default model); `threshold` and `max_frame_age_ms` are the WebSocket's config settings, carried
 by any request. Predict answers one frame or ends with a status code; PredictStream is a
 GrpcStreamSession (edge.transports.grpc.streaming) whose every frame is answered with a response
-carrying
-its seq and a status: RESULT, DROPPED with a reason, or ERROR with a code and a message.
+carrying its seq and a status: RESULT, DROPPED with a reason, or ERROR with a code and a
+message; a client that sets `merge_dropped` gets each run of drops the outbox merged as one
+DROPPED response naming them all (`seqs`), as the WebSocket's.
 Classification results fill the original contract's `scores` and `label` as well.
 """
 
@@ -130,6 +131,7 @@ class PredictTranslation:
     def __init__(self, limit: int = 4 * Settings.max_frame_bytes) -> None:
         self._model_id = ""  # the model_id the stream is on, as the client wrote it
         self._limit = limit  # the largest request parsed (calls.frame_limit)
+        self.merge_dropped = False  # what the client's merge_dropped asked for last
 
     def route(self, first: bytes, default_model: str) -> Route:
         """The first request's model; one that does not parse gets the default model (and
@@ -160,11 +162,13 @@ class PredictTranslation:
             self._model_id = request.model_id
         if threshold is not None:
             stream.threshold = threshold
+        if request.HasField("merge_dropped"):
+            self.merge_dropped = request.merge_dropped
         if max_age_ms is not None:
             stream.max_age_s = max_age_ms / 1000 if max_age_ms else None
         return bytes(request.payload)
 
-    # -- the stream's wire: one response per frame (edge.frames.Wire) ----------------------
+    # -- the stream's wire (edge.frames.Wire): a response per frame, or per run of drops ----
     def result(self, result: Result, /) -> list[Response]:
         return [result_response(result)]
 
@@ -175,8 +179,12 @@ class PredictTranslation:
         return [Response(status=status, seq=error.seq, code=error.code, message=error.message)]
 
     def dropped(self, dropped: Dropped, /) -> list[Response]:
-        reason = dropped.reason
-        return [Response(status=Response.DROPPED, seq=s, reason=reason) for s in dropped.seqs]
+        """The outbox's merged run of drops: one response naming them all in `seqs` when the
+        client asked for merge_dropped, else one per frame."""
+        reason, seqs = dropped.reason, dropped.seqs
+        if self.merge_dropped:
+            return [Response(status=Response.DROPPED, seq=seqs[0], seqs=seqs, reason=reason)]
+        return [Response(status=Response.DROPPED, seq=s, reason=reason) for s in seqs]
 
     def notice(self, notice: Notice, /) -> list[Response]:
         return []  # config, stats, goaway: the WebSocket's own messages

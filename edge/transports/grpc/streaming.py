@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from edge.compat import timeout
 from edge.core import streams as common
 from edge.core.admission import DRAINING
 from edge.core.services import Services
@@ -134,8 +135,9 @@ class GrpcStreamSession(StreamSession[Close]):
                     log.info("session=%s %d frames too large, closing", stream.id, oversize)
                     return Code.RESOURCE_EXHAUSTED, "frames too large"
             seq += 1
-            try:
-                request = await asyncio.wait_for(self.context.read(), idle)
+            try:  # a timeout scope, not wait_for: no task of its own for every request
+                async with timeout(idle):
+                    request = await self.context.read()
             except asyncio.TimeoutError:
                 log.info("session=%s idle for %g s, closing", stream.id, settings.idle_timeout_s)
                 return Code.DEADLINE_EXCEEDED, f"no request for {idle:g} s"

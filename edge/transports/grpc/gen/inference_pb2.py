@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _own_pool.AddSerializedFile(b'\n(edge/transports/grpc/gen/inference.proto\x12\tinference\"\x8f\x01\n\x10InferenceRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1d\n\x10max_frame_age_ms\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x0c\n\n_thresholdB\x13\n\x11_max_frame_age_ms\"\xb8\x07\n\x11InferenceResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05label\x18\x02 \x01(\r\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.inference.InferenceResponse.Status\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12:\n\ndetections\x18\x08 \x03(\x0b\x32&.inference.InferenceResponse.Detection\x12\x38\n\x07\x63lasses\x18\t \x03(\x0b\x32\'.inference.InferenceResponse.ClassScore\x12\x33\n\x06timing\x18\n \x01(\x0b\x32#.inference.InferenceResponse.Timing\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x0c\n\x04\x63ode\x18\x0c \x01(\t\x12\x0f\n\x07message\x18\r \x01(\t\x1a\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x1a\x35\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\x1a\xb6\x02\n\tDetection\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12-\n\x03\x62ox\x18\x03 \x01(\x0b\x32 .inference.InferenceResponse.Box\x12\x35\n\tkeypoints\x18\x04 \x03(\x0b\x32\".inference.InferenceResponse.Point\x12\x33\n\x07polygon\x18\x05 \x03(\x0b\x32\".inference.InferenceResponse.Point\x12\x15\n\x08track_id\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04text\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x1c\n\x0ftext_confidence\x18\x08 \x01(\x02H\x02\x88\x01\x01\x42\x0b\n\t_track_idB\x07\n\x05_textB\x12\n\x10_text_confidence\x1a\x39\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x1a\x42\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x02\x12\x10\n\x08total_ms\x18\x03 \x01(\x02\",\n\x06Status\x12\n\n\x06RESULT\x10\x00\x12\x0b\n\x07\x44ROPPED\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x32\xa8\x01\n\x10InferenceService\x12\x44\n\x07Predict\x12\x1b.inference.InferenceRequest\x1a\x1c.inference.InferenceResponse\x12N\n\rPredictStream\x12\x1b.inference.InferenceRequest\x1a\x1c.inference.InferenceResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _own_pool.AddSerializedFile(b'\n(edge/transports/grpc/gen/inference.proto\x12\tinference\"\xbd\x01\n\x10InferenceRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1d\n\x10max_frame_age_ms\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x1a\n\rmerge_dropped\x18\x05 \x01(\x08H\x02\x88\x01\x01\x42\x0c\n\n_thresholdB\x13\n\x11_max_frame_age_msB\x10\n\x0e_merge_dropped\"\xc6\x07\n\x11InferenceResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05label\x18\x02 \x01(\r\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.inference.InferenceResponse.Status\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12:\n\ndetections\x18\x08 \x03(\x0b\x32&.inference.InferenceResponse.Detection\x12\x38\n\x07\x63lasses\x18\t \x03(\x0b\x32\'.inference.InferenceResponse.ClassScore\x12\x33\n\x06timing\x18\n \x01(\x0b\x32#.inference.InferenceResponse.Timing\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x0c\n\x04\x63ode\x18\x0c \x01(\t\x12\x0f\n\x07message\x18\r \x01(\t\x12\x0c\n\x04seqs\x18\x0e \x03(\x04\x1a\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x1a\x35\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\x1a\xb6\x02\n\tDetection\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12-\n\x03\x62ox\x18\x03 \x01(\x0b\x32 .inference.InferenceResponse.Box\x12\x35\n\tkeypoints\x18\x04 \x03(\x0b\x32\".inference.InferenceResponse.Point\x12\x33\n\x07polygon\x18\x05 \x03(\x0b\x32\".inference.InferenceResponse.Point\x12\x15\n\x08track_id\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04text\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x1c\n\x0ftext_confidence\x18\x08 \x01(\x02H\x02\x88\x01\x01\x42\x0b\n\t_track_idB\x07\n\x05_textB\x12\n\x10_text_confidence\x1a\x39\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x1a\x42\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x02\x12\x10\n\x08total_ms\x18\x03 \x01(\x02\",\n\x06Status\x12\n\n\x06RESULT\x10\x00\x12\x0b\n\x07\x44ROPPED\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x32\xa8\x01\n\x10InferenceService\x12\x44\n\x07Predict\x12\x1b.inference.InferenceRequest\x1a\x1c.inference.InferenceResponse\x12N\n\rPredictStream\x12\x1b.inference.InferenceRequest\x1a\x1c.inference.InferenceResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -23,21 +23,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edge.transports.grpc.gen.in
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _globals['_INFERENCEREQUEST']._serialized_start=56
-  _globals['_INFERENCEREQUEST']._serialized_end=199
-  _globals['_INFERENCERESPONSE']._serialized_start=202
-  _globals['_INFERENCERESPONSE']._serialized_end=1154
-  _globals['_INFERENCERESPONSE_POINT']._serialized_start=584
-  _globals['_INFERENCERESPONSE_POINT']._serialized_end=613
-  _globals['_INFERENCERESPONSE_BOX']._serialized_start=615
-  _globals['_INFERENCERESPONSE_BOX']._serialized_end=668
-  _globals['_INFERENCERESPONSE_DETECTION']._serialized_start=671
-  _globals['_INFERENCERESPONSE_DETECTION']._serialized_end=981
-  _globals['_INFERENCERESPONSE_CLASSSCORE']._serialized_start=983
-  _globals['_INFERENCERESPONSE_CLASSSCORE']._serialized_end=1040
-  _globals['_INFERENCERESPONSE_TIMING']._serialized_start=1042
-  _globals['_INFERENCERESPONSE_TIMING']._serialized_end=1108
-  _globals['_INFERENCERESPONSE_STATUS']._serialized_start=1110
-  _globals['_INFERENCERESPONSE_STATUS']._serialized_end=1154
-  _globals['_INFERENCESERVICE']._serialized_start=1157
-  _globals['_INFERENCESERVICE']._serialized_end=1325
+  _globals['_INFERENCEREQUEST']._serialized_end=245
+  _globals['_INFERENCERESPONSE']._serialized_start=248
+  _globals['_INFERENCERESPONSE']._serialized_end=1214
+  _globals['_INFERENCERESPONSE_POINT']._serialized_start=644
+  _globals['_INFERENCERESPONSE_POINT']._serialized_end=673
+  _globals['_INFERENCERESPONSE_BOX']._serialized_start=675
+  _globals['_INFERENCERESPONSE_BOX']._serialized_end=728
+  _globals['_INFERENCERESPONSE_DETECTION']._serialized_start=731
+  _globals['_INFERENCERESPONSE_DETECTION']._serialized_end=1041
+  _globals['_INFERENCERESPONSE_CLASSSCORE']._serialized_start=1043
+  _globals['_INFERENCERESPONSE_CLASSSCORE']._serialized_end=1100
+  _globals['_INFERENCERESPONSE_TIMING']._serialized_start=1102
+  _globals['_INFERENCERESPONSE_TIMING']._serialized_end=1168
+  _globals['_INFERENCERESPONSE_STATUS']._serialized_start=1170
+  _globals['_INFERENCERESPONSE_STATUS']._serialized_end=1214
+  _globals['_INFERENCESERVICE']._serialized_start=1217
+  _globals['_INFERENCESERVICE']._serialized_end=1385
 # @@protoc_insertion_point(module_scope)

@@ -7,19 +7,21 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InferenceRequest(_message.Message):
-    __slots__ = ("payload", "model_id", "threshold", "max_frame_age_ms")
+    __slots__ = ("payload", "model_id", "threshold", "max_frame_age_ms", "merge_dropped")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    MERGE_DROPPED_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     model_id: str
     threshold: float
     max_frame_age_ms: float
-    def __init__(self, payload: _Optional[bytes] = ..., model_id: _Optional[str] = ..., threshold: _Optional[float] = ..., max_frame_age_ms: _Optional[float] = ...) -> None: ...
+    merge_dropped: bool
+    def __init__(self, payload: _Optional[bytes] = ..., model_id: _Optional[str] = ..., threshold: _Optional[float] = ..., max_frame_age_ms: _Optional[float] = ..., merge_dropped: bool = ...) -> None: ...
 
 class InferenceResponse(_message.Message):
-    __slots__ = ("scores", "label", "status", "seq", "model", "width", "height", "detections", "classes", "timing", "reason", "code", "message")
+    __slots__ = ("scores", "label", "status", "seq", "model", "width", "height", "detections", "classes", "timing", "reason", "code", "message", "seqs")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         RESULT: _ClassVar[InferenceResponse.Status]
@@ -96,6 +98,7 @@ class InferenceResponse(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     label: int
     status: InferenceResponse.Status
@@ -109,4 +112,5 @@ class InferenceResponse(_message.Message):
     reason: str
     code: str
     message: str
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., label: _Optional[int] = ..., status: _Optional[_Union[InferenceResponse.Status, str]] = ..., seq: _Optional[int] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., detections: _Optional[_Iterable[_Union[InferenceResponse.Detection, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[InferenceResponse.ClassScore, _Mapping]]] = ..., timing: _Optional[_Union[InferenceResponse.Timing, _Mapping]] = ..., reason: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., label: _Optional[int] = ..., status: _Optional[_Union[InferenceResponse.Status, str]] = ..., seq: _Optional[int] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., detections: _Optional[_Iterable[_Union[InferenceResponse.Detection, _Mapping]]] = ..., classes: _Optional[_Iterable[_Union[InferenceResponse.ClassScore, _Mapping]]] = ..., timing: _Optional[_Union[InferenceResponse.Timing, _Mapping]] = ..., reason: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., seqs: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -8,6 +8,10 @@ With several serving processes, prometheus_client's multiprocess mode keeps each
 values in a file of the supervisor's directory, and any process's `/metrics` reads them all:
 counters and histograms are summed, each gauge is combined as its `multiprocess_mode` says
 (values of processes that died are dropped from the live modes; counters keep them).
+
+The metrics written for every frame (counts, stage times, in-flight frames) gather in plain
+Python and are published in batches (edge/metrics/buffer.py): a frame costs a few additions,
+not thirty locked, system-calling writes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from edge import __version__
+from edge.metrics import buffer as buffered
 
 TRANSPORTS = ("websocket", "webrtc", "http", "grpc", "kserve-grpc")
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -29,32 +34,32 @@ class Metrics:
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
         r = self.registry = CollectorRegistry()
-        self.received = Counter(
+        self.received = buffered.counter(
             "edge_frames_received", "Frames taken off the wire", ["transport", "model"], registry=r
         )
-        self.processed = Counter(
+        self.processed = buffered.counter(
             "edge_frames_processed",
             "Frames answered with a result",
             ["transport", "model"],
             registry=r,
         )
-        self.dropped = Counter(
+        self.dropped = buffered.counter(
             "edge_frames_dropped",
             "Frames answered with a drop notice",
             ["transport", "model", "reason"],
             registry=r,
         )
-        self.errors = Counter(
+        self.errors = buffered.counter(
             "edge_frame_errors", "Frames answered with an error", ["transport", "stage"], registry=r
         )
-        self.inference_latency = Histogram(
+        self.inference_latency = buffered.histogram(
             "edge_inference_latency_seconds",
             "Model run time per batch",
             ["model"],
             buckets=_LATENCY,
             registry=r,
         )
-        self.stage_latency = Histogram(
+        self.stage_latency = buffered.histogram(
             "edge_stage_seconds",
             "Time in one pipeline stage: per frame (decode, preprocess, postprocess), or per "
             "batch for the session call itself (session)",
@@ -62,35 +67,35 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, *_LATENCY),
             registry=r,
         )
-        self.frame_latency = Histogram(
+        self.frame_latency = buffered.histogram(
             "edge_frame_latency_seconds",
             "Frame received to its reply sent",
             ["transport", "model"],
             buckets=_LATENCY,
             registry=r,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = buffered.histogram(
             "edge_queue_wait_seconds",
             "Frame received to taken by a worker",
             ["model"],
             buckets=_LATENCY,
             registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = buffered.histogram(
             "edge_batch_size",
             "Frames per model run",
             ["model"],
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=r,
         )
-        self.stage_batch_size = Histogram(
+        self.stage_batch_size = buffered.histogram(
             "edge_stage_batch_size",
             "Crops per run of a model's later stage (model.toml [[stages]]), by its task",
             ["model", "task"],
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=r,
         )
-        self.stage_batch_frames = Histogram(
+        self.stage_batch_frames = buffered.histogram(
             "edge_stage_batch_frames",
             "Frames (of different streams) whose crops one run of a model's later stage "
             "carried, by its task",
@@ -98,7 +103,7 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 16),
             registry=r,
         )
-        self.batch_limit = Gauge(
+        self.batch_limit = buffered.gauge(
             "edge_batch_limit",
             "Frames a batch may gather now: the measured best size up to max_batch",
             ["model"],
@@ -112,7 +117,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.inflight = Gauge(
+        self.inflight = buffered.gauge(
             "edge_inflight_frames",
             "Frames taken by workers, not yet answered",
             ["model"],
@@ -171,7 +176,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.rate_limited = Counter(
+        self.rate_limited = buffered.counter(
             "edge_frames_rate_limited",
             "Frames over a frame-rate limit (also counted as dropped, reason rate_limited)",
             ["transport", "limit"],
@@ -239,25 +244,27 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
-        self.tracks_active = Gauge(
+        self.tracks_active = buffered.gauge(
             "edge_tracks_active",
             "Tracks the streams of a tracked model follow now",
             ["model"],
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.tracks_started = Counter(
+        self.tracks_started = buffered.counter(
             "edge_tracks_started",
             "Tracks started: an object a tracked model's stream had not followed",
             ["model"],
             registry=r,
         )
-        self.tracks_ended = Counter(
+        self.tracks_ended = buffered.counter(
             "edge_tracks_ended",
             "Tracks ended: unseen for more than lost_after_frames, or their stream closed",
             ["model"],
             registry=r,
         )
+        #: the per-frame metrics, gathered in plain Python until a flush (edge/metrics/buffer.py)
+        self._buffered = [v for v in vars(self).values() if isinstance(v, buffered.Buffered)]
         # Info has no multiprocess form: it lives in a registry of its own, added at scrape time
         self._build = r if multiprocess_dir is None else CollectorRegistry()
         Info("edge_build", "Build information", registry=self._build).info({"version": __version__})
@@ -265,8 +272,16 @@ class Metrics:
         for transport in TRANSPORTS:
             self.active_streams.labels(transport)
 
+    def flush(self) -> None:
+        """Publish what the per-frame metrics gathered since the last flush
+        (edge/metrics/buffer.py): every FLUSH_EVERY_S, at each scrape and at shutdown."""
+        for metric in self._buffered:
+            metric.flush()
+
     def exposition(self) -> bytes:
-        """The text for /metrics: this process's registry, or every serving process's."""
+        """The text for /metrics: this process's registry, or every serving process's (each
+        other one's as of its last flush, at most FLUSH_EVERY_S and its loop's lag ago)."""
+        self.flush()
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
