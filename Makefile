@@ -23,9 +23,13 @@ $(VENV)/.installed: pyproject.toml
 # Plus what the tests use (pytest, hypothesis, Playwright's driver, linters).
 setup-test: $(VENV)/.installed-test
 
-$(VENV)/.installed-test: $(VENV)/.installed
+# In one resolution with the server's extras: installed after them, the test extra's pins
+# (grpcio-tools, hence protobuf 4) would downgrade some of what they brought and leave the rest.
+$(VENV)/.installed-test: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(TEST_EXTRAS)]'
-	touch $@
+	touch $(VENV)/.installed $@
 
 models: setup
 	$(BIN)/edge models pull --models $(MODELS)
