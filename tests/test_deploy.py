@@ -116,6 +116,94 @@ def test_dockerfile_settings_agree_with_kubernetes(path: Path) -> None:
     assert user.split(":")[0] == str(UID) == str(pod_spec()["securityContext"]["runAsUser"])
 
 
+def stages(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each stage's instructions (comments out), by stage name."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    name = ""
+    for i in dockerfile(path).structure:
+        if i["instruction"] == "FROM":
+            name = i["value"].split()[-1]
+        if i["instruction"] != "COMMENT" and name:
+            out.setdefault(name, []).append(i)
+    return out
+
+
+def global_args(path: Path) -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults."""
+    out = {}
+    for i in dockerfile(path).structure:
+        if i["instruction"] == "FROM":
+            break
+        if i["instruction"] == "ARG":
+            key, _, value = i["value"].partition("=")
+            out[key] = value
+    return out
+
+
+def test_one_dockerfile_builds_arm64_and_amd64_on_a_base_named_once() -> None:
+    """`make images` builds both platforms from this file with a locally made base passed as
+    BASE_IMAGE/BUILD_IMAGE: a stage pinned to one platform, or a base image written into a
+    FROM instead of the argument, would build the wrong thing or need a registry."""
+    path = ROOT / "Dockerfile"
+    args = global_args(path)
+    assert args["BASE_IMAGE"] == "debian:bookworm-slim", "the real default: Docker Hub's Debian"
+    assert args["BUILD_IMAGE"] == "${BASE_IMAGE}"
+    froms = {name: instrs[0]["value"] for name, instrs in stages(path).items()}
+    assert froms["build"] == "--platform=$BUILDPLATFORM ${BUILD_IMAGE} AS build"
+    assert froms["base"] == "${BASE_IMAGE} AS base"
+    assert {froms["venv"], froms["runtime"]} == {"base AS venv", "base AS runtime"}
+    assert "linux/arm64" not in " ".join(froms.values())
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_image_labels_name_the_base_it_was_built_on(path: Path) -> None:
+    """The OCI labels a device's `docker inspect` shows: version and revision from the build
+    arguments, and the base image the build really used (an argument, not a constant)."""
+    text = " ".join(i["value"] for i in final_stage(path) if i["instruction"] == "LABEL")
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z.]+)="([^"]*)"', text))
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert labels["org.opencontainers.image.revision"] == "${VCS_REF}"
+    base = labels["org.opencontainers.image.base.name"]
+    assert base in ("${BASE_IMAGE}", "${L4T_IMAGE}"), base
+    assert base.strip("${}") in global_args(path)
+
+
+def test_runtime_stage_carries_no_build_tools() -> None:
+    """No compiler, pip, npm or package lists in what a device pulls: the runtime stage copies
+    only the venv (pip removed from it) and the models, and installs Debian's python3 alone."""
+    path = ROOT / "Dockerfile"
+    all_stages = stages(path)
+    runtime = all_stages["runtime"]
+    copies = [i["value"] for i in runtime if i["instruction"] == "COPY"]
+    assert copies == ["--from=venv /opt/venv /opt/venv", "--from=build /models /models"]
+    base_runs = " ".join(i["value"] for i in all_stages["base"] if i["instruction"] == "RUN")
+    installed = re.search(r"--no-install-recommends ([^&]+)&&", base_runs).group(1).split()
+    assert installed == ["python3"]
+    assert "rm -rf /var/lib/apt/lists/*" in base_runs
+    venv = " ".join(i["value"] for i in all_stages["venv"] if i["instruction"] == "RUN")
+    assert "pip uninstall -y -q pip setuptools" in venv
+    assert not re.search(r"\b(gcc|g\+\+|build-essential|[a-z0-9.+-]+-dev)\b", path.read_text())
+
+
+def test_health_check_runs_the_venvs_python_as_the_user() -> None:
+    """The exec-form health check finds `python` on the image's PATH (the venv), runs as the
+    image's user, and allows the start a slow board needs."""
+    final = final_stage(ROOT / "Dockerfile")
+    check = [i["value"] for i in final if i["instruction"] == "HEALTHCHECK"][-1]
+    assert '["python", "-c"' in check and "--start-period=" in check
+    assert dockerfile_env(ROOT / "Dockerfile")["PATH"].startswith("/opt/venv/bin:")
+
+
+def test_ota_waits_longer_than_the_drain() -> None:
+    """deploy/images/ota.sh stops the old slot with `docker stop --time OTA_STOP_S`: shorter
+    than the drain and Docker kills it mid-drain."""
+    settings = pytest.importorskip("edge.settings")
+    script = (ROOT / "deploy" / "images" / "ota.sh").read_text()
+    stop = float(re.search(r"stop_s=\$\{OTA_STOP_S:-(\d+)\}", script).group(1))
+    assert stop > settings.Settings().drain_seconds
+    assert "--stop-timeout" in script and "docker stop --time" in script
+
+
 def test_jetson_image_prefers_tensorrt_with_a_cache() -> None:
     env = dockerfile_env(JETSON / "Dockerfile")
     assert env["EDGE_PROVIDERS"] == "tensorrt,cuda,cpu"
