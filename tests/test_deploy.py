@@ -204,6 +204,15 @@ def test_ota_waits_longer_than_the_drain() -> None:
     assert "--stop-timeout" in script and "docker stop --time" in script
 
 
+def test_jetson_build_stage_is_the_one_built_here() -> None:
+    """The Jetson image's build stage (wheel and models) is the one `make images` builds and
+    tests/test_images.py runs; a copy that drifts is built nowhere before a Jetson build."""
+    jetson, main = stages(JETSON / "Dockerfile")["build"], stages(ROOT / "Dockerfile")["build"]
+    assert [(i["instruction"], i["value"]) for i in jetson] == [
+        (i["instruction"], i["value"]) for i in main
+    ]
+
+
 def test_jetson_image_prefers_tensorrt_with_a_cache() -> None:
     env = dockerfile_env(JETSON / "Dockerfile")
     assert env["EDGE_PROVIDERS"] == "tensorrt,cuda,cpu"

@@ -105,6 +105,11 @@ async def one_frame(base: str, frame: bytes, model: str | None = None) -> dict[s
                 return {**reply, "hello": hello}
 
 
+async def texts(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    """Every text message until the server closes the socket."""
+    return [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+
+
 def assert_face(reply: dict[str, Any]) -> None:
     assert reply["type"] == "result", reply
     boxes = [d["box"] for d in reply["detections"]]
@@ -257,10 +262,7 @@ async def test_docker_stop_drains_with_goaway_to_a_connected_stream(device: Devi
         first = await ws.receive_json(timeout=FRAME_S)
         assert first["type"] == "result", first
         stop = await asyncio.create_subprocess_exec(DOCKER or "docker", "stop", device.name)
-        seen: list[dict[str, Any]] = []
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                seen.append(json.loads(msg.data))
+        seen = await texts(ws)
         code = ws.close_code
         await asyncio.wait_for(stop.wait(), DRAIN_S + 120)
     exit_code = inspect(device.name, "{{.State.ExitCode}}")
@@ -357,8 +359,9 @@ async def test_ota_update_switches_to_a_good_version_and_never_to_a_broken_one(
         ):
             assert (await ws.receive_json(timeout=FRAME_S))["type"] == "hello"
             ready_before = time.monotonic() - started
+            reader = asyncio.create_task(texts(ws))  # read while the update runs: pongs too
             update = await asyncio.to_thread(ota, "update", v2, env=env)
-            seen = [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+            seen = await asyncio.wait_for(reader, FRAME_S)
             say(f"the stream on v1 saw {seen}, close {ws.close_code}")
         assert update.returncode == 0 and "switching to edge-test-ota-b" in update.stdout
         assert [m["type"] for m in seen] == ["goaway"] and ws.close_code == 1001
