@@ -3,6 +3,13 @@ builds it first). A container that does not start as the non-root user, fails it
 check, answers no face, cuts streams on `docker stop` or loses its models with its image
 fails here, as does an over-the-air update that switches to a version that is not serving.
 
+One device's life, in order (the tests share it, module-scoped, and each needs the ones
+before): version 1 of the image is pushed to a registry on loopback and installed with
+deploy/images/ota.sh; it is checked (health, readiness, a face, settings from env), its model
+volume gets a new model version (canary, promoted) and a broken one (refused), all without a
+restart; then the update to version 2, whose switch drains version 1 with `docker stop`, and
+the update to a broken version 3, refused while version 2 serves.
+
 Emulation is slow and its speed varies: every wait is for a condition, with a deadline many
 times what it takes on the 2-core box; nothing here asserts a duration. Each step prints what
 it saw (`pytest -s`). Skipped without EDGE_TEST_IMAGE (the image's tag) and a Docker engine.
@@ -13,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +46,9 @@ FACE = [179, 82, 273, 176]
 START_S = 1200.0
 FRAME_S = 120.0
 DRAIN_S = 20  # EDGE_DRAIN_SECONDS in the containers started here
+NAME = "edge-test-ota"  # the device's containers: NAME-a, NAME-b (ota.sh's slots)
+VOLUME = "edge-test-ota-models"
+PORTS = {"a": 18080, "b": 18090}
 
 pytestmark = [
     pytest.mark.integration,
@@ -152,33 +164,108 @@ def test_image_is_arm64_non_root_with_a_health_check_and_nothing_to_build_with()
     assert out[3:] == ["[]"], f"build tools, caches or test packages in the image: {out[3:]}"
 
 
-# -- one device ----------------------------------------------------------------------------------
+# -- one device, updated over the air --------------------------------------------------------------
+@dataclass
+class Fleet:
+    """The registry's three releases and the device's ota.sh settings."""
+
+    v1: str
+    v2: str
+    v3: str
+    env: dict[str, str]
+
+
 @dataclass
 class Device:
     name: str
-    volume: str
     url: str
 
 
+def registry_on_loopback(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Debian's docker-registry on a free loopback port: where the fleet's images come from."""
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        pytest.skip("Debian's docker-registry is not installed (deploy/images/host.sh)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {root}/data\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen([exe, "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for("registry up", lambda: http_status(f"http://127.0.0.1:{port}/v2/") == 200, 60, 1)
+    return proc, f"127.0.0.1:{port}"
+
+
+def release(tag: str, ref: str, *lines: str) -> str:
+    """Push `tag`, or an image built on it with `lines` added, to the registry as `ref`; the
+    local name goes again, so the device pulls it."""
+    if lines:
+        dockerfile = "\n".join([f"FROM {tag}", *lines]) + "\n"
+        docker("build", "-q", "-t", ref, "-", stdin=dockerfile)
+    else:
+        docker("tag", tag, ref)
+    docker("push", ref, timeout=1800)
+    docker("rmi", ref)
+    return ref
+
+
+def cleanup() -> None:
+    for slot in PORTS:
+        docker("rm", "-f", f"{NAME}-{slot}", check=False)
+    docker("volume", "rm", "-f", VOLUME, check=False)
+
+
 @pytest.fixture(scope="module")
-def device() -> Iterator[Device]:
-    """The image as a device runs it: read-only root, a models volume, settings from env."""
-    name, volume = "edge-test-device", "edge-test-models"
-    docker("rm", "-f", name, check=False)
-    docker("volume", "rm", "-f", volume, check=False)
-    docker("run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
-           "--stop-timeout", str(DRAIN_S + 40), "-v", f"{volume}:/models",
-           "-p", "127.0.0.1::8080", "-e", "EDGE_PROCESSES=1", "-e", "EDGE_GRPC_PORT=0",
-           "-e", "EDGE_MAX_FRAME_BYTES=3000000", "-e", "EDGE_WATCH_MODELS_S=0",
-           "-e", f"EDGE_DRAIN_SECONDS={DRAIN_S}", IMAGE)  # fmt: skip
-    port = docker("port", name, "8080/tcp").splitlines()[0].rsplit(":", 1)[1]
-    say(f"started {name} from {IMAGE} on 127.0.0.1:{port}, volume {volume} on /models")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Versions 1, 2 and 3 in a registry on loopback. 2 is a new release of 1; 3 looks for
+    its models where the volume is not (a release that moved the path): alive, never ready."""
+    proc, registry = registry_on_loopback(tmp_path_factory.mktemp("registry"))
+    repo = f"{registry}/edge-gateway"
+    refs = []
     try:
-        yield Device(name, volume, f"http://127.0.0.1:{port}")
+        v1 = release(IMAGE, f"{repo}:1")
+        v2 = release(IMAGE, f"{repo}:2", 'LABEL org.opencontainers.image.version="2"')
+        v3 = release(IMAGE, f"{repo}:3", 'LABEL org.opencontainers.image.version="3"',
+                     "ENV EDGE_MODELS=/srv/models")  # fmt: skip
+        refs = [v1, v2, v3]
+        say(f"pushed {', '.join(refs)}")
+        env = {
+            "OTA_NAME": NAME, "OTA_VOLUME": VOLUME, "OTA_PORTS": f"{PORTS['a']} {PORTS['b']}",
+            "OTA_FRAME": str(sample_image("astronaut.png")), "OTA_READY_S": str(int(START_S)),
+            "OTA_STOP_S": str(DRAIN_S + 40),
+            # settings from env: one serving process, no gRPC, hot reload on request only, a
+            # frame size limit the hello shows
+            "OTA_RUN_ARGS": "-e EDGE_PROCESSES=1 -e EDGE_GRPC_PORT=0 -e EDGE_WATCH_MODELS_S=0 "
+            f"-e EDGE_MAX_FRAME_BYTES=3000000 -e EDGE_DRAIN_SECONDS={DRAIN_S}",
+        }  # fmt: skip
+        yield Fleet(v1, v2, v3, env)
     finally:
-        say("last lines of its log:\n" + docker("logs", "--tail", "8", name, check=False))
-        docker("rm", "-f", name, check=False)
-        docker("volume", "rm", "-f", volume, check=False)
+        cleanup()
+        for ref in refs:
+            docker("rmi", ref, check=False)
+        proc.terminate()
+        proc.wait(30)
+
+
+def ota(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(OTA), *args], capture_output=True, text=True,
+                          env={**os.environ, "DOCKER": DOCKER or "docker", **env},
+                          timeout=3 * START_S)  # fmt: skip
+    say(f"ota.sh {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def device(fleet: Fleet) -> Iterator[Device]:
+    """Version 1 installed as a device runs it: slot a, read-only root, the models volume."""
+    cleanup()
+    installed = ota("start", fleet.v1, env=fleet.env)
+    assert installed.returncode == 0
+    yield Device(f"{NAME}-a", f"http://127.0.0.1:{PORTS['a']}")
 
 
 def test_passes_its_own_health_check_and_serves_readyz(device: Device) -> None:
@@ -188,9 +275,10 @@ def test_passes_its_own_health_check_and_serves_readyz(device: Device) -> None:
         return state.split()[1] == "healthy"
 
     wait_for("healthy by the image's HEALTHCHECK", healthy, START_S, every=5)
-    wait_for("/readyz 200", lambda: http_status(device.url + "/readyz") == 200, START_S, 5)
+    assert http_status(device.url + "/readyz") == 200
     uid = docker("exec", device.name, "sh", "-c", "grep ^Uid: /proc/1/status")
-    say(f"PID 1: {uid}")
+    say(f"/readyz 200; PID 1 {uid}; read-only root: "
+        f"{inspect(device.name, '{{.HostConfig.ReadonlyRootfs}}')}")  # fmt: skip
     assert uid.split()[1:] == ["10001"] * 4
 
 
@@ -209,10 +297,10 @@ async def test_models_live_on_the_volume_and_reload_without_a_restart(device: De
     one keeps serving. No image change, no restart."""
     mounts = json.loads(inspect(device.name, "{{json .Mounts}}"))
     assert [(m["Type"], m["Name"]) for m in mounts if m["Destination"] == "/models"] == [
-        ("volume", device.volume)
+        ("volume", VOLUME)
     ]
     seeded = docker("exec", device.name, "ls", "/models/blazeface")
-    say(f"volume {device.volume} seeded from the image: blazeface/{seeded.split()}")
+    say(f"volume {VOLUME} seeded from the image: blazeface/{seeded.split()}")
     started = inspect(device.name, "{{.State.StartedAt}}")
 
     def drop(version: int, source: str) -> None:
@@ -250,137 +338,42 @@ async def test_models_live_on_the_volume_and_reload_without_a_restart(device: De
     assert_face(reply)
     assert reply["model"] == "blazeface@2"
     assert inspect(device.name, "{{.State.StartedAt}}") == started, "the container restarted"
+    # what the delivering agent does on seeing `failed`: a restart would serve it as the newest
+    docker("exec", "-u", "0", device.name, "rm", "-r", "/models/blazeface/3")
 
 
-async def test_docker_stop_drains_with_goaway_to_a_connected_stream(device: Device) -> None:
-    """SIGTERM from `docker stop`: the stream gets goaway and close 1001, the server exits 0
-    within the grace period (137 would be Docker's SIGKILL cutting the drain)."""
-    url = device.url.replace("http", "ws", 1) + "/v1/stream"
-    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+async def test_update_drains_version_1_switches_to_2_and_never_to_a_broken_3(
+    device: Device, fleet: Fleet
+) -> None:
+    """v2 is pulled, started beside v1, checked (ready, a face) and switched to; `docker stop`
+    drains v1 (its stream gets goaway, then close 1001, and it exits 0, not 137: SIGKILL
+    cutting the drain). v2 serves the model version the volume got. v3, never ready, is
+    rejected and v2 keeps serving."""
+    ws_url = device.url.replace("http", "ws", 1) + "/v1/stream"
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
         assert (await ws.receive_json(timeout=FRAME_S))["type"] == "hello"
         await ws.send_bytes(face_frame())
-        first = await ws.receive_json(timeout=FRAME_S)
-        assert first["type"] == "result", first
-        stop = await asyncio.create_subprocess_exec(DOCKER or "docker", "stop", device.name)
-        seen = await texts(ws)
-        code = ws.close_code
-        await asyncio.wait_for(stop.wait(), DRAIN_S + 120)
-    exit_code = inspect(device.name, "{{.State.ExitCode}}")
-    say(f"docker stop: the stream saw {seen}, close {code}; container exit code {exit_code}")
-    assert [m["type"] for m in seen] == ["goaway"] and code == 1001
-    assert exit_code == "0"
-    logs = docker("logs", "--tail", "40", device.name, check=False)
-    assert "drain" in logs.lower(), logs
+        assert (await ws.receive_json(timeout=FRAME_S))["type"] == "result"
+        reader = asyncio.create_task(texts(ws))  # read while the update runs: pongs too
+        update = await asyncio.to_thread(ota, "update", fleet.v2, env=fleet.env)
+        seen = await asyncio.wait_for(reader, FRAME_S)
+        say(f"the stream on version 1 saw {seen}, close {ws.close_code}")
+    assert update.returncode == 0 and f"switching to {NAME}-b" in update.stdout
+    assert [m["type"] for m in seen] == ["goaway"] and ws.close_code == 1001
+    assert re.search(rf"{NAME}-a stopped after \d+ s, exit code 0\b", update.stdout)
+    assert docker("ps", "-aq", "--filter", f"name={NAME}-a") == ""
+    b = f"http://127.0.0.1:{PORTS['b']}"
+    reply = await one_frame(b, face_frame())
+    say(f"version 2 answers: {reply['model']} {[d['box'] for d in reply['detections']]}")
+    assert_face(reply)
+    assert reply["model"] == "blazeface@2", "the volume's model version, not the image's"
 
-
-# -- over the air ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's docker-registry on a loopback port: where the fleet's images come from."""
-    exe = shutil.which("docker-registry")
-    if exe is None:
-        pytest.skip("Debian's docker-registry is not installed (deploy/images/host.sh)")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = tmp_path_factory.mktemp("registry")
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {root}/data\nhttp:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen([exe, "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for("registry up", lambda: http_status(f"http://127.0.0.1:{port}/v2/") == 200, 60, 1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def ota(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(OTA), *args], capture_output=True, text=True,
-                          env={**os.environ, "DOCKER": DOCKER or "docker", **env},
-                          timeout=3 * START_S)  # fmt: skip
-    say(f"ota.sh {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
-def push(source: str, ref: str, registry: str) -> str:
-    docker("tag", source, ref)
-    docker("push", ref, timeout=1800)
-    docker("rmi", ref)  # the device pulls it
-    return ref
-
-
-async def test_ota_update_switches_to_a_good_version_and_never_to_a_broken_one(
-    registry: str, tmp_path: Path
-) -> None:
-    """v1 from the registry serves; v2 is pulled, started beside it, checked (ready, a face)
-    and switched to, v1 drained (its stream gets goaway); v3, which never becomes ready, is
-    rejected and v2 keeps serving."""
-    repo = f"{registry}/edge-gateway"
-    env = {"OTA_NAME": "edge-test-ota", "OTA_VOLUME": "edge-test-ota-models",
-           "OTA_PORTS": "18080 18090", "OTA_FRAME": str(sample_image("astronaut.png")),
-           "OTA_READY_S": str(int(START_S)), "OTA_STOP_S": str(DRAIN_S + 40),
-           "OTA_RUN_ARGS": "-e EDGE_PROCESSES=1 -e EDGE_GRPC_PORT=0 "
-                           f"-e EDGE_DRAIN_SECONDS={DRAIN_S}"}  # fmt: skip
-    for slot in ("a", "b"):
-        docker("rm", "-f", f"edge-test-ota-{slot}", check=False)
-    docker("volume", "rm", "-f", "edge-test-ota-models", check=False)
-
-    # v2 and v3: new releases built on v1; v3 looks for its models where the volume is not
-    # (a release that moved the path), so it is alive but never ready
-    def derive(version: str, *lines: str) -> str:
-        tag = f"edge-test-ota:{version}"
-        dockerfile = "\n".join(
-            [f"FROM {IMAGE}", f'LABEL org.opencontainers.image.version="{version}"', *lines]
-        )
-        docker("build", "-q", "-t", tag, "-", stdin=dockerfile + "\n")
-        return tag
-
-    v1 = push(IMAGE, f"{repo}:1", registry)
-    v2 = push(derive("2"), f"{repo}:2", registry)
-    v3 = push(derive("3-broken", "ENV EDGE_MODELS=/srv/models"), f"{repo}:3", registry)
-    say(f"pushed {v1}, {v2}, {v3}")
-    try:
-        started = time.monotonic()
-        assert ota("start", v1, env=env).returncode == 0
-        a = "http://127.0.0.1:18080"
-        assert_face(await one_frame(a, face_frame()))
-
-        # a client on v1 while the update runs: the switch drains it with goaway
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(a.replace("http", "ws") + "/v1/stream") as ws,
-        ):
-            assert (await ws.receive_json(timeout=FRAME_S))["type"] == "hello"
-            ready_before = time.monotonic() - started
-            reader = asyncio.create_task(texts(ws))  # read while the update runs: pongs too
-            update = await asyncio.to_thread(ota, "update", v2, env=env)
-            seen = await asyncio.wait_for(reader, FRAME_S)
-            say(f"the stream on v1 saw {seen}, close {ws.close_code}")
-        assert update.returncode == 0 and "switching to edge-test-ota-b" in update.stdout
-        assert [m["type"] for m in seen] == ["goaway"] and ws.close_code == 1001
-        b = "http://127.0.0.1:18090"
-        reply = await one_frame(b, face_frame())
-        assert_face(reply)
-        assert docker("ps", "-q", "--filter", "name=edge-test-ota-a") == ""
-
-        env["OTA_READY_S"] = str(int(max(3 * ready_before, 180)))  # v3 will never be ready
-        rejected = ota("update", v3, env=env)
-        assert rejected.returncode == 1 and "rejected" in rejected.stdout
-        assert "no models found in /srv/models" in rejected.stdout
-        status = ota("status", env=env)
-        assert f"{repo}:2" in status.stdout and "edge-test-ota-b" in status.stdout
-        assert_face(await one_frame(b, face_frame()))
-        assert docker("ps", "-aq", "--filter", "name=edge-test-ota-a") == ""
-    finally:
-        for slot in ("a", "b"):
-            docker("rm", "-f", f"edge-test-ota-{slot}", check=False)
-        docker("volume", "rm", "-f", "edge-test-ota-models", check=False)
-        for ref in ("edge-test-ota:2", "edge-test-ota:3-broken", v1, v2, v3):
-            docker("rmi", ref, check=False)
+    # v3 never becomes ready: wait as long as v2 took, twice over, not the full deadline
+    took = int(re.search(rf"{NAME}-b ready after (\d+) s", update.stdout).group(1))
+    rejected = ota("update", fleet.v3, env={**fleet.env, "OTA_READY_S": str(2 * took + 60)})
+    assert rejected.returncode == 1 and "rejected" in rejected.stdout
+    assert "no models found in /srv/models" in rejected.stdout
+    status = ota("status", env=fleet.env)
+    assert fleet.v2 in status.stdout and f"{NAME}-b" in status.stdout
+    assert docker("ps", "-aq", "--filter", f"name={NAME}-a") == ""
+    assert_face(await one_frame(b, face_frame()))

@@ -58,7 +58,7 @@ wait_ready() {  # container: 0 once /readyz answers 200 inside it; 1 if it stops
     if docker exec "$1" python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('EDGE_PORT', '8080'), timeout=10)" >/dev/null 2>&1; then
       say "$1 ready after $((SECONDS - start)) s"; return 0
     fi
-    sleep 3
+    sleep 5
   done
   say "$1 not ready within $ready_s s: $(docker exec "$1" python -c "import os, urllib.request as u
 try: u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('EDGE_PORT', '8080'), timeout=10)
