@@ -47,6 +47,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
+# Optional extras of the package; empty for WebSocket only (no aiortc, no UDP). The venv
+# stage installs what they bring, from the requirements file made below.
+ARG EXTRAS=webrtc,auth
 # README.md is optional for the build; the glob keeps COPY from failing without it.
 COPY pyproject.toml LICENSE README.md* ./
 COPY edge/ edge/
@@ -55,6 +58,9 @@ COPY edge/ edge/
 # weights (<name>/<version>/model.onnx) are pulled here, at build time, so nothing is
 # downloaded when the server starts; each model.toml is seeded from the wheel's defaults.
 # The caches only speed up rebuilds. The dashboard is in the wheel too (edge/web/).
+# Last, the package's dependencies with EXTRAS as a requirements file (markers evaluated here:
+# both platforms run the same Debian python3), which the venv stage installs in a layer of its
+# own: rebuilt when they change, not with every change of the code.
 RUN --mount=type=cache,target=/root/.npm \
     --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=ca \
@@ -62,10 +68,13 @@ RUN --mount=type=cache,target=/root/.npm \
       export PIP_CERT=/run/secrets/ca NODE_EXTRA_CA_CERTS=/run/secrets/ca; \
     fi \
  && python3 -m venv /opt/pull \
+ && mkdir /deps \
  && /opt/pull/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/pull/bin/pip install /wheels/edge_gateway-*.whl \
+ && /opt/pull/bin/pip install /wheels/edge_gateway-*.whl packaging \
  && /opt/pull/bin/edge models pull --models /models \
- && find /models -name model.onnx | sort
+ && find /models -name model.onnx | sort \
+ && /opt/pull/bin/python -c 'import importlib.metadata as m, sys; from packaging.requirements import Requirement as R; extras = [""] + sys.argv[1].split(","); rs = [R(r) for r in m.requires("edge-gateway")]; print("\n".join(sorted(str(r).split(";")[0] for r in rs if not r.marker or any(r.marker.evaluate({"extra": e}) for e in extras))))' "$EXTRAS" > /deps/requirements.txt \
+ && cat /deps/requirements.txt
 
 # ---------------------------------------------------------------------------------------------
 # Debian's python3 on the target platform: what the venv is made with and what runs it.
@@ -83,20 +92,22 @@ RUN apt-get update \
 FROM base AS venv
 ARG DEBIAN_FRONTEND=noninteractive
 ARG PIP_INDEX_URL
-# Optional extras of the package; empty for WebSocket only (no aiortc, no UDP).
-ARG EXTRAS=webrtc,auth
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \
  && rm -rf /var/lib/apt/lists/*
-# pip leaves the venv once the package is in: the image installs nothing at run time.
+# The dependencies first: this layer is cached while they stay the same (under QEMU it is
+# most of the build). Then the package itself; pip leaves the venv once the package is in.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    --mount=type=bind,from=build,source=/deps,target=/deps \
     --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && python3 -m venv /opt/venv \
- && set -- /wheels/edge_gateway-*.whl \
- && /opt/venv/bin/pip install "$1${EXTRAS:+[$EXTRAS]}" \
+ && /opt/venv/bin/pip install -r /deps/requirements.txt
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    set -- /wheels/edge_gateway-*.whl \
+ && /opt/venv/bin/pip install --no-deps --no-index "$1" \
+ && /opt/venv/bin/pip check \
  && /opt/venv/bin/python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())" \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools
 
