@@ -132,6 +132,10 @@ RUN groupadd --system --gid 10001 edge \
       --shell /usr/sbin/nologin edge
 
 COPY --from=venv /opt/venv /opt/venv
+# Debian's CA certificates (the venv stage has them, from python3-venv's dependencies), for
+# outbound TLS: result sinks, the OTLP exporter. Copied, not installed: apt under QEMU is slow.
+COPY --from=venv /usr/share/ca-certificates /usr/share/ca-certificates
+COPY --from=venv /etc/ssl/certs /etc/ssl/certs
 # Root-owned and read-only to the server. Mount a volume over /models for OTA model drops:
 # the server picks up new <name>/<version>/ directories by itself (and on SIGHUP).
 COPY --from=build /models /models

@@ -77,7 +77,12 @@ def test_runtime_stage_carries_no_build_tools() -> None:
     all_stages = stages(path)
     runtime = all_stages["runtime"]
     copies = [i["value"] for i in runtime if i["instruction"] == "COPY"]
-    assert copies == ["--from=venv /opt/venv /opt/venv", "--from=build /models /models"]
+    assert copies == [
+        "--from=venv /opt/venv /opt/venv",
+        "--from=venv /usr/share/ca-certificates /usr/share/ca-certificates",
+        "--from=venv /etc/ssl/certs /etc/ssl/certs",
+        "--from=build /models /models",
+    ]
     base_runs = " ".join(i["value"] for i in all_stages["base"] if i["instruction"] == "RUN")
     installed = re.search(r"--no-install-recommends ([^&]+)&&", base_runs).group(1).split()
     assert installed == ["python3"]
