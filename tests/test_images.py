@@ -169,6 +169,29 @@ def test_image_is_arm64_non_root_with_a_health_check_and_nothing_to_build_with()
     assert lines[3:] == ["[]"], f"build tools, caches or test packages in the image: {lines[3:]}"
 
 
+async def test_the_x86_64_image_from_the_same_dockerfile_serves_a_face() -> None:
+    """The amd64 build of the same Dockerfile (`make images` builds both) runs natively and
+    answers the same face."""
+    image = IMAGE.replace("-arm64", "-amd64")
+    if image == IMAGE or not docker("images", "-q", image):
+        pytest.skip(f"no {image}")
+    name = "edge-test-amd64"
+    docker("rm", "-f", name, check=False)
+    docker("run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
+           "-p", "127.0.0.1::8080", "-e", "EDGE_PROCESSES=1", image)  # fmt: skip
+    try:
+        port = docker("port", name, "8080/tcp").splitlines()[0].rsplit(":", 1)[1]
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{image} ready", lambda: http_status(url + "/readyz") == 200, START_S)
+        arch = docker("exec", name, "python", "-c", "import platform; print(platform.machine())")
+        reply = await one_frame(url, face_frame())
+        say(f"{image} ({arch}): {reply['model']} {[d['box'] for d in reply['detections']]}")
+        assert arch == "x86_64"
+        assert_face(reply)
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
 # -- one device, updated over the air --------------------------------------------------------------
 @dataclass
 class Fleet:
