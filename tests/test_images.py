@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import re
 import shutil
 import socket
@@ -50,6 +51,11 @@ DRAIN_S = 20  # EDGE_DRAIN_SECONDS in the containers started here
 NAME = "edge-test-ota"  # the device's containers: NAME-a, NAME-b (ota.sh's slots)
 VOLUME = "edge-test-ota-models"
 PORTS = {"a": 18080, "b": 18090}
+#: QEMU user mode (7.2, Debian bookworm's) shows arm64 programs the x86 host's /proc/cpuinfo,
+#: and onnxruntime's CPU detection crashes on it (SIGSEGV at import): arm64 containers get an
+#: ARM one here. Not needed on an ARM machine, nor where QEMU emulates /proc/cpuinfo itself.
+CPUINFO = ROOT / "deploy" / "images" / "qemu-aarch64-cpuinfo"
+QEMU_ARGS = [] if platform.machine() == "aarch64" else ["-v", f"{CPUINFO}:/proc/cpuinfo:ro"]
 
 pytestmark = [
     pytest.mark.integration,
@@ -160,7 +166,9 @@ def test_image_is_arm64_non_root_with_a_health_check_and_nothing_to_build_with()
         "python -c 'import importlib.util as u; "
         'print([m for m in ("pytest", "hypothesis", "pip") if u.find_spec(m)])\''
     )
-    out = docker("run", "--rm", "--user", "0", "--entrypoint", "sh", IMAGE, "-c", script)
+    out = docker(
+        "run", "--rm", "--user", "0", *QEMU_ARGS, "--entrypoint", "sh", IMAGE, "-c", script
+    )
     lines = out.splitlines()
     say(f"inside: {lines}")
     assert lines[0] == "aarch64"
@@ -268,7 +276,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             # settings from env: one serving process, no gRPC, hot reload on request only, a
             # frame size limit the hello shows
             "OTA_RUN_ARGS": "-e EDGE_PROCESSES=1 -e EDGE_GRPC_PORT=0 -e EDGE_WATCH_MODELS_S=0 "
-            f"-e EDGE_MAX_FRAME_BYTES=3000000 -e EDGE_DRAIN_SECONDS={DRAIN_S}",
+            f"-e EDGE_MAX_FRAME_BYTES=3000000 -e EDGE_DRAIN_SECONDS={DRAIN_S} "
+            + " ".join(QEMU_ARGS),
         }  # fmt: skip
         yield Fleet(v1, v2, v3, env)
     finally:
