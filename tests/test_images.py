@@ -258,15 +258,17 @@ def cleanup() -> None:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """Versions 1, 2 and 3 in a registry on loopback. 2 is a new release of 1; 3 looks for
-    its models where the volume is not (a release that moved the path): alive, never ready."""
+    its models in an empty directory, not the volume (a release that moved the path): alive,
+    never ready. (A path that does not exist is a bad setting: the server exits, Docker
+    restarts it, and ota.sh rejects that too.)"""
     proc, registry = registry_on_loopback(tmp_path_factory.mktemp("registry"))
     repo = f"{registry}/edge-gateway"
     refs = []
     try:
         v1 = release(IMAGE, f"{repo}:1")
         v2 = release(IMAGE, f"{repo}:2", 'LABEL org.opencontainers.image.version="2"')
-        v3 = release(IMAGE, f"{repo}:3", 'LABEL org.opencontainers.image.version="3"',
-                     "ENV EDGE_MODELS=/srv/models")  # fmt: skip
+        broken = ("ENV EDGE_MODELS=/srv/models", "WORKDIR /srv/models", "WORKDIR /tmp")
+        v3 = release(IMAGE, f"{repo}:3", 'LABEL org.opencontainers.image.version="3"', *broken)
         refs = [v1, v2, v3]
         say(f"pushed {', '.join(refs)}")
         env = {
