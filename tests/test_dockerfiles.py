@@ -144,3 +144,11 @@ def test_jetson_build_refuses_a_wrong_wheel_before_installing(
         assert proc.returncode == 1 and refused in proc.stderr, proc
     else:
         assert proc.returncode == 0 and proc.stdout.strip() == f"install /tmp/ort-wheels/{wheel}"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_frontend_image_to_pull(path: Path) -> None:
+    """A `# syntax=` line makes BuildKit pull its frontend image from a registry first, which
+    fails where none is reachable (`make images`); the engine's built-in frontend reads
+    everything these files use (RUN --mount, --platform)."""
+    assert not re.match(r"#\s*syntax\s*=", path.read_text(), re.IGNORECASE)
