@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
 
-.PHONY: setup setup-test models serve test test-busy test-pythons test-smoke lint bench browser brokers screenshot clean
+.PHONY: setup setup-test models serve test test-busy test-pythons test-smoke lint bench browser brokers screenshot clean \
+  images test-images
 
 # The package's extras the server is installed with, and those the tests add: one list each, so
 # a new extra reaches `setup`, `setup-test` and every interpreter of `test-pythons` at once.
@@ -59,6 +60,24 @@ lint: setup-test
 
 test: setup-test models browser brokers lint
 	$(BIN)/pytest
+
+# The container images from the one Dockerfile, arm64 (under QEMU) and x86-64, tagged
+# edge-gateway:<version>-<arch>: Docker, QEMU, debootstrap and a registry from Debian
+# (deploy/images/host.sh, starts dockerd if none answers); the base image made from Debian's
+# archive when no registry answers, cached in ~/.cache/edge-gateway/images. Each image's size
+# is checked against IMAGE_BUDGET_MB (docs/deploy.md, "Images built here").
+IMAGE_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' edge/__init__.py)
+IMAGE_ARCHS ?= arm64 amd64
+images:
+	deploy/images/host.sh
+	nice -n 19 deploy/images/build.sh $(IMAGE_ARCHS)
+
+# The arm64 image run under QEMU: non-root, its health check, /readyz, a face over the
+# WebSocket, models on a volume with hot reload and canary, drain on `docker stop`, and the
+# over-the-air update v1 -> v2 -> broken v3 through a loopback registry (tests/test_images.py).
+test-images: setup-test images
+	EDGE_TEST_IMAGE=edge-gateway:$(IMAGE_VERSION)-arm64 nice -n 19 $(BIN)/pytest -v -s \
+	  -p no:cacheprovider tests/test_images.py
 
 # The README's dashboard screenshot (docs/dashboard.png), refreshed on purpose: `make test`
 # leaves its screenshots in artifacts/ and changes no tracked file.

@@ -4,7 +4,8 @@
 #   deploy/check.sh            # from anywhere in the repository
 #   PYTHON=.venv/bin/python deploy/check.sh
 #
-# Runs, through pytest (tests/test_deploy_tools.py, tests/test_deploy.py, tests/test_k8s.py):
+# Runs, through pytest (tests/test_deploy_tools.py, tests/test_deploy.py, tests/test_dockerfiles.py,
+# tests/test_k8s.py):
 #   hadolint              both Dockerfiles, with .hadolint.yaml
 #   kubernetes-validate   every manifest in deploy/k8s and what kustomize renders from them,
 #                         strictly, against the Kubernetes releases docs/deploy.md names
@@ -17,4 +18,5 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 exec "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_deploy_tools.py tests/test_deploy.py \
+  tests/test_dockerfiles.py \
   tests/test_k8s.py

@@ -14,7 +14,7 @@ from tests.kustomize import render
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 JETSON = ROOT / "deploy" / "jetson"
-DOCKERFILES = [ROOT / "Dockerfile.arm64", JETSON / "Dockerfile"]
+DOCKERFILES = [ROOT / "Dockerfile", JETSON / "Dockerfile"]
 DOCS = ROOT / "docs" / "deploy.md"
 PORT = 8080
 UID = 10001
